@@ -1,0 +1,162 @@
+"""The `kgc` command line: `kgc convert`, `kgc eval`.
+
+Exit status: 0 on success, 2 on bad input (every problem printed to stderr with file, line
+and fix), 1 on an unexpected internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from kgc import __version__
+from kgc.errors import KgcError
+
+TASK_CHOICES = ("NER", "RE", "SPO", "EE", "EET", "EEA", "KG")
+
+
+def _task(value: str) -> str:
+    v = value.upper()
+    if v not in TASK_CHOICES:
+        raise argparse.ArgumentTypeError(
+            f"unknown task {value!r}; choose one of {', '.join(TASK_CHOICES)}"
+        )
+    return v
+
+
+def _prob(value: str) -> float:
+    try:
+        p = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not 0.0 <= p <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kgc", description="Turn text into knowledge graphs with large language models."
+    )
+    parser.add_argument("--version", action="version", version=f"kgc {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser(
+        "convert",
+        help="raw annotated JSONL + schema → IEPile instruction JSONL",
+        description="Convert raw annotations into IEPile/OneKE instruction records.",
+    )
+    c.add_argument("--task", required=True, type=_task, help=", ".join(TASK_CHOICES))
+    c.add_argument("--input", required=True, help="raw JSONL: {text, entity|relation|event}")
+    c.add_argument("--schema", help="3-line schema file (required for --format iepile)")
+    c.add_argument("--output", required=True, help="instruction JSONL to write")
+    c.add_argument("--split", choices=("train", "test"), default="train")
+    c.add_argument("--language", choices=("zh", "en"), default="zh")
+    c.add_argument("--split-num", type=int, default=4,
+                   help="max schema labels per instruction; -1 = no split (default 4; IEPile "
+                        "recommends NER 6, RE/EE/EET/EEA 4, KG 1)")
+    c.add_argument("--neg-prob", type=_prob, default=1.0,
+                   help="probability with which each negative label is sampled (train; "
+                        "default 1 = all negatives)")
+    c.add_argument("--random-order", action="store_true",
+                   help="shuffle the schema order with --seed (default: sorted)")
+    c.add_argument("--seed", type=int, default=42)
+    c.add_argument("--hard-negatives", metavar="FILE",
+                   help='cluster mode: JSON {"label": ["hard negative", ...]}')
+    c.add_argument("--source", help="value of the `source` field (default: the record's own "
+                                    "`source`, else the input's folder name)")
+    c.add_argument("--format", choices=("iepile", "ccks2023"), default="iepile",
+                   help="ccks2023 = the 2023 (head,relation,tail) text format (RE only)")
+
+    e = sub.add_parser(
+        "eval",
+        help="score model outputs on test records",
+        description="Score model outputs (field `output`) against test records' labels.",
+    )
+    e.add_argument("--task", required=True, type=_task, help=", ".join(TASK_CHOICES))
+    e.add_argument("--input", required=True, help="test records with the model's `output`")
+    e.add_argument("--by", choices=("source",), help="also print scores per source")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--match", choices=("multiset", "set"), default="multiset")
+    e.add_argument("--no-normalize", action="store_true",
+                   help="exact string matching (default: NFKC, case and whitespace folded)")
+    e.add_argument("--rouge", action="store_true",
+                   help="also ROUGE-1/2/L of each output against the gold target text")
+    e.add_argument("--language", choices=("zh", "en"), help="ROUGE tokenisation (default: auto)")
+    e.add_argument("--segmenter", choices=("char", "jieba"), default="char",
+                   help="Chinese ROUGE tokens: characters or jieba words")
+    e.add_argument("--format", choices=("iepile", "ccks2023"), default="iepile")
+    return parser
+
+
+def _cmd_convert(args) -> int:
+    from kgc import convert, legacy
+    from kgc.io import read_jsonl, write_jsonl_atomic
+    from kgc.sampling import SamplingOptions
+
+    if args.format == "ccks2023":
+        if args.task not in legacy.TASKS:
+            raise KgcError(f"--format ccks2023 supports --task RE only, got {args.task}")
+        relations = legacy.relations_from_schema(args.schema) if args.schema else None
+        problems = []
+        rows = list(read_jsonl(args.input, problems))
+        out, more = legacy.convert_rows(rows, split=args.split, language=args.language,
+                                        relations=relations, path=args.input)
+        problems += more
+        if problems:
+            raise KgcError(problems + [f"nothing written to {args.output}"])
+        n = write_jsonl_atomic(args.output, out)
+        print(f"kgc convert: {len(rows)} input records → {n} records in {args.output}",
+              file=sys.stderr)
+        return 0
+    if not args.schema:
+        raise KgcError("--schema is required: the 3-line schema file of your labels")
+    opts = SamplingOptions(split_num=args.split_num, neg_prob=args.neg_prob,
+                           random_order=args.random_order, seed=args.seed)
+    stats = convert.convert_file(
+        args.task, args.input, args.schema, args.output, split=args.split,
+        language=args.language, opts=opts, source=args.source,
+        hard_negatives=args.hard_negatives,
+    )
+    print(f"kgc convert: {stats.summary()}; wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from kgc import evaluate, legacy
+    from kgc.io import read_jsonl
+
+    if args.format == "ccks2023":
+        problems = []
+        rows = list(read_jsonl(args.input, problems))
+        if problems:
+            raise KgcError(problems)
+        report = legacy.evaluate_rows(rows, path=args.input, language=args.language,
+                                      segmenter=args.segmenter, match=args.match,
+                                      normalize=not args.no_normalize)
+    else:
+        opts = evaluate.EvalOptions(match=args.match, normalize=not args.no_normalize,
+                                    rouge=args.rouge, language=args.language,
+                                    segmenter=args.segmenter)
+        report = evaluate.evaluate_file(args.task, args.input, opts)
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False))
+    else:
+        print(evaluate.format_table(report, by_source=args.by == "source"))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"convert": _cmd_convert, "eval": _cmd_eval}
+    try:
+        return handlers[args.command](args)
+    except KgcError as exc:
+        print(f"kgc {args.command}: error:\n{exc.render()}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
