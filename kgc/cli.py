@@ -54,21 +54,42 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--output", required=True, help="instruction JSONL to write")
     c.add_argument("--split", choices=("train", "test"), default="train")
     c.add_argument("--language", choices=("zh", "en"), default="zh")
-    c.add_argument("--split-num", type=int, default=4,
-                   help="max schema labels per instruction; -1 = no split (default 4; IEPile "
-                        "recommends NER 6, RE/EE/EET/EEA 4, KG 1)")
-    c.add_argument("--neg-prob", type=_prob, default=1.0,
-                   help="probability with which each negative label is sampled (train; "
-                        "default 1 = all negatives)")
-    c.add_argument("--random-order", action="store_true",
-                   help="shuffle the schema order with --seed (default: sorted)")
+    c.add_argument(
+        "--split-num",
+        type=int,
+        default=4,
+        help="max schema labels per instruction; -1 = no split (default 4; IEPile "
+        "recommends NER 6, RE/EE/EET/EEA 4, KG 1)",
+    )
+    c.add_argument(
+        "--neg-prob",
+        type=_prob,
+        default=1.0,
+        help="probability with which each negative label is sampled (train; "
+        "default 1 = all negatives)",
+    )
+    c.add_argument(
+        "--random-order",
+        action="store_true",
+        help="shuffle the schema order with --seed (default: sorted)",
+    )
     c.add_argument("--seed", type=int, default=42)
-    c.add_argument("--hard-negatives", metavar="FILE",
-                   help='cluster mode: JSON {"label": ["hard negative", ...]}')
-    c.add_argument("--source", help="value of the `source` field (default: the record's own "
-                                    "`source`, else the input's folder name)")
-    c.add_argument("--format", choices=("iepile", "ccks2023"), default="iepile",
-                   help="ccks2023 = the 2023 (head,relation,tail) text format (RE only)")
+    c.add_argument(
+        "--hard-negatives",
+        metavar="FILE",
+        help='cluster mode: JSON {"label": ["hard negative", ...]}',
+    )
+    c.add_argument(
+        "--source",
+        help="value of the `source` field (default: the record's own "
+        "`source`, else the input's folder name)",
+    )
+    c.add_argument(
+        "--format",
+        choices=("iepile", "ccks2023"),
+        default="iepile",
+        help="ccks2023 = the 2023 (head,relation,tail) text format (RE only)",
+    )
 
     e = sub.add_parser(
         "eval",
@@ -80,13 +101,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--by", choices=("source",), help="also print scores per source")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--match", choices=("multiset", "set"), default="multiset")
-    e.add_argument("--no-normalize", action="store_true",
-                   help="exact string matching (default: NFKC, case and whitespace folded)")
-    e.add_argument("--rouge", action="store_true",
-                   help="also ROUGE-1/2/L of each output against the gold target text")
+    e.add_argument(
+        "--no-normalize",
+        action="store_true",
+        help="exact string matching (default: NFKC, case and whitespace folded)",
+    )
+    e.add_argument(
+        "--rouge",
+        action="store_true",
+        help="also ROUGE-1/2/L of each output against the gold target text",
+    )
     e.add_argument("--language", choices=("zh", "en"), help="ROUGE tokenisation (default: auto)")
-    e.add_argument("--segmenter", choices=("char", "jieba"), default="char",
-                   help="Chinese ROUGE tokens: characters or jieba words")
+    e.add_argument(
+        "--segmenter",
+        choices=("char", "jieba"),
+        default="char",
+        help="Chinese ROUGE tokens: characters or jieba words",
+    )
     e.add_argument("--format", choices=("iepile", "ccks2023"), default="iepile")
     return parser
 
@@ -102,22 +133,35 @@ def _cmd_convert(args) -> int:
         relations = legacy.relations_from_schema(args.schema) if args.schema else None
         problems = []
         rows = list(read_jsonl(args.input, problems))
-        out, more = legacy.convert_rows(rows, split=args.split, language=args.language,
-                                        relations=relations, path=args.input)
+        out, more = legacy.convert_rows(
+            rows, split=args.split, language=args.language, relations=relations, path=args.input
+        )
         problems += more
         if problems:
             raise KgcError(problems + [f"nothing written to {args.output}"])
         n = write_jsonl_atomic(args.output, out)
-        print(f"kgc convert: {len(rows)} input records → {n} records in {args.output}",
-              file=sys.stderr)
+        print(
+            f"kgc convert: {len(rows)} input records → {n} records in {args.output}",
+            file=sys.stderr,
+        )
         return 0
     if not args.schema:
         raise KgcError("--schema is required: the 3-line schema file of your labels")
-    opts = SamplingOptions(split_num=args.split_num, neg_prob=args.neg_prob,
-                           random_order=args.random_order, seed=args.seed)
+    opts = SamplingOptions(
+        split_num=args.split_num,
+        neg_prob=args.neg_prob,
+        random_order=args.random_order,
+        seed=args.seed,
+    )
     stats = convert.convert_file(
-        args.task, args.input, args.schema, args.output, split=args.split,
-        language=args.language, opts=opts, source=args.source,
+        args.task,
+        args.input,
+        args.schema,
+        args.output,
+        split=args.split,
+        language=args.language,
+        opts=opts,
+        source=args.source,
         hard_negatives=args.hard_negatives,
     )
     print(f"kgc convert: {stats.summary()}; wrote {args.output}", file=sys.stderr)
@@ -133,13 +177,22 @@ def _cmd_eval(args) -> int:
         rows = list(read_jsonl(args.input, problems))
         if problems:
             raise KgcError(problems)
-        report = legacy.evaluate_rows(rows, path=args.input, language=args.language,
-                                      segmenter=args.segmenter, match=args.match,
-                                      normalize=not args.no_normalize)
+        report = legacy.evaluate_rows(
+            rows,
+            path=args.input,
+            language=args.language,
+            segmenter=args.segmenter,
+            match=args.match,
+            normalize=not args.no_normalize,
+        )
     else:
-        opts = evaluate.EvalOptions(match=args.match, normalize=not args.no_normalize,
-                                    rouge=args.rouge, language=args.language,
-                                    segmenter=args.segmenter)
+        opts = evaluate.EvalOptions(
+            match=args.match,
+            normalize=not args.no_normalize,
+            rouge=args.rouge,
+            language=args.language,
+            segmenter=args.segmenter,
+        )
         report = evaluate.evaluate_file(args.task, args.input, opts)
     if args.json:
         print(json.dumps(report, ensure_ascii=False))

@@ -71,10 +71,14 @@ def convert_record(
     anns = rec.get(key)
     if anns is None:
         if split == "train":
-            return [], [
-                f"field {key!r} is missing; train records need annotations "
-                f"(use --split test to convert unannotated text)"
-            ], None
+            return (
+                [],
+                [
+                    f"field {key!r} is missing; train records need annotations "
+                    f"(use --split test to convert unannotated text)"
+                ],
+                None,
+            )
     else:
         problems = task.validate(anns, schema)
         if problems:
@@ -98,12 +102,20 @@ def convert_record(
         if split == "train":
             target = task.target(prepared, chunk, text)
             out.append(
-                {"task": task.name, "source": src, "instruction": instruction,
-                 "output": dumps(target)}
+                {
+                    "task": task.name,
+                    "source": src,
+                    "instruction": instruction,
+                    "output": dumps(target),
+                }
             )
         else:
-            item = {"id": text_id(text), "task": task.name, "source": src,
-                    "instruction": instruction}
+            item = {
+                "id": text_id(text),
+                "task": task.name,
+                "source": src,
+                "instruction": instruction,
+            }
             if anns is not None:
                 item["label"] = dumps(anns)
             out.append(item)
@@ -128,8 +140,15 @@ def convert_rows(
     for lineno, rec in rows:
         stats.records_in += 1
         recs, probs, skipped = convert_record(
-            task, rec, lineno, schema, split=split, language=language, opts=opts,
-            source=source, default_source=default_source,
+            task,
+            rec,
+            lineno,
+            schema,
+            split=split,
+            language=language,
+            opts=opts,
+            source=source,
+            default_source=default_source,
         )
         problems.extend(Problem(p, path, lineno) for p in probs)
         if skipped:
@@ -205,8 +224,15 @@ def convert_file(
     problems: list[Problem] = []
     rows = list(read_jsonl(input_path, problems))
     out, stats, rec_problems = convert_rows(
-        task, rows, schema, split=split, language=language, opts=opts, source=source,
-        default_source=Path(input_path).resolve().parent.name, path=str(input_path),
+        task,
+        rows,
+        schema,
+        split=split,
+        language=language,
+        opts=opts,
+        source=source,
+        default_source=Path(input_path).resolve().parent.name,
+        path=str(input_path),
     )
     problems.extend(rec_problems)
     if problems:

@@ -72,8 +72,9 @@ def _group_rows(
     for lineno, rec in rows:
         local: list[str] = []
         if not isinstance(rec, dict):
-            problems.append(Problem(f"record must be a JSON object, got {type(rec).__name__}",
-                                    path, lineno))
+            problems.append(
+                Problem(f"record must be a JSON object, got {type(rec).__name__}", path, lineno)
+            )
             continue
         instruction = rec.get("instruction")
         if not isinstance(instruction, str):
@@ -92,7 +93,9 @@ def _group_rows(
             if isinstance(inst, dict) and isinstance(inst.get("input"), str):
                 rid = text_id(inst["input"])
             else:
-                local.append("field 'id' is missing and the instruction has no 'input' to derive it")
+                local.append(
+                    "field 'id' is missing and the instruction has no 'input' to derive it"
+                )
         if local:
             problems.extend(Problem(p, path, lineno) for p in local)
             continue
@@ -108,10 +111,13 @@ def _group_rows(
 
 def _chunk_schema(task: Task, chunk: list) -> Schema:
     if isinstance(task, TypedRolesTask):
-        return Schema.from_lists(type_roles={
-            el.get(task.type_field): el.get(task.roles_field, [])
-            for el in chunk if isinstance(el, dict)
-        })
+        return Schema.from_lists(
+            type_roles={
+                el.get(task.type_field): el.get(task.roles_field, [])
+                for el in chunk
+                if isinstance(el, dict)
+            }
+        )
     return Schema()
 
 
@@ -199,8 +205,10 @@ def evaluate_rows(
         "parse_error_examples": examples,
     }
     if opts.rouge:
-        report["rouge"] = {k: (rouge_sums[k] / rouge_n if rouge_n else 0.0)
-                           for k in ("rouge-1", "rouge-2", "rouge-l")}
+        report["rouge"] = {
+            k: (rouge_sums[k] / rouge_n if rouge_n else 0.0)
+            for k in ("rouge-1", "rouge-2", "rouge-l")
+        }
     return report
 
 
@@ -219,7 +227,9 @@ def format_table(report: dict, by_source: bool = False) -> str:
         f"task {report['task']}: {report['records']} records, {report['lines']} lines, "
         f"{report['parse_errors']} with parse errors ({report['unparseable']} unreadable)"
     )
-    rows = [f"{'source':<16} {'group':<10} {'P':>7} {'R':>7} {'F1':>7} {'tp':>6} {'pred':>6} {'gold':>6}"]
+    rows = [
+        f"{'source':<16} {'group':<10} {'P':>7} {'R':>7} {'F1':>7} {'tp':>6} {'pred':>6} {'gold':>6}"
+    ]
 
     def add(src: str, scores: dict) -> None:
         for g, s in scores.items():

@@ -50,7 +50,9 @@ def render(triples: Iterable[tuple[str, str, str]], text: str = "") -> str:
     return "\n".join(f"({h},{r},{t})" for h, r, t in triples) or "NAN"
 
 
-def parse(output: Any, relations: Iterable[str] = ()) -> tuple[list[tuple[str, str, str]], list[str]]:
+def parse(
+    output: Any, relations: Iterable[str] = ()
+) -> tuple[list[tuple[str, str, str]], list[str]]:
     """`(head,relation,tail)` lines → triples; never raises. Commas inside a head or tail are
     resolved with the known relation names when given (else the 2nd field is the relation)."""
     if not isinstance(output, str):
@@ -77,9 +79,12 @@ def parse(output: Any, relations: Iterable[str] = ()) -> tuple[list[tuple[str, s
 def gold_triples(rec: dict) -> list[tuple[str, str, str]] | None:
     """Gold from `relation` dicts, a CCKS `kg` list of [h, r, t], or None if absent."""
     if isinstance(rec.get("relation"), list):
-        return [(r["head"], r["relation"], r["tail"]) for r in rec["relation"]
-                if isinstance(r, dict) and all(isinstance(r.get(k), str)
-                                               for k in ("head", "relation", "tail"))]
+        return [
+            (r["head"], r["relation"], r["tail"])
+            for r in rec["relation"]
+            if isinstance(r, dict)
+            and all(isinstance(r.get(k), str) for k in ("head", "relation", "tail"))
+        ]
     if isinstance(rec.get("kg"), list):
         return [tuple(x) for x in rec["kg"] if isinstance(x, list) and len(x) == 3]
     return None
@@ -89,8 +94,9 @@ def convert_rows(rows, *, split: str, language: str, relations: list[str] | None
     rows = list(rows)
     problems: list[Problem] = []
     if relations is None:
-        relations = sorted({t[1] for _, r in rows if isinstance(r, dict)
-                            for t in (gold_triples(r) or [])})
+        relations = sorted(
+            {t[1] for _, r in rows if isinstance(r, dict) for t in (gold_triples(r) or [])}
+        )
     rel_set = set(relations)
     out = []
     for lineno, rec in rows:
@@ -99,14 +105,20 @@ def convert_rows(rows, *, split: str, language: str, relations: list[str] | None
             continue
         gold = gold_triples(rec)
         if gold is None and split == "train":
-            problems.append(Problem("field 'relation' is missing; train records need it", path,
-                                    lineno))
+            problems.append(
+                Problem("field 'relation' is missing; train records need it", path, lineno)
+            )
             continue
-        for h, r, t in gold or []:
+        for _h, r, _t in gold or []:
             if r not in rel_set:
-                problems.append(Problem(
-                    f"field 'relation' value {r!r} is not in the schema relations; add it to "
-                    "line 2 of the schema file", path, lineno))
+                problems.append(
+                    Problem(
+                        f"field 'relation' value {r!r} is not in the schema relations; add it to "
+                        "line 2 of the schema file",
+                        path,
+                        lineno,
+                    )
+                )
         text = rec["text"]
         item: dict[str, Any] = {"id": text_id(text)}
         if isinstance(rec.get("cate"), str):
@@ -119,9 +131,15 @@ def convert_rows(rows, *, split: str, language: str, relations: list[str] | None
     return out, problems
 
 
-def evaluate_rows(rows: Iterable[tuple[int, Any]], *, path: str = "<input>",
-                  language: str | None = None, segmenter: str = "char",
-                  match: str = "multiset", normalize: bool = True) -> dict:
+def evaluate_rows(
+    rows: Iterable[tuple[int, Any]],
+    *,
+    path: str = "<input>",
+    language: str | None = None,
+    segmenter: str = "char",
+    match: str = "multiset",
+    normalize: bool = True,
+) -> dict:
     from kgc.rouge import rouge
 
     problems: list[Problem] = []
@@ -130,7 +148,9 @@ def evaluate_rows(rows: Iterable[tuple[int, Any]], *, path: str = "<input>",
     n = parse_errors = 0
     for lineno, rec in rows:
         if not isinstance(rec, dict) or "output" not in rec:
-            problems.append(Problem("record needs the model's text in field 'output'", path, lineno))
+            problems.append(
+                Problem("record needs the model's text in field 'output'", path, lineno)
+            )
             continue
         label = rec.get("label")
         if isinstance(label, str):
@@ -139,8 +159,9 @@ def evaluate_rows(rows: Iterable[tuple[int, Any]], *, path: str = "<input>",
         else:
             gold = gold_triples(rec)
             if gold is None:
-                problems.append(Problem(
-                    "no gold: give 'label' (gold text), 'relation' or 'kg'", path, lineno))
+                problems.append(
+                    Problem("no gold: give 'label' (gold text), 'relation' or 'kg'", path, lineno)
+                )
                 continue
             gold_text = render(gold, rec.get("input", ""))
         pred, errs = parse(rec["output"])

@@ -35,9 +35,7 @@ def normalize_item(item, normalize: bool = True):
 def _canonical(item, normalize: bool):
     item = normalize_item(item, normalize)
     if isinstance(item, tuple):
-        return tuple(
-            tuple(sorted(x, key=repr)) if isinstance(x, tuple) else x for x in item
-        )
+        return tuple(tuple(sorted(x, key=repr)) if isinstance(x, tuple) else x for x in item)
     return item
 
 

@@ -10,8 +10,17 @@ import pytest
 
 HEAVY = ("torch", "transformers", "ray", "peft", "deepspeed", "numpy")
 CORE = [
-    "kgc", "kgc.cli", "kgc.convert", "kgc.evaluate", "kgc.parsing", "kgc.metrics",
-    "kgc.rouge", "kgc.legacy", "kgc.tasks", "kgc.schema", "kgc.sampling",
+    "kgc",
+    "kgc.cli",
+    "kgc.convert",
+    "kgc.evaluate",
+    "kgc.parsing",
+    "kgc.metrics",
+    "kgc.rouge",
+    "kgc.legacy",
+    "kgc.tasks",
+    "kgc.schema",
+    "kgc.sampling",
 ]
 
 
@@ -22,8 +31,7 @@ def test_core_imports_no_heavy_modules():
         "import kgc.tasks; [kgc.tasks.get(n) for n in kgc.tasks.names()]\n"
         f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
 
 

@@ -14,8 +14,8 @@ import json
 from collections import OrderedDict
 
 import pytest
-
 from conftest import IEPILE, TASKS, read_jsonl
+
 from kgc.convert import convert_file
 from kgc.instructions import INSTRUCTIONS
 from kgc.sampling import SamplingOptions
@@ -46,8 +46,15 @@ def by_input(rows):
 
 def convert(task, split, tmp_path, **kw):
     out = tmp_path / f"{task}-{split}.json"
-    convert_file(task, IEPILE / task / "sample.json", IEPILE / task / "schema.json", out,
-                 split=split, opts=SamplingOptions(split_num=4, neg_prob=1.0), **kw)
+    convert_file(
+        task,
+        IEPILE / task / "sample.json",
+        IEPILE / task / "schema.json",
+        out,
+        split=split,
+        opts=SamplingOptions(split_num=4, neg_prob=1.0),
+        **kw,
+    )
     return read_jsonl(out)
 
 
@@ -57,8 +64,12 @@ def strip_trigger(el):
 
 def ref_pairs_to_iepile(output: dict) -> dict:
     """DeepKE's RE files use head/tail; IEPile and OneKE use subject/object (we write those)."""
-    return {k: [{"subject": x["head"], "object": x["tail"]} if "head" in x else x for x in v]
-            if isinstance(v, list) else v for k, v in output.items()}
+    return {
+        k: [{"subject": x["head"], "object": x["tail"]} if "head" in x else x for x in v]
+        if isinstance(v, list)
+        else v
+        for k, v in output.items()
+    }
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
@@ -82,7 +93,7 @@ def test_matches_reference(task, split, tmp_path):
                 assert list(r) == ["task", "source", "instruction", "output"]
             else:
                 assert list(r) == ["id", "task", "source", "instruction", "label"]
-        for r, inst in ref_chunks:
+        for _, inst in ref_chunks:
             want = OLD_SPO_ZH if task == "SPO" else text
             assert inst["instruction"] == want
         # the same schema elements, over all chunks of the record
@@ -103,12 +114,14 @@ def test_matches_reference(task, split, tmp_path):
             assert canon(merged_ours) == canon(merged_ref)
         # byte-for-byte where DeepKE's chunk happened to be in our (sorted) order
         if len(ref_chunks) == 1 and task != "SPO":
-            (rr, rinst), (r, inst) = ref_chunks[0], our_chunks[0]
-            if drop is not strip_trigger and json.loads(rr["instruction"])["schema"] == inst["schema"]:
+            (rr, _), (r, inst) = ref_chunks[0], our_chunks[0]
+            if (
+                drop is not strip_trigger
+                and json.loads(rr["instruction"])["schema"] == inst["schema"]
+            ):
                 assert r["instruction"] == rr["instruction"]
                 if split == "train":
-                    assert canon(json.loads(r["output"])) == canon(
-                        json.loads(rr["output"]))
+                    assert canon(json.loads(r["output"])) == canon(json.loads(rr["output"]))
                 byte_equal += 1
     if task == "NER" and split == "train":
         assert byte_equal >= 1  # line 1 of DeepKE's NER train.json is in sorted order

@@ -20,10 +20,10 @@ from kgc.instructions import build_instruction
 from kgc.parsing import ParseResult, extract_json
 from kgc.sampling import (
     SamplingOptions,
+    binomial,
     cluster_negatives,
     order,
     sample_negatives,
-    binomial,
     split_chunks,
 )
 from kgc.schema import Schema
@@ -247,8 +247,9 @@ class TypedRolesTask(Task):
         """Gold types (first-appearance order) → roles they use."""
         raise NotImplementedError
 
-    def element(self, type_: str, roles: list[str], anns: list[Annotation] | None,
-                text: str) -> Element:
+    def element(
+        self, type_: str, roles: list[str], anns: list[Annotation] | None, text: str
+    ) -> Element:
         return {self.type_field: type_, self.roles_field: roles}
 
     def _sample(self, anns, schema, rng, opts) -> list[tuple[str, list[str]]]:

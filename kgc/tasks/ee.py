@@ -10,7 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from kgc.parsing import ParseResult, as_text, as_values
-from kgc.tasks.base import TypedRolesTask, _str_field, by_position, not_in_schema, one_or_many, unique
+from kgc.tasks.base import (
+    TypedRolesTask,
+    _str_field,
+    by_position,
+    not_in_schema,
+    one_or_many,
+    unique,
+)
 from kgc.tasks.registry import register
 
 
@@ -36,9 +43,7 @@ def validate_event(ann: Any, where: str, schema, problems: list[str]) -> None:
         _str_field(arg, "argument", w, problems)
         role = _str_field(arg, "role", w, problems)
         if role is not None and role not in roles:
-            problems.append(
-                f"{w}: " + not_in_schema("role", role, roles, 3, f"roles of {etype!r}")
-            )
+            problems.append(f"{w}: " + not_in_schema("role", role, roles, 3, f"roles of {etype!r}"))
 
 
 def event_target(anns: list[dict], chunk: list[dict], text: str) -> dict:
@@ -46,8 +51,11 @@ def event_target(anns: list[dict], chunk: list[dict], text: str) -> dict:
     for el in chunk:
         etype, roles = el["event_type"], el["arguments"]
         events = []
-        for ev in by_position(text, [a for a in anns if a["event_type"] == etype],
-                              key=lambda e: e.get("event_trigger")):
+        for ev in by_position(
+            text,
+            [a for a in anns if a["event_type"] == etype],
+            key=lambda e: e.get("event_trigger"),
+        ):
             args = [a for a in ev.get("arguments", []) if a["role"] in roles]
             if args:
                 arguments = {}
@@ -79,7 +87,9 @@ def read_events(value: Any, result: ParseResult) -> None:
         for ev in events:
             if isinstance(ev, str):
                 if as_text(ev) is not None:
-                    result.records.append({"event_type": etype, "event_trigger": ev, "arguments": []})
+                    result.records.append(
+                        {"event_type": etype, "event_trigger": ev, "arguments": []}
+                    )
                 continue
             if not isinstance(ev, dict):
                 result.errors.append(f"skipped event under {etype!r}: {str(ev)[:60]!r}")
@@ -96,6 +106,8 @@ def read_events(value: Any, result: ParseResult) -> None:
                     role = as_text(a.get("role")) if isinstance(a, dict) else None
                     if arg is not None and role is not None:
                         arguments.append({"argument": arg, "role": role})
+            if not trigger and not arguments:
+                continue  # an empty event (e.g. cut right after "{") says nothing
             result.records.append(
                 {"event_type": etype, "event_trigger": trigger, "arguments": arguments}
             )
@@ -103,9 +115,7 @@ def read_events(value: Any, result: ParseResult) -> None:
 
 def argument_tuples(records: list[dict]) -> list[tuple]:
     return [
-        (r["event_type"], a["role"], a["argument"])
-        for r in records
-        for a in r.get("arguments", [])
+        (r["event_type"], a["role"], a["argument"]) for r in records for a in r.get("arguments", [])
     ]
 
 

@@ -32,7 +32,9 @@ class EET(LabelTask):
         etype = _str_field(ann, "event_type", where, problems)
         allowed = event_types(schema)
         if etype is not None and etype not in allowed:
-            problems.append(f"{where}: " + not_in_schema("event_type", etype, allowed, 1, "event types"))
+            problems.append(
+                f"{where}: " + not_in_schema("event_type", etype, allowed, 1, "event types")
+            )
 
     def target(self, anns, chunk, text):
         out: dict[str, list[str]] = {t: [] for t in chunk}

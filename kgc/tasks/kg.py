@@ -12,7 +12,14 @@ from __future__ import annotations
 from typing import Any
 
 from kgc.parsing import as_values
-from kgc.tasks.base import TypedRolesTask, _str_field, by_position, not_in_schema, one_or_many, unique
+from kgc.tasks.base import (
+    TypedRolesTask,
+    _str_field,
+    by_position,
+    not_in_schema,
+    one_or_many,
+    unique,
+)
 from kgc.tasks.registry import register
 
 
@@ -72,7 +79,9 @@ class KG(TypedRolesTask):
             for head in by_position(text, unique(a["head"] for a in mine)):
                 facts = {}
                 for attr in attrs:
-                    values = unique(a["tail"] for a in mine if a["head"] == head and a["relation"] == attr)
+                    values = unique(
+                        a["tail"] for a in mine if a["head"] == head and a["relation"] == attr
+                    )
                     if values:
                         facts[attr] = one_or_many(values, text)
                 if facts:

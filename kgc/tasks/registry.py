@@ -25,9 +25,7 @@ def get(name: str) -> Task:
     try:
         return _TASKS[name.upper()]
     except (KeyError, AttributeError):
-        raise KgcError(
-            f"unknown task {name!r}; choose one of {', '.join(names())}"
-        ) from None
+        raise KgcError(f"unknown task {name!r}; choose one of {', '.join(names())}") from None
 
 
 _ORDER = ("NER", "RE", "SPO", "EE", "EET", "EEA", "KG")

@@ -81,7 +81,9 @@ class RE(LabelTask):
         return ann["relation"]
 
     def validate_one(self, ann, where, schema, problems):
-        ok = all(_str_field(ann, f, where, problems) is not None for f in ("head", "relation", "tail"))
+        ok = all(
+            _str_field(ann, f, where, problems) is not None for f in ("head", "relation", "tail")
+        )
         if ok and ann["relation"] not in schema.roles:
             problems.append(
                 f"{where}: "
