@@ -168,7 +168,7 @@ def evaluate_rows(
             if result.errors:
                 parse_errors += 1
                 src["parse_errors"] += 1
-                if not result.records:
+                if not result.readable:
                     unparseable += 1
                 if len(examples) < MAX_EXAMPLES:
                     examples.append({"line": lineno, "errors": result.errors})

@@ -35,6 +35,8 @@ class ParseResult:
 
     records: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    #: False when no JSON value at all could be read from the output
+    readable: bool = True
 
     @property
     def ok(self) -> bool:

@@ -1,4 +1,4 @@
-"""Shared fixtures: paths to DeepKE's IEPile format samples (tests/fixtures/iepile/<TASK>/)."""
+"""Shared helpers: DeepKE's IEPile format samples live in examples/iepile/<TASK>/."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-FIXTURES = Path(__file__).parent / "fixtures"
-IEPILE = FIXTURES / "iepile"
+IEPILE = Path(__file__).resolve().parent.parent / "examples" / "iepile"
 TASKS = ("NER", "RE", "SPO", "EE", "EET", "EEA", "KG")
 
 

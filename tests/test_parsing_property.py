@@ -63,6 +63,7 @@ def mutated(draw, task):
 @pytest.mark.parametrize("task", list(GOOD))
 def test_parsers_never_raise(task):
     t = tasks.get(task)
+    calls: list[int] = []
 
     @settings(
         max_examples=EXAMPLES,
@@ -73,12 +74,14 @@ def test_parsers_never_raise(task):
     )
     @given(st.one_of(mutated(task), st.text(max_size=200)))
     def run(text):
+        calls.append(1)
         result = t.parse_unguarded(text)
         assert isinstance(result, ParseResult)
         assert all(isinstance(r, dict) for r in result.records)
         t.tuples(result.records)  # what scoring does next must not raise either
 
     run()
+    assert len(calls) >= EXAMPLES, len(calls)  # the bar: at least 10,000 outputs per task
 
 
 @pytest.mark.parametrize("task", list(GOOD))

@@ -1,4 +1,4 @@
-"""Conversion against DeepKE's own IEPile samples (tests/fixtures/iepile/<TASK>/).
+"""Conversion against DeepKE's own IEPile samples (examples/iepile/<TASK>/).
 
 DeepKE ordered schemas by Python set order (it changes with PYTHONHASHSEED), so chunk
 membership cannot match line for line. What the rules fix, must match: instruction texts,

@@ -336,7 +336,7 @@ def test_parse_errors_and_by_source():
         ),
     ]
     rep = evaluate_rows("NER", rows)
-    assert rep["records"] == 3 and rep["parse_errors"] == 2 and rep["unparseable"] == 2
+    assert rep["records"] == 3 and rep["parse_errors"] == 2 and rep["unparseable"] == 1
     assert rep["by_source"]["s1"]["scores"]["entity"]["gold"] == 2
     assert rep["by_source"]["s1"]["scores"]["entity"]["tp"] == 0
     assert rep["by_source"]["s2"]["scores"]["entity"]["f1"] == 1.0

@@ -161,12 +161,15 @@ class Task:
         try:
             return self.parse_unguarded(output)
         except Exception as exc:  # a parser bug must not lose the row; it is reported
-            return ParseResult([], [f"internal parser error: {type(exc).__name__}: {exc}"])
+            return ParseResult(
+                [], [f"internal parser error: {type(exc).__name__}: {exc}"], readable=False
+            )
 
     def parse_unguarded(self, output: Any) -> ParseResult:
         value, errors = extract_json(output)
         result = ParseResult([], list(errors))
         if value is None:
+            result.readable = not errors
             return result
         self.read_value(value, result)
         return result
