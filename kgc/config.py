@@ -1,0 +1,175 @@
+"""Typed fine-tuning configuration: YAML file + `key.sub=value` overrides, validated once.
+
+Unknown keys are rejected; every problem is reported together with the key, the bad value
+and the fix, before any Ray worker starts (`validate_train_config`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from kgc.errors import KgcError, Problem
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class QuantConfig(_Strict):
+    bits: Literal[4, 8] = 4
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+
+
+class ModelConfig(_Strict):
+    path: str
+    family: str = "auto"
+    template: str = "auto"  # auto | tokenizer | a kgc template name
+    system_prompt: str | None = None
+    dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    trust_remote_code: bool = False
+    quantization: QuantConfig | None = None
+    gradient_checkpointing: bool = False
+    attn_implementation: str | None = None
+
+
+class LoraConfig(_Strict):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["auto", "all"] = "auto"
+
+
+class PTuningConfig(_Strict):
+    pre_seq_len: int = Field(16, ge=1)  # virtual tokens
+    prefix_projection: bool = False  # P-Tuning v2: reparameterise the prefix with an MLP
+    encoder_hidden_size: int = Field(128, ge=1)
+
+
+class MethodConfig(_Strict):
+    type: Literal["lora", "qlora", "ptuning_v2", "ptuning", "full", "freeze"] = "lora"
+    lora: LoraConfig = LoraConfig()
+    ptuning: PTuningConfig = PTuningConfig()
+    trainable_layers: int = Field(2, ge=1, description="freeze: train the last k layers")
+    adapter_path: str | None = None  # continue training from an existing adapter
+
+
+class DataConfig(_Strict):
+    train_file: str
+    val_file: str | None = None
+    val_size: float = Field(0.0, ge=0.0)  # fraction (< 1) or count (>= 1) held out
+    max_source_length: int = Field(512, ge=8)
+    max_target_length: int = Field(256, ge=1)
+    cutoff_len: int = Field(768, ge=16)
+    packing: bool = False
+    seed: int = 42
+
+
+class TrainConfig(_Strict):
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(4, ge=1)  # per worker
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    max_grad_norm: float = Field(1.0, ge=0)
+    eval_every: int = Field(0, ge=0)  # steps; 0 = only at the end
+    save_every: int = Field(50, ge=1)  # steps between checkpoints
+    log_every: int = Field(10, ge=1)
+    seed: int = 42
+
+
+class DistributedConfig(_Strict):
+    strategy: Literal["ddp", "deepspeed"] = "ddp"
+    zero_stage: Literal[2, 3] = 2
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+
+
+class RunConfig(_Strict):
+    name: str = "kgc-finetune"
+    storage_path: str = "./runs"
+    max_failures: int = Field(2, ge=-1)
+    keep_checkpoints: int = Field(2, ge=1)
+
+
+class FinetuneConfig(_Strict):
+    model: ModelConfig
+    method: MethodConfig = MethodConfig()
+    data: DataConfig
+    train: TrainConfig = TrainConfig()
+    distributed: DistributedConfig = DistributedConfig()
+    run: RunConfig = RunConfig()
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:
+        if not isinstance(node.get(p), dict):
+            node[p] = {}
+        node = node[p]
+    node[parts[-1]] = value
+
+
+def apply_overrides(tree: dict, overrides: list[str]) -> dict:
+    """`train.lr=2e-4 method.lora.r=16` → nested dict updates (values parsed as YAML)."""
+    for item in overrides:
+        if "=" not in item:
+            raise KgcError(f"override {item!r} must look like key.sub=value (e.g. train.lr=2e-4)")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    return tree
+
+
+def _problems(exc: ValidationError, source: str) -> list[Problem]:
+    out = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        value = err.get("input")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown key {key!r}; remove it or check its spelling"
+        elif err["type"] == "missing":
+            msg = f"key {key!r} is required"
+        else:
+            msg = f"key {key!r} = {value!r}: {err['msg']}"
+        out.append(Problem(msg, source))
+    return out
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None,
+                data: dict | None = None) -> FinetuneConfig:
+    """Read YAML (or take `data`), apply overrides, validate; KgcError lists every problem."""
+    source = str(path) if path else "<config>"
+    tree: dict = dict(data or {})
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise KgcError(Problem("config file does not exist", source))
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise KgcError(Problem(f"not valid YAML: {exc}", source)) from None
+        if not isinstance(loaded, dict):
+            raise KgcError(Problem("the config must be a YAML mapping", source))
+        tree = loaded
+    apply_overrides(tree, overrides or [])
+    try:
+        return FinetuneConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise KgcError(_problems(exc, source)) from None
+
+
+def dump_config(cfg: FinetuneConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,421 @@
+"""Fine-tuning on Ray Train: one `TorchTrainer`, DDP or DeepSpeed ZeRO-2/3, checkpoints that
+survive a lost worker, automatic resume of a run name.
+
+    kgc train --config jobs/configs/ner_lora.yaml [key.sub=value ...]
+
+Every `save_every` steps the workers write a checkpoint (trainable weights or adapter,
+optimizer/scheduler/engine state, step, the resolved config and the chat format) and report
+it to `RunConfig(storage_path)`. A failed worker restarts the group from the latest
+checkpoint (`FailureConfig(max_failures)`); submitting the same `run.name` again resumes it.
+The batch order is a pure function of (seed, epoch, step), so a resumed run replays exactly
+the steps after its checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from kgc.config import FinetuneConfig, dump_config
+from kgc.errors import KgcError, Problem
+
+STATE_FILE = "trainer_state.pt"
+CONFIG_FILE = "kgc_config.yaml"
+CHAT_FILE = "chat_format.json"
+WEIGHTS_DIR = "model"  # adapter (peft) or trainable weights (full/freeze)
+DS_DIR = "deepspeed"
+
+
+# ----------------------------------------------------------------------------- validation
+def validate(cfg: FinetuneConfig) -> list[Problem]:
+    """Everything checkable before workers start: paths, data, methods, targets, strategy."""
+    from kgc.prompting import read_sft_records
+
+    probs: list[Problem] = []
+    m, d = cfg.method, cfg.distributed
+    if not (Path(cfg.model.path) / "config.json").is_file():
+        probs.append(Problem(
+            f"model.path {cfg.model.path!r} is not a Hugging Face model directory (no "
+            "config.json); point it at a local folder such as /models/Qwen2.5-7B-Instruct"))
+    if m.type == "qlora" and cfg.model.quantization is None:
+        probs.append(Problem("method.type=qlora needs model.quantization (e.g. bits: 4, "
+                             "quant_type: nf4); or use method.type=lora"))
+    if cfg.model.quantization is not None and m.type in ("full", "freeze"):
+        probs.append(Problem(f"method.type={m.type} cannot train a quantised model; remove "
+                             "model.quantization or use method.type=qlora"))
+    if d.strategy == "deepspeed" and d.zero_stage == 3:
+        if m.type == "freeze":
+            probs.append(Problem("method.type=freeze with distributed.zero_stage=3: ZeRO-3 "
+                                 "partitions every parameter, so per-layer freezing is not "
+                                 "supported; use zero_stage: 2 or strategy: ddp"))
+        if cfg.model.quantization is not None:
+            probs.append(Problem("model.quantization with ZeRO-3 is not supported (bitsandbytes "
+                                 "weights cannot be partitioned); use zero_stage: 2 or ddp"))
+    if m.adapter_path and not (Path(m.adapter_path) / "adapter_config.json").is_file():
+        probs.append(Problem(f"method.adapter_path {m.adapter_path!r} has no "
+                             "adapter_config.json; point it at a saved peft adapter"))
+    if cfg.model.dtype == "fp16" and not d.use_gpu:
+        probs.append(Problem("model.dtype=fp16 needs a GPU (CPU kernels lack fp16 training); "
+                             "use fp32 or bf16 on CPU"))
+    for key in ("train_file", "val_file"):
+        path = getattr(cfg.data, key)
+        if path is None:
+            continue
+        try:
+            read_sft_records(path)
+        except KgcError as exc:
+            probs.extend(Problem(f"data.{key}: {p}") for p in exc.problems)
+    if probs:
+        return probs
+    # the model's own structure: LoRA targets, template
+    from kgc.modeling.loading import load_tokenizer, meta_model, resolve_chat_format, resolve_family
+    from kgc.modeling.tuning import resolve_lora_targets
+
+    try:
+        resolve_chat_format(cfg.model, load_tokenizer(cfg.model))
+        if m.type in ("lora", "qlora") and not m.adapter_path:
+            resolve_lora_targets(meta_model(cfg.model), m, resolve_family(cfg.model))
+    except KgcError as exc:
+        probs.extend(exc.problems)
+    return probs
+
+
+# ----------------------------------------------------------------------------- helpers
+def deepspeed_config(cfg: FinetuneConfig) -> dict:
+    t, d = cfg.train, cfg.distributed
+    zero: dict[str, Any] = {"stage": d.zero_stage}
+    if d.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    if d.offload_params and d.zero_stage == 3:
+        zero["offload_param"] = {"device": "cpu"}
+    if d.zero_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = False
+    conf: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": t.batch_size,
+        "gradient_accumulation_steps": t.grad_accum,
+        "gradient_clipping": t.max_grad_norm,
+        "zero_optimization": zero,
+        # torch's AdamW: DeepSpeed's fused/cpu Adam would JIT-compile for minutes
+        "optimizer": {"type": "AdamW", "params": {
+            "lr": t.lr, "weight_decay": t.weight_decay, "torch_adam": True}},
+        "zero_force_ds_cpu_optimizer": False,
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if cfg.model.dtype == "bf16":
+        conf["bf16"] = {"enabled": True}
+    elif cfg.model.dtype == "fp16":
+        conf["fp16"] = {"enabled": True}
+    return conf
+
+
+def lr_lambda(cfg: FinetuneConfig, total_steps: int):
+    warm = int(cfg.train.warmup_ratio * total_steps)
+    kind = cfg.train.scheduler
+
+    def f(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        if kind == "constant":
+            return 1.0
+        progress = (step - warm) / max(1, total_steps - warm)
+        if kind == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return f
+
+
+def batch_indices(n_rows: int, batch: int, rank: int, world: int, seed: int, micro: int) -> list[int]:
+    """Rows of the `micro`-th micro-batch of this rank: deterministic, so resume can replay."""
+    per_epoch = max(1, n_rows // (batch * world))
+    epoch, k = divmod(micro, per_epoch)
+    order = list(range(n_rows))
+    random.Random(seed * 100_003 + epoch).shuffle(order)
+    start = (k * world + rank) * batch
+    rows = order[start:start + batch]
+    return rows if len(rows) == batch else (rows + order)[:batch]
+
+
+def total_steps(cfg: FinetuneConfig, n_rows: int) -> int:
+    t, world = cfg.train, cfg.distributed.num_workers
+    if t.max_steps:
+        return t.max_steps
+    micro_per_epoch = max(1, n_rows // (t.batch_size * world))
+    return max(1, int(math.ceil(t.epochs * micro_per_epoch / t.grad_accum)))
+
+
+def _maybe_kill(step: int, rank: int) -> None:
+    """Test hook: KGC_TEST_KILL_STEP=N kills this worker process (SIGKILL) once, at step N."""
+    target = os.environ.get("KGC_TEST_KILL_STEP")
+    marker = os.environ.get("KGC_TEST_KILL_MARKER")
+    if not target or not marker or step != int(target):
+        return
+    if rank != int(os.environ.get("KGC_TEST_KILL_RANK", "0")) or os.path.exists(marker):
+        return
+    Path(marker).write_text(str(os.getpid()))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _log_step(step: int, rank: int) -> None:
+    path = os.environ.get("KGC_STEP_LOG")
+    if path and rank == 0:
+        with open(path, "a") as fh:
+            fh.write(f"{step}\n")
+
+
+# ----------------------------------------------------------------------------- worker
+def train_loop_per_worker(loop_config: dict) -> None:
+    import ray.train
+    import torch
+
+    from kgc.modeling.data import Encoder, as_rows, collate, pack, split_train_val
+    from kgc.modeling.loading import load_model, load_tokenizer, resolve_chat_format, resolve_family
+    from kgc.modeling.tuning import apply_method
+    from kgc.prompting import read_sft_records
+
+    cfg = FinetuneConfig.model_validate(loop_config["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(cfg.train.seed)
+    use_ds = cfg.distributed.strategy == "deepspeed"
+
+    tok = load_tokenizer(cfg.model)
+    chat = resolve_chat_format(cfg.model, tok)
+    records = read_sft_records(cfg.data.train_file)
+    val_records = read_sft_records(cfg.data.val_file) if cfg.data.val_file else []
+    if not val_records:
+        records, val_records = split_train_val(records, cfg.data.val_size, cfg.data.seed)
+    enc = Encoder(tok, chat, cfg.data)
+    examples = [enc.encode(r) for r in records]
+    rows = pack(examples, cfg.data.cutoff_len) if cfg.data.packing else as_rows(examples)
+    val_rows = as_rows([enc.encode(r) for r in val_records])
+    steps = total_steps(cfg, len(rows))
+
+    ds_keepalive = None
+    if use_ds:
+        import deepspeed
+
+        _disable_shm_comm(deepspeed)
+        ds_conf = deepspeed_config(cfg)
+        if cfg.distributed.zero_stage == 3:
+            # Load straight into ZeRO-3 partitions: no worker holds the full model twice.
+            from transformers.integrations import HfDeepSpeedConfig
+
+            ds_keepalive = HfDeepSpeedConfig(ds_conf)  # noqa: F841 (must stay alive)
+    model = load_model(cfg.model)
+    model = apply_method(model, cfg.method, resolve_family(cfg.model),
+                         quantized=cfg.model.quantization is not None,
+                         gradient_checkpointing=cfg.model.gradient_checkpointing)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    device = ray.train.torch.get_device()
+
+    if use_ds:
+        schedule = lr_lambda(cfg, steps)
+        # DeepSpeed builds the scheduler on its inner optimizer, steps it at accumulation
+        # boundaries and keeps its state in the engine checkpoint.
+        engine, optimizer, _, scheduler = deepspeed.initialize(
+            model=model, model_parameters=trainable, config=ds_conf,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
+        net = engine
+        raw_model = engine.module
+    else:
+        # bitsandbytes weights already sit on their device (device_map); still wrap in DDP
+        model = ray.train.torch.prepare_model(
+            model, move_to_device=cfg.model.quantization is None)
+        raw_model = model.module if hasattr(model, "module") else model
+        optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr,
+                                      weight_decay=cfg.train.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps))
+        net = model
+        engine = None
+
+    start = 0
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:
+        with ckpt.as_directory() as d:
+            start = _restore(Path(d), raw_model, optimizer, scheduler, engine)
+
+    pad = tok.pad_token_id
+    micro = start * cfg.train.grad_accum
+    last_loss = float("nan")
+    for step in range(start, steps):
+        net.train()
+        losses = []
+        for _ in range(cfg.train.grad_accum):
+            idx = batch_indices(len(rows), cfg.train.batch_size, rank, world,
+                                cfg.train.seed, micro)
+            micro += 1
+            batch = {k: v.to(device) for k, v in collate([rows[i] for i in idx], pad).items()}
+            loss = net(**batch).loss
+            if engine is not None:
+                engine.backward(loss)
+                engine.step()
+            else:
+                (loss / cfg.train.grad_accum).backward()
+            losses.append(loss.item())
+        if engine is None:
+            if cfg.train.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.train.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+        done = step + 1
+        last_loss = sum(losses) / len(losses)
+        _log_step(done, rank)
+        _maybe_kill(done, rank)
+        metrics = {"step": done, "loss": last_loss, "lr": scheduler.get_last_lr()[0]}
+        evaluate_now = cfg.train.eval_every and done % cfg.train.eval_every == 0
+        if val_rows and (evaluate_now or done == steps):
+            metrics["eval_loss"] = _eval_loss(net, val_rows, pad, device, rank, world,
+                                              cfg.train.batch_size)
+        if done % cfg.train.save_every == 0 or done == steps:
+            _save_and_report(cfg, chat, tok, raw_model, optimizer, scheduler, engine, done,
+                             metrics, rank)
+        elif done % cfg.train.log_every == 0:
+            ray.train.report(metrics)
+
+
+def _disable_shm_comm(deepspeed) -> None:
+    """Skip DeepSpeed's shared-memory all-reduce op on CPU: building it JIT-compiles C++ for
+    about a minute at every process start, and gloo does the same job for training."""
+    import torch
+
+    if not torch.cuda.is_available():
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def _eval_loss(net, rows, pad, device, rank, world, batch) -> float:
+    import torch
+    import torch.distributed as dist
+
+    from kgc.modeling.data import collate
+
+    net.eval()
+    total = torch.zeros(2, device=device)
+    mine = rows[rank::world]
+    with torch.no_grad():
+        for i in range(0, len(mine), batch):
+            b = {k: v.to(device) for k, v in collate(mine[i:i + batch], pad).items()}
+            n = int((b["labels"] != -100).sum())
+            total += torch.tensor([net(**b).loss.item() * n, n], device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(total)
+    net.train()
+    return float(total[0] / total[1]) if total[1] > 0 else float("nan")
+
+
+def _trainable_state(model) -> dict:
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v.detach().cpu() for k, v in model.state_dict().items() if k in names}
+
+
+def _save_and_report(cfg, chat, tok, model, optimizer, scheduler, engine, step, metrics, rank):
+    import ray.train
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="kgc-ckpt-") as tmp:
+        d = Path(tmp)
+        if engine is not None:
+            # every rank writes its ZeRO shards; Ray merges the ranks' files in one checkpoint
+            engine.save_checkpoint(str(d / DS_DIR), tag="state", client_state={"step": step})
+            _save_weights(cfg, model, d / WEIGHTS_DIR, rank, zero3=cfg.distributed.zero_stage == 3)
+        elif rank == 0:
+            _save_weights(cfg, model, d / WEIGHTS_DIR, rank, zero3=False)
+            torch.save({"step": step, "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict()}, d / STATE_FILE)
+        if rank == 0:
+            tok.save_pretrained(d / WEIGHTS_DIR)
+            (d / CONFIG_FILE).write_text(dump_config(cfg), encoding="utf-8")
+            (d / CHAT_FILE).write_text(json.dumps(chat.to_dict(), ensure_ascii=False, indent=1),
+                                       encoding="utf-8")
+        has_files = any(d.iterdir())
+        ckpt = ray.train.Checkpoint.from_directory(tmp) if has_files else None
+        ray.train.report(metrics, checkpoint=ckpt)
+
+
+def _save_weights(cfg, model, out: Path, rank: int, zero3: bool) -> None:
+    """Adapter via peft's save_pretrained; full/freeze: the trainable weights."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    ctx = None
+    if zero3:
+        import deepspeed
+
+        ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+        ctx.__enter__()
+    try:
+        if rank != 0:
+            return
+        if cfg.method.type in ("full", "freeze"):
+            out.mkdir(parents=True, exist_ok=True)
+            torch.save(_trainable_state(model), out / "trainable.pt")
+        else:
+            model.save_pretrained(out)
+    finally:
+        if ctx is not None:
+            ctx.__exit__(None, None, None)
+
+
+def _restore(d: Path, model, optimizer, scheduler, engine) -> int:
+    import torch
+
+    if engine is not None:
+        _, client = engine.load_checkpoint(str(d / DS_DIR), tag="state")
+        return int(client["step"])
+    state = torch.load(d / STATE_FILE, map_location="cpu", weights_only=False)
+    _load_weights(model, d / WEIGHTS_DIR)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return int(state["step"])
+
+
+def _load_weights(model, wdir: Path) -> None:
+    import torch
+
+    if (wdir / "trainable.pt").exists():
+        model.load_state_dict(torch.load(wdir / "trainable.pt", map_location="cpu"), strict=False)
+        return
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(wdir / "adapter_model.safetensors")))
+
+
+# ----------------------------------------------------------------------------- driver
+def run(cfg: FinetuneConfig, *, ray_address: str | None = None):
+    """Validate, then run (or resume) the Ray Train job; returns the ray.train.Result."""
+    probs = validate(cfg)
+    if probs:
+        raise KgcError(probs)
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    if not ray.is_initialized():
+        ray.init(address=ray_address, log_to_driver=True)
+    d = cfg.distributed
+    resources = {"CPU": d.cpus_per_worker}
+    scaling = ray.train.ScalingConfig(num_workers=d.num_workers, use_gpu=d.use_gpu,
+                                      resources_per_worker=resources)
+    run_config = ray.train.RunConfig(
+        name=cfg.run.name,
+        storage_path=str(Path(cfg.run.storage_path).resolve()),
+        failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
+    )
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg.model_dump(mode="json")},
+        scaling_config=scaling,
+        run_config=run_config,
+    )
+    return trainer.fit()

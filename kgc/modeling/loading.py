@@ -1,0 +1,148 @@
+"""Load a causal LM and its tokenizer from a local Hugging Face directory.
+
+dtype, bitsandbytes 4/8-bit quantisation (nf4/fp4, double quant), gradient checkpointing,
+`trust_remote_code` only when asked for. Also resolves the model family and the chat
+template that training, extraction and serving share.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kgc.config import ModelConfig
+from kgc.errors import KgcError, Problem
+from kgc.families import Family, detect_family, get_family
+from kgc.templates import TOKENIZER, Template, get_template
+
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, DTYPES[name])
+
+
+def resolve_family(cfg: ModelConfig) -> Family | None:
+    if cfg.family != "auto":
+        return get_family(cfg.family)
+    return detect_family(cfg.path)
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """How prompts are laid out: a kgc template, or the tokenizer's own chat_template."""
+
+    template: Template | None  # None → tokenizer.apply_chat_template
+    system: str | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "template": self.template.to_dict() if self.template else TOKENIZER,
+            "system": self.system,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ChatFormat:
+        t = d.get("template")
+        return cls(None if t == TOKENIZER else Template.from_dict(t), d.get("system"))
+
+
+def resolve_chat_format(cfg: ModelConfig, tokenizer=None) -> ChatFormat:
+    """'auto': the tokenizer's chat_template when it has one, else the family's template."""
+    name = cfg.template
+    if name == "auto":
+        has_own = tokenizer is not None and getattr(tokenizer, "chat_template", None)
+        if has_own:
+            return ChatFormat(None, cfg.system_prompt)
+        fam = resolve_family(cfg)
+        name = fam.template if fam else "alpaca"
+    if name == TOKENIZER:
+        if tokenizer is not None and not getattr(tokenizer, "chat_template", None):
+            raise KgcError(
+                f"model.template is 'tokenizer' but {cfg.path} has no chat_template; "
+                "name a kgc template instead (e.g. alpaca, qwen, llama2_zh)"
+            )
+        return ChatFormat(None, cfg.system_prompt)
+    return ChatFormat(get_template(name), cfg.system_prompt)
+
+
+def check_model_dir(path: str) -> None:
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise KgcError(
+            Problem(
+                f"model.path {path!r} is not a Hugging Face model directory (no config.json); "
+                "point it at a local folder such as /models/Qwen2.5-7B-Instruct",
+            )
+        )
+
+
+def load_tokenizer(cfg: ModelConfig):
+    from transformers import AutoTokenizer
+
+    check_model_dir(cfg.path)
+    tok = AutoTokenizer.from_pretrained(cfg.path, trust_remote_code=cfg.trust_remote_code)
+    if tok.pad_token_id is None:
+        # batching needs a pad id; EOS is safe because padded positions are masked out
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def quantization_config(cfg: ModelConfig):
+    q = cfg.quantization
+    if q is None:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if q.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=q.quant_type,
+        bnb_4bit_use_double_quant=q.double_quant,
+        bnb_4bit_compute_dtype=torch_dtype(q.compute_dtype),
+    )
+
+
+def load_model(cfg: ModelConfig, *, device_map: Any = None, for_training: bool = True):
+    from transformers import AutoModelForCausalLM
+
+    check_model_dir(cfg.path)
+    kwargs: dict[str, Any] = {
+        "dtype": torch_dtype(cfg.dtype),
+        "trust_remote_code": cfg.trust_remote_code,
+    }
+    qc = quantization_config(cfg)
+    if qc is not None:
+        kwargs["quantization_config"] = qc
+        kwargs["device_map"] = device_map if device_map is not None else {"": _default_device()}
+    elif device_map is not None:
+        kwargs["device_map"] = device_map
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(cfg.path, **kwargs)
+    if for_training:
+        model.config.use_cache = False  # the cache is useless (and memory-hungry) in training
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+    return model
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def meta_model(cfg: ModelConfig):
+    """The model's module tree without allocating weights (for validating target modules)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(cfg.path, trust_remote_code=cfg.trust_remote_code)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code)
