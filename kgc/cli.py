@@ -1,4 +1,5 @@
-"""The `kgc` command line: `kgc convert`, `kgc eval`.
+"""The `kgc` command line: `kgc convert`, `kgc eval`, `kgc train`, `kgc export`,
+`kgc tiny-model`.
 
 Exit status: 0 on success, 2 on bad input (every problem printed to stderr with file, line
 and fix), 1 on an unexpected internal error.
@@ -119,6 +120,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="Chinese ROUGE tokens: characters or jieba words",
     )
     e.add_argument("--format", choices=("iepile", "ccks2023"), default="iepile")
+
+    t = sub.add_parser(
+        "train",
+        help="fine-tune a causal LM on Ray Train (LoRA, QLoRA, P-Tuning, full, freeze)",
+        description="Fine-tune with Ray Train; re-running the same run.name resumes it.",
+    )
+    t.add_argument("--config", required=True, help="YAML config (see jobs/configs/)")
+    t.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.lr=2e-4")
+    t.add_argument("--address", help="Ray cluster address (default: a local Ray)")
+    t.add_argument("--check", action="store_true", help="validate the config and exit")
+
+    x = sub.add_parser("export", help="merge a LoRA checkpoint into its base → a plain HF model")
+    x.add_argument("--checkpoint", required=True, help="kgc checkpoint or peft adapter directory")
+    x.add_argument("--out", required=True, help="directory to write the merged model to")
+    x.add_argument("--base", help="base model directory (default: the one training used)")
+    x.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
+
+    m = sub.add_parser("tiny-model", help="build a tiny random model + tokenizer (no download)")
+    m.add_argument("--arch", choices=("llama", "qwen2"), default="llama")
+    m.add_argument("--size", choices=("tiny", "small"), default="tiny")
+    m.add_argument("--out", required=True)
     return parser
 
 
@@ -201,9 +223,47 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from kgc.config import load_config
+    from kgc.finetune import run, validate
+
+    cfg = load_config(args.config, args.overrides)
+    if args.check:
+        problems = validate(cfg)
+        if problems:
+            raise KgcError(problems)
+        print(f"kgc train: {args.config} is valid", file=sys.stderr)
+        return 0
+    result = run(cfg, ray_address=args.address)
+    ckpt = result.checkpoint.path if result.checkpoint else None
+    print(json.dumps({"metrics": result.metrics, "checkpoint": ckpt}, ensure_ascii=False))
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from kgc.modeling.export import export_model
+
+    out = export_model(args.checkpoint, args.out, base=args.base, dtype=args.dtype)
+    print(f"kgc export: wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _cmd_tiny(args) -> int:
+    from kgc.modeling.tiny import build_tiny_model
+
+    print(build_tiny_model(args.out, args.arch, args.size))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"convert": _cmd_convert, "eval": _cmd_eval}
+    handlers = {
+        "convert": _cmd_convert,
+        "eval": _cmd_eval,
+        "train": _cmd_train,
+        "export": _cmd_export,
+        "tiny-model": _cmd_tiny,
+    }
     try:
         return handlers[args.command](args)
     except KgcError as exc:

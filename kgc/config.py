@@ -148,8 +148,9 @@ def _problems(exc: ValidationError, source: str) -> list[Problem]:
     return out
 
 
-def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None,
-                data: dict | None = None) -> FinetuneConfig:
+def load_config(
+    path: str | os.PathLike | None, overrides: list[str] | None = None, data: dict | None = None
+) -> FinetuneConfig:
     """Read YAML (or take `data`), apply overrides, validate; KgcError lists every problem."""
     source = str(path) if path else "<config>"
     tree: dict = dict(data or {})

@@ -29,24 +29,57 @@ class Family:
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in [
-        Family("llama", ("llama",), "alpaca", _LLAMA_TARGETS,
-               notes="LLaMA/LLaMA-2/3, Alpaca, Vicuna, ZhiXi/KnowLM, OneKE (llama2_zh)"),
-        Family("qwen2", ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe"), "qwen", _LLAMA_TARGETS,
-               notes="Qwen1.5/2/2.5/3"),
-        Family("qwen", ("qwen",), "qwen", ("c_attn", "attn.c_proj", "w1", "w2", "mlp.c_proj"),
-               remote_code=True, notes="Qwen (v1)"),
-        Family("baichuan", ("baichuan",), "baichuan2",
-               ("W_pack", "o_proj", "gate_proj", "up_proj", "down_proj"), remote_code=True,
-               notes="Baichuan/Baichuan2"),
-        Family("chatglm", ("chatglm",), "chatglm3", _GLM_TARGETS, remote_code=True,
-               notes="ChatGLM2/3"),
-        Family("moss", ("moss",), "moss", ("qkv_proj", "out_proj", "fc_in", "fc_out"),
-               remote_code=True, notes="MOSS (CodeGen architecture)"),
+        Family(
+            "llama",
+            ("llama",),
+            "alpaca",
+            _LLAMA_TARGETS,
+            notes="LLaMA/LLaMA-2/3, Alpaca, Vicuna, ZhiXi/KnowLM, OneKE (llama2_zh)",
+        ),
+        Family(
+            "qwen2",
+            ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe"),
+            "qwen",
+            _LLAMA_TARGETS,
+            notes="Qwen1.5/2/2.5/3",
+        ),
+        Family(
+            "qwen",
+            ("qwen",),
+            "qwen",
+            ("c_attn", "attn.c_proj", "w1", "w2", "mlp.c_proj"),
+            remote_code=True,
+            notes="Qwen (v1)",
+        ),
+        Family(
+            "baichuan",
+            ("baichuan",),
+            "baichuan2",
+            ("W_pack", "o_proj", "gate_proj", "up_proj", "down_proj"),
+            remote_code=True,
+            notes="Baichuan/Baichuan2",
+        ),
+        Family(
+            "chatglm", ("chatglm",), "chatglm3", _GLM_TARGETS, remote_code=True, notes="ChatGLM2/3"
+        ),
+        Family(
+            "moss",
+            ("moss",),
+            "moss",
+            ("qkv_proj", "out_proj", "fc_in", "fc_out"),
+            remote_code=True,
+            notes="MOSS (CodeGen architecture)",
+        ),
         Family("falcon", ("falcon", "RefinedWeb", "RefinedWebModel"), "falcon", _GLM_TARGETS),
         Family("mistral", ("mistral", "mixtral"), "mistral", _LLAMA_TARGETS),
         Family("cpm-bee", ("cpmbee",), "vanilla", ("project_q", "project_v"), remote_code=True),
-        Family("internlm", ("internlm", "internlm2"), "intern", ("wqkv", "wo", "w1", "w2", "w3"),
-               remote_code=True),
+        Family(
+            "internlm",
+            ("internlm", "internlm2"),
+            "intern",
+            ("wqkv", "wo", "w1", "w2", "w3"),
+            remote_code=True,
+        ),
     ]
 }
 

@@ -25,10 +25,9 @@ from typing import Any
 from kgc.config import FinetuneConfig, dump_config
 from kgc.errors import KgcError, Problem
 
+from kgc.modeling.export import CHAT_FILE, CONFIG_FILE, WEIGHTS_DIR
+
 STATE_FILE = "trainer_state.pt"
-CONFIG_FILE = "kgc_config.yaml"
-CHAT_FILE = "chat_format.json"
-WEIGHTS_DIR = "model"  # adapter (peft) or trainable weights (full/freeze)
 DS_DIR = "deepspeed"
 
 
@@ -40,29 +39,56 @@ def validate(cfg: FinetuneConfig) -> list[Problem]:
     probs: list[Problem] = []
     m, d = cfg.method, cfg.distributed
     if not (Path(cfg.model.path) / "config.json").is_file():
-        probs.append(Problem(
-            f"model.path {cfg.model.path!r} is not a Hugging Face model directory (no "
-            "config.json); point it at a local folder such as /models/Qwen2.5-7B-Instruct"))
+        probs.append(
+            Problem(
+                f"model.path {cfg.model.path!r} is not a Hugging Face model directory (no "
+                "config.json); point it at a local folder such as /models/Qwen2.5-7B-Instruct"
+            )
+        )
     if m.type == "qlora" and cfg.model.quantization is None:
-        probs.append(Problem("method.type=qlora needs model.quantization (e.g. bits: 4, "
-                             "quant_type: nf4); or use method.type=lora"))
+        probs.append(
+            Problem(
+                "method.type=qlora needs model.quantization (e.g. bits: 4, "
+                "quant_type: nf4); or use method.type=lora"
+            )
+        )
     if cfg.model.quantization is not None and m.type in ("full", "freeze"):
-        probs.append(Problem(f"method.type={m.type} cannot train a quantised model; remove "
-                             "model.quantization or use method.type=qlora"))
+        probs.append(
+            Problem(
+                f"method.type={m.type} cannot train a quantised model; remove "
+                "model.quantization or use method.type=qlora"
+            )
+        )
     if d.strategy == "deepspeed" and d.zero_stage == 3:
         if m.type == "freeze":
-            probs.append(Problem("method.type=freeze with distributed.zero_stage=3: ZeRO-3 "
-                                 "partitions every parameter, so per-layer freezing is not "
-                                 "supported; use zero_stage: 2 or strategy: ddp"))
+            probs.append(
+                Problem(
+                    "method.type=freeze with distributed.zero_stage=3: ZeRO-3 "
+                    "partitions every parameter, so per-layer freezing is not "
+                    "supported; use zero_stage: 2 or strategy: ddp"
+                )
+            )
         if cfg.model.quantization is not None:
-            probs.append(Problem("model.quantization with ZeRO-3 is not supported (bitsandbytes "
-                                 "weights cannot be partitioned); use zero_stage: 2 or ddp"))
+            probs.append(
+                Problem(
+                    "model.quantization with ZeRO-3 is not supported (bitsandbytes "
+                    "weights cannot be partitioned); use zero_stage: 2 or ddp"
+                )
+            )
     if m.adapter_path and not (Path(m.adapter_path) / "adapter_config.json").is_file():
-        probs.append(Problem(f"method.adapter_path {m.adapter_path!r} has no "
-                             "adapter_config.json; point it at a saved peft adapter"))
+        probs.append(
+            Problem(
+                f"method.adapter_path {m.adapter_path!r} has no "
+                "adapter_config.json; point it at a saved peft adapter"
+            )
+        )
     if cfg.model.dtype == "fp16" and not d.use_gpu:
-        probs.append(Problem("model.dtype=fp16 needs a GPU (CPU kernels lack fp16 training); "
-                             "use fp32 or bf16 on CPU"))
+        probs.append(
+            Problem(
+                "model.dtype=fp16 needs a GPU (CPU kernels lack fp16 training); "
+                "use fp32 or bf16 on CPU"
+            )
+        )
     for key in ("train_file", "val_file"):
         path = getattr(cfg.data, key)
         if path is None:
@@ -102,8 +128,10 @@ def deepspeed_config(cfg: FinetuneConfig) -> dict:
         "gradient_clipping": t.max_grad_norm,
         "zero_optimization": zero,
         # torch's AdamW: DeepSpeed's fused/cpu Adam would JIT-compile for minutes
-        "optimizer": {"type": "AdamW", "params": {
-            "lr": t.lr, "weight_decay": t.weight_decay, "torch_adam": True}},
+        "optimizer": {
+            "type": "AdamW",
+            "params": {"lr": t.lr, "weight_decay": t.weight_decay, "torch_adam": True},
+        },
         "zero_force_ds_cpu_optimizer": False,
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
@@ -133,14 +161,16 @@ def lr_lambda(cfg: FinetuneConfig, total_steps: int):
     return f
 
 
-def batch_indices(n_rows: int, batch: int, rank: int, world: int, seed: int, micro: int) -> list[int]:
+def batch_indices(
+    n_rows: int, batch: int, rank: int, world: int, seed: int, micro: int
+) -> list[int]:
     """Rows of the `micro`-th micro-batch of this rank: deterministic, so resume can replay."""
     per_epoch = max(1, n_rows // (batch * world))
     epoch, k = divmod(micro, per_epoch)
     order = list(range(n_rows))
     random.Random(seed * 100_003 + epoch).shuffle(order)
     start = (k * world + rank) * batch
-    rows = order[start:start + batch]
+    rows = order[start : start + batch]
     return rows if len(rows) == batch else (rows + order)[:batch]
 
 
@@ -211,9 +241,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
             ds_keepalive = HfDeepSpeedConfig(ds_conf)  # noqa: F841 (must stay alive)
     model = load_model(cfg.model)
-    model = apply_method(model, cfg.method, resolve_family(cfg.model),
-                         quantized=cfg.model.quantization is not None,
-                         gradient_checkpointing=cfg.model.gradient_checkpointing)
+    model = apply_method(
+        model,
+        cfg.method,
+        resolve_family(cfg.model),
+        quantized=cfg.model.quantization is not None,
+        gradient_checkpointing=cfg.model.gradient_checkpointing,
+    )
     trainable = [p for p in model.parameters() if p.requires_grad]
     device = ray.train.torch.get_device()
 
@@ -222,17 +256,20 @@ def train_loop_per_worker(loop_config: dict) -> None:
         # DeepSpeed builds the scheduler on its inner optimizer, steps it at accumulation
         # boundaries and keeps its state in the engine checkpoint.
         engine, optimizer, _, scheduler = deepspeed.initialize(
-            model=model, model_parameters=trainable, config=ds_conf,
-            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
+            model=model,
+            model_parameters=trainable,
+            config=ds_conf,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
+        )
         net = engine
         raw_model = engine.module
     else:
         # bitsandbytes weights already sit on their device (device_map); still wrap in DDP
-        model = ray.train.torch.prepare_model(
-            model, move_to_device=cfg.model.quantization is None)
+        model = ray.train.torch.prepare_model(model, move_to_device=cfg.model.quantization is None)
         raw_model = model.module if hasattr(model, "module") else model
-        optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr,
-                                      weight_decay=cfg.train.weight_decay)
+        optimizer = torch.optim.AdamW(
+            trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+        )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps))
         net = model
         engine = None
@@ -250,8 +287,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         net.train()
         losses = []
         for _ in range(cfg.train.grad_accum):
-            idx = batch_indices(len(rows), cfg.train.batch_size, rank, world,
-                                cfg.train.seed, micro)
+            idx = batch_indices(len(rows), cfg.train.batch_size, rank, world, cfg.train.seed, micro)
             micro += 1
             batch = {k: v.to(device) for k, v in collate([rows[i] for i in idx], pad).items()}
             loss = net(**batch).loss
@@ -274,11 +310,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
         metrics = {"step": done, "loss": last_loss, "lr": scheduler.get_last_lr()[0]}
         evaluate_now = cfg.train.eval_every and done % cfg.train.eval_every == 0
         if val_rows and (evaluate_now or done == steps):
-            metrics["eval_loss"] = _eval_loss(net, val_rows, pad, device, rank, world,
-                                              cfg.train.batch_size)
+            metrics["eval_loss"] = _eval_loss(
+                net, val_rows, pad, device, rank, world, cfg.train.batch_size
+            )
         if done % cfg.train.save_every == 0 or done == steps:
-            _save_and_report(cfg, chat, tok, raw_model, optimizer, scheduler, engine, done,
-                             metrics, rank)
+            _save_and_report(
+                cfg, chat, tok, raw_model, optimizer, scheduler, engine, done, metrics, rank
+            )
         elif done % cfg.train.log_every == 0:
             ray.train.report(metrics)
 
@@ -303,7 +341,7 @@ def _eval_loss(net, rows, pad, device, rank, world, batch) -> float:
     mine = rows[rank::world]
     with torch.no_grad():
         for i in range(0, len(mine), batch):
-            b = {k: v.to(device) for k, v in collate(mine[i:i + batch], pad).items()}
+            b = {k: v.to(device) for k, v in collate(mine[i : i + batch], pad).items()}
             n = int((b["labels"] != -100).sum())
             total += torch.tensor([net(**b).loss.item() * n, n], device=device)
     if dist.is_available() and dist.is_initialized():
@@ -329,13 +367,20 @@ def _save_and_report(cfg, chat, tok, model, optimizer, scheduler, engine, step, 
             _save_weights(cfg, model, d / WEIGHTS_DIR, rank, zero3=cfg.distributed.zero_stage == 3)
         elif rank == 0:
             _save_weights(cfg, model, d / WEIGHTS_DIR, rank, zero3=False)
-            torch.save({"step": step, "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict()}, d / STATE_FILE)
+            torch.save(
+                {
+                    "step": step,
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                },
+                d / STATE_FILE,
+            )
         if rank == 0:
             tok.save_pretrained(d / WEIGHTS_DIR)
             (d / CONFIG_FILE).write_text(dump_config(cfg), encoding="utf-8")
-            (d / CHAT_FILE).write_text(json.dumps(chat.to_dict(), ensure_ascii=False, indent=1),
-                                       encoding="utf-8")
+            (d / CHAT_FILE).write_text(
+                json.dumps(chat.to_dict(), ensure_ascii=False, indent=1), encoding="utf-8"
+            )
         has_files = any(d.iterdir())
         ckpt = ray.train.Checkpoint.from_directory(tmp) if has_files else None
         ray.train.report(metrics, checkpoint=ckpt)
@@ -404,8 +449,9 @@ def run(cfg: FinetuneConfig, *, ray_address: str | None = None):
         ray.init(address=ray_address, log_to_driver=True)
     d = cfg.distributed
     resources = {"CPU": d.cpus_per_worker}
-    scaling = ray.train.ScalingConfig(num_workers=d.num_workers, use_gpu=d.use_gpu,
-                                      resources_per_worker=resources)
+    scaling = ray.train.ScalingConfig(
+        num_workers=d.num_workers, use_gpu=d.use_gpu, resources_per_worker=resources
+    )
     run_config = ray.train.RunConfig(
         name=cfg.run.name,
         storage_path=str(Path(cfg.run.storage_path).resolve()),

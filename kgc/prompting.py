@@ -57,8 +57,11 @@ def check_record(rec: Any, need_output: bool = True) -> str | None:
     if not isinstance(rec.get("instruction"), str):
         return "field 'instruction' must be a string (an IEPile instruction or legacy text)"
     if need_output and not isinstance(rec.get("output"), str):
-        hint = (" — this looks like a test record (it has 'label'); convert with --split train"
-                if "label" in rec else "")
+        hint = (
+            " — this looks like a test record (it has 'label'); convert with --split train"
+            if "label" in rec
+            else ""
+        )
         return f"field 'output' (the target text) is missing or not a string{hint}"
     if not is_legacy(rec):
         try:

@@ -78,39 +78,73 @@ _LLAMA3_USER = (
 TEMPLATES: dict[str, Template] = {
     t.name: t
     for t in [
-        Template("alpaca", "### Instruction:\n{query}\n\n### Response:\n", "{system}\n\n",
-                 ALPACA_SYSTEM),
+        Template(
+            "alpaca", "### Instruction:\n{query}\n\n### Response:\n", "{system}\n\n", ALPACA_SYSTEM
+        ),
         Template("vanilla", "{query}"),
         Template("default", "Human: {query}\nAssistant:", "{system}\n", HELPFUL),
         Template("vicuna", "USER: {query} ASSISTANT:", "{system} ", VICUNA_SYSTEM),
         # llama2 puts the system block inside the first [INST]; without one, "[INST] q [/INST]"
         Template("llama2", "{query} [/INST]", _LLAMA2, LLAMA2_SYSTEM),
-        Template("llama2_zh", "{query} [/INST]", _LLAMA2,
-                 "You are a helpful assistant. 你是一个乐于助人的助手。"),
-        Template("llama3", _LLAMA3_USER,
-                 "<|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>", HELPFUL,
-                 stop=("<|eot_id|>",), eos="<|eot_id|>"),
-        Template("qwen", _CHATML_USER, "<|im_start|>system\n{system}<|im_end|>\n", HELPFUL,
-                 stop=("<|im_end|>",), eos="<|im_end|>", add_bos=False),
+        Template(
+            "llama2_zh",
+            "{query} [/INST]",
+            _LLAMA2,
+            "You are a helpful assistant. 你是一个乐于助人的助手。",
+        ),
+        Template(
+            "llama3",
+            _LLAMA3_USER,
+            "<|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>",
+            HELPFUL,
+            stop=("<|eot_id|>",),
+            eos="<|eot_id|>",
+        ),
+        Template(
+            "qwen",
+            _CHATML_USER,
+            "<|im_start|>system\n{system}<|im_end|>\n",
+            HELPFUL,
+            stop=("<|im_end|>",),
+            eos="<|im_end|>",
+            add_bos=False,
+        ),
         Template("baichuan", "<reserved_102>{query}<reserved_103>"),
         Template("baichuan2", "<reserved_106>{query}<reserved_107>"),
         Template("chatglm2", "[gMASK]sop[Round 1]\n\n问：{query}\n\n答：", add_bos=False),
-        Template("chatglm3", "<|user|>\n{query}<|assistant|>", "[gMASK]sop<|system|>\n{system}",
-                 stop=("<|user|>", "<|observation|>"), add_bos=False),
-        Template("moss", "<|Human|>: {query}<eoh>\n<|MOSS|>:", "{system}", stop=("<eom>",),
-                 eos="<eom>"),
+        Template(
+            "chatglm3",
+            "<|user|>\n{query}<|assistant|>",
+            "[gMASK]sop<|system|>\n{system}",
+            stop=("<|user|>", "<|observation|>"),
+            add_bos=False,
+        ),
+        Template(
+            "moss", "<|Human|>: {query}<eoh>\n<|MOSS|>:", "{system}", stop=("<eom>",), eos="<eom>"
+        ),
         Template("mistral", "[INST] {query} [/INST]"),
         Template("falcon", "User: {query}\nFalcon:", add_bos=False),
         Template("belle", "Human: {query}\n\nBelle: "),
         Template("ziya", "<human>:{query}\n<bot>:"),
         Template("xverse", "Human: {query}\n\nAssistant: "),
         Template("intern", "<|User|>:{query}<eoh>\n<|Bot|>:", stop=("<eoa>",), eos="<eoa>"),
-        Template("openchat", "GPT4 Correct User: {query}<|end_of_turn|>GPT4 Correct Assistant:",
-                 stop=("<|end_of_turn|>",), eos="<|end_of_turn|>"),
-        Template("zephyr", "<|user|>\n{query}</s><|assistant|>", "<|system|>\n{system}</s>",
-                 HELPFUL),
-        Template("yi", _CHATML_USER, "<|im_start|>system\n{system}<|im_end|>\n",
-                 stop=("<|im_end|>",), eos="<|im_end|>", add_bos=False),
+        Template(
+            "openchat",
+            "GPT4 Correct User: {query}<|end_of_turn|>GPT4 Correct Assistant:",
+            stop=("<|end_of_turn|>",),
+            eos="<|end_of_turn|>",
+        ),
+        Template(
+            "zephyr", "<|user|>\n{query}</s><|assistant|>", "<|system|>\n{system}</s>", HELPFUL
+        ),
+        Template(
+            "yi",
+            _CHATML_USER,
+            "<|im_start|>system\n{system}<|im_end|>\n",
+            stop=("<|im_end|>",),
+            eos="<|im_end|>",
+            add_bos=False,
+        ),
     ]
 }
 TEMPLATES["chatml"] = TEMPLATES["qwen"]

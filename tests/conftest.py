@@ -30,3 +30,44 @@ def write_jsonl(path, rows) -> Path:
 @pytest.fixture
 def sample_dir():
     return IEPILE
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    from kgc.modeling.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(tmp_path_factory):
+    from kgc.modeling.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-qwen2"), "qwen2")
+
+
+@pytest.fixture(scope="session")
+def ner_train_file(tmp_path_factory):
+    """IEPile NER train records converted from the bundled sample (6 records)."""
+    from kgc.convert import convert_file
+
+    out = tmp_path_factory.mktemp("data") / "ner.train.jsonl"
+    convert_file("NER", IEPILE / "NER" / "sample.json", IEPILE / "NER" / "schema.json", out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """A local Ray on loopback with 2 CPUs for the whole session."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            _node_ip_address="127.0.0.1",
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    yield ray
+    ray.shutdown()

@@ -59,8 +59,8 @@ class PromptFormatter:
                 self._messages(query) + [{"role": "assistant", "content": target}],
                 tokenize=False,
             )
-            if full.startswith(prompt + target) and full[len(prompt) + len(target):]:
-                tail = full[len(prompt) + len(target):].rstrip("\n")
+            if full.startswith(prompt + target) and full[len(prompt) + len(target) :]:
+                tail = full[len(prompt) + len(target) :].rstrip("\n")
                 return self.tok(tail, add_special_tokens=False)["input_ids"]
             return [self.tok.eos_token_id]
         if t.eos:
@@ -178,5 +178,7 @@ def split_train_val(records: list, val_size: float, seed: int) -> tuple[list, li
     idx = list(range(len(records)))
     random.Random(seed).shuffle(idx)
     val_idx = set(idx[:n_val])
-    return ([r for i, r in enumerate(records) if i not in val_idx],
-            [r for i, r in enumerate(records) if i in val_idx])
+    return (
+        [r for i, r in enumerate(records) if i not in val_idx],
+        [r for i, r in enumerate(records) if i in val_idx],
+    )

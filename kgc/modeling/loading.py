@@ -127,7 +127,9 @@ def load_model(cfg: ModelConfig, *, device_map: Any = None, for_training: bool =
     if for_training:
         model.config.use_cache = False  # the cache is useless (and memory-hungry) in training
         if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
             model.enable_input_require_grads()
     return model
 

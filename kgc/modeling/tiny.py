@@ -55,7 +55,10 @@ def build_tokenizer(vocab_size: int = 2000, chat_template: str | None = None):
     )
     tok.train_from_iterator(_corpus(), trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
         additional_special_tokens=["<|im_start|>", "<|im_end|>"],
     )
     if chat_template:
@@ -63,8 +66,9 @@ def build_tokenizer(vocab_size: int = 2000, chat_template: str | None = None):
     return fast
 
 
-def build_tiny_model(out: str | Path, arch: str = "llama", size: str = "tiny", seed: int = 0,
-                     vocab_size: int = 2000) -> Path:
+def build_tiny_model(
+    out: str | Path, arch: str = "llama", size: str = "tiny", seed: int = 0, vocab_size: int = 2000
+) -> Path:
     """Write a randomly initialised model + tokenizer to `out` (save_pretrained layout)."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
@@ -73,10 +77,17 @@ def build_tiny_model(out: str | Path, arch: str = "llama", size: str = "tiny", s
     hidden, layers, heads, kv, inter = SIZES[size]
     tok = build_tokenizer(vocab_size, CHATML_TEMPLATE if arch == "qwen2" else None)
     common = dict(
-        vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv, intermediate_size=inter,
-        max_position_embeddings=2048, bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=False,
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        intermediate_size=inter,
+        max_position_embeddings=2048,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
     )
     if arch == "llama":
         config = LlamaConfig(**common)

@@ -70,8 +70,14 @@ def decoder_layers(model):
     return best
 
 
-def apply_method(model, method: MethodConfig, family: Family | None, *, quantized: bool = False,
-                 gradient_checkpointing: bool = False):
+def apply_method(
+    model,
+    method: MethodConfig,
+    family: Family | None,
+    *,
+    quantized: bool = False,
+    gradient_checkpointing: bool = False,
+):
     """Return the model ready to train with the chosen method (trainable flags set)."""
     kind = method.type
     if kind in ("full", "freeze"):
@@ -98,18 +104,23 @@ def apply_method(model, method: MethodConfig, family: Family | None, *, quantize
     if kind in ("lora", "qlora"):
         targets = resolve_lora_targets(model, method, family)
         config = peft.LoraConfig(
-            task_type="CAUSAL_LM", r=method.lora.r, lora_alpha=method.lora.alpha,
-            lora_dropout=method.lora.dropout, target_modules=targets,
+            task_type="CAUSAL_LM",
+            r=method.lora.r,
+            lora_alpha=method.lora.alpha,
+            lora_dropout=method.lora.dropout,
+            target_modules=targets,
         )
     elif kind == "ptuning_v2":
         config = peft.PrefixTuningConfig(
-            task_type="CAUSAL_LM", num_virtual_tokens=method.ptuning.pre_seq_len,
+            task_type="CAUSAL_LM",
+            num_virtual_tokens=method.ptuning.pre_seq_len,
             prefix_projection=method.ptuning.prefix_projection,
             encoder_hidden_size=method.ptuning.encoder_hidden_size,
         )
     elif kind == "ptuning":
         config = peft.PromptEncoderConfig(
-            task_type="CAUSAL_LM", num_virtual_tokens=method.ptuning.pre_seq_len,
+            task_type="CAUSAL_LM",
+            num_virtual_tokens=method.ptuning.pre_seq_len,
             encoder_hidden_size=method.ptuning.encoder_hidden_size,
         )
     else:  # pragma: no cover - the config's Literal rules this out

@@ -1,0 +1,86 @@
+"""`kgc export`: a checkpoint (or a bare adapter) + its base model → a plain HF model directory.
+
+LoRA/QLoRA adapters are merged into the base weights (a QLoRA adapter is merged into the
+base loaded unquantised, in the chosen dtype — merging into 4-bit weights would lose the
+adapter's precision). Full/freeze checkpoints have their trained weights written over the
+base. Prompt-learning adapters (P-Tuning, P-Tuning v2) cannot be merged: serve base + adapter.
+The chat format and config travel with the export, so extraction and serving format prompts
+exactly as training did.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+
+from kgc.errors import KgcError, Problem
+
+CONFIG_FILE = "kgc_config.yaml"
+CHAT_FILE = "chat_format.json"
+WEIGHTS_DIR = "model"
+
+
+def _locate(checkpoint: Path) -> tuple[Path, dict | None]:
+    """(weights dir, training config or None) for a kgc checkpoint or a bare adapter dir."""
+    if (checkpoint / WEIGHTS_DIR).is_dir():
+        cfg_path = checkpoint / CONFIG_FILE
+        cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) if cfg_path.exists() else None
+        return checkpoint / WEIGHTS_DIR, cfg
+    return checkpoint, None
+
+
+def export_model(
+    checkpoint: str, out: str, *, base: str | None = None, dtype: str = "fp32"
+) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kgc.modeling.loading import torch_dtype
+
+    ckpt = Path(checkpoint)
+    if not ckpt.is_dir():
+        raise KgcError(Problem("checkpoint directory does not exist", str(ckpt)))
+    wdir, cfg = _locate(ckpt)
+    base_path = base or (cfg or {}).get("model", {}).get("path")
+    if base_path is None and (wdir / "adapter_config.json").exists():
+        base_path = json.loads((wdir / "adapter_config.json").read_text()).get(
+            "base_model_name_or_path"
+        )
+    if not base_path or not (Path(base_path) / "config.json").is_file():
+        raise KgcError(f"base model {base_path!r} not found; pass --base /path/to/base-model")
+    trust = bool((cfg or {}).get("model", {}).get("trust_remote_code", False))
+    model = AutoModelForCausalLM.from_pretrained(
+        base_path, dtype=torch_dtype(dtype), trust_remote_code=trust
+    )
+    if (wdir / "adapter_config.json").exists():
+        from peft import PeftConfig, PeftModel
+
+        pcfg = PeftConfig.from_pretrained(str(wdir))
+        if pcfg.is_prompt_learning:
+            raise KgcError(
+                f"{pcfg.peft_type} adapters cannot be merged into the base model; serve or "
+                "extract with base model + adapter instead of exporting"
+            )
+        model = PeftModel.from_pretrained(model, str(wdir)).merge_and_unload()
+    elif (wdir / "trainable.pt").exists():
+        state = torch.load(wdir / "trainable.pt", map_location="cpu")
+        missing = [k for k in state if k not in dict(model.named_parameters())]
+        if missing:
+            raise KgcError(f"checkpoint weights do not fit the base model: {missing[:3]} …")
+        model.load_state_dict(state, strict=False)
+    else:
+        raise KgcError(
+            Problem("no adapter_config.json or trainable.pt in the checkpoint", str(wdir))
+        )
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tok_src = wdir if (wdir / "tokenizer_config.json").exists() else Path(base_path)
+    AutoTokenizer.from_pretrained(str(tok_src), trust_remote_code=trust).save_pretrained(out_dir)
+    for name in (CONFIG_FILE, CHAT_FILE):
+        if (ckpt / name).exists():
+            shutil.copy(ckpt / name, out_dir / name)
+    return out_dir
