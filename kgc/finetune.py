@@ -24,7 +24,6 @@ from typing import Any
 
 from kgc.config import FinetuneConfig, dump_config
 from kgc.errors import KgcError, Problem
-
 from kgc.modeling.export import CHAT_FILE, CONFIG_FILE, WEIGHTS_DIR
 
 STATE_FILE = "trainer_state.pt"

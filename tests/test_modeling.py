@@ -9,6 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conftest import read_jsonl  # noqa: E402
+
 from kgc.config import load_config  # noqa: E402
 from kgc.errors import KgcError  # noqa: E402
 from kgc.modeling.data import IGNORE, Encoder, as_rows, collate, pack  # noqa: E402

@@ -62,9 +62,13 @@ def decoder_layers(model):
 
     best = None
     for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and name.split(".")[-1] in ("layers", "h", "blocks"):
-            if best is None or len(module) > len(best):
-                best = module
+        is_blocks = isinstance(module, nn.ModuleList) and name.split(".")[-1] in (
+            "layers",
+            "h",
+            "blocks",
+        )
+        if is_blocks and (best is None or len(module) > len(best)):
+            best = module
     if best is None:
         raise KgcError("could not find the model's decoder layers for method.type=freeze")
     return best
