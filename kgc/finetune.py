@@ -211,6 +211,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     from kgc.prompting import read_sft_records
 
     cfg = FinetuneConfig.model_validate(loop_config["cfg"])
+    os.environ.update(loop_config.get("env", {}))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.train.seed)
@@ -435,6 +436,12 @@ def _load_weights(model, wdir: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- driver
+def _forwarded_env() -> dict:
+    """Test hooks set in the driver's environment reach the workers through the config."""
+    keys = ("KGC_STEP_LOG", "KGC_TEST_KILL_STEP", "KGC_TEST_KILL_RANK", "KGC_TEST_KILL_MARKER")
+    return {k: os.environ[k] for k in keys if k in os.environ}
+
+
 def run(cfg: FinetuneConfig, *, ray_address: str | None = None):
     """Validate, then run (or resume) the Ray Train job; returns the ray.train.Result."""
     probs = validate(cfg)
@@ -459,7 +466,7 @@ def run(cfg: FinetuneConfig, *, ray_address: str | None = None):
     )
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.model_dump(mode="json")},
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "env": _forwarded_env()},
         scaling_config=scaling,
         run_config=run_config,
     )
