@@ -19,6 +19,7 @@ import os
 import random
 import signal
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +216,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.train.seed)
+    if not cfg.distributed.use_gpu:
+        # use exactly the CPUs Ray reserved for this worker (intra-op threads)
+        torch.set_num_threads(max(1, int(cfg.distributed.cpus_per_worker)))
+    print(f"[kgc] rank {rank}/{world} torch threads {torch.get_num_threads()}", flush=True)
     use_ds = cfg.distributed.strategy == "deepspeed"
 
     tok = load_tokenizer(cfg.model)
@@ -283,13 +288,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
     pad = tok.pad_token_id
     micro = start * cfg.train.grad_accum
     last_loss = float("nan")
+    tokens, busy = 0, 0.0  # real (non-pad) tokens trained on by this worker, step seconds
     for step in range(start, steps):
+        t0 = time.perf_counter()
         net.train()
         losses = []
         for _ in range(cfg.train.grad_accum):
             idx = batch_indices(len(rows), cfg.train.batch_size, rank, world, cfg.train.seed, micro)
             micro += 1
             batch = {k: v.to(device) for k, v in collate([rows[i] for i in idx], pad).items()}
+            tokens += sum(len(rows[i]["input_ids"]) for i in idx)
             loss = net(**batch).loss
             if engine is not None:
                 engine.backward(loss)
@@ -304,10 +312,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
         done = step + 1
+        busy += time.perf_counter() - t0
         last_loss = sum(losses) / len(losses)
         _log_step(done, rank)
         _maybe_kill(done, rank)
-        metrics = {"step": done, "loss": last_loss, "lr": scheduler.get_last_lr()[0]}
+        metrics = {
+            "step": done,
+            "loss": last_loss,
+            "lr": scheduler.get_last_lr()[0],
+            "tokens_per_s": tokens / busy if busy else 0.0,
+        }
         evaluate_now = cfg.train.eval_every and done % cfg.train.eval_every == 0
         if val_rows and (evaluate_now or done == steps):
             metrics["eval_loss"] = _eval_loss(

@@ -11,6 +11,7 @@ pytest.importorskip("ray")
 pytest.importorskip("deepspeed")
 
 from conftest import IEPILE  # noqa: E402
+
 from kgc.config import load_config  # noqa: E402
 from kgc.errors import KgcError  # noqa: E402
 from kgc.finetune import run, validate  # noqa: E402
@@ -35,9 +36,11 @@ def read_steps(path: Path) -> list[int]:
 
 @pytest.mark.parametrize(
     "strategy",
-    [["distributed.strategy=ddp"],
-     ["distributed.strategy=deepspeed", "distributed.zero_stage=2"],
-     ["distributed.strategy=deepspeed", "distributed.zero_stage=3"]],
+    [
+        ["distributed.strategy=ddp"],
+        ["distributed.strategy=deepspeed", "distributed.zero_stage=2"],
+        ["distributed.strategy=deepspeed", "distributed.zero_stage=3"],
+    ],
     ids=["ddp", "zero2", "zero3"],
 )
 def test_two_workers_complete(strategy, local_ray, tiny_llama, ner_train_file, tmp_path):
@@ -51,23 +54,26 @@ def test_two_workers_complete(strategy, local_ray, tiny_llama, ner_train_file, t
     ckpt = Path(result.checkpoint.path)
     assert {"kgc_config.yaml", "chat_format.json", "model"} <= {p.name for p in ckpt.iterdir()}
     # the adapter is complete (ZeRO-3 gathers the partitions before saving) and loads in peft
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama),
-                                      ckpt / "model")
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_llama), ckpt / "model"
+    )
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
     assert lora_b and all(p.numel() > 0 for p in lora_b)
     assert any(p.abs().sum() > 0 for p in lora_b)  # trained: B starts at zero
 
 
-def test_killed_worker_resumes_from_last_checkpoint(local_ray, tiny_llama, ner_train_file,
-                                                   tmp_path, monkeypatch):
+def test_killed_worker_resumes_from_last_checkpoint(
+    local_ray, tiny_llama, ner_train_file, tmp_path, monkeypatch
+):
     steps_log = tmp_path / "steps.log"
     marker = tmp_path / "killed"
     monkeypatch.setenv("KGC_STEP_LOG", str(steps_log))
     monkeypatch.setenv("KGC_TEST_KILL_STEP", "5")
     monkeypatch.setenv("KGC_TEST_KILL_RANK", "1")
     monkeypatch.setenv("KGC_TEST_KILL_MARKER", str(marker))
-    cfg = cfg_for(tiny_llama, ner_train_file, tmp_path, "crash", "train.max_steps=8",
-                  "train.save_every=3")
+    cfg = cfg_for(
+        tiny_llama, ner_train_file, tmp_path, "crash", "train.max_steps=8", "train.save_every=3"
+    )
     result = run(cfg)
     assert marker.exists(), "the worker was not killed"
     assert result.error is None and result.metrics["step"] == 8
@@ -78,17 +84,25 @@ def test_killed_worker_resumes_from_last_checkpoint(local_ray, tiny_llama, ner_t
     # resubmitting the same run name resumes: a longer schedule runs only the new steps
     monkeypatch.delenv("KGC_TEST_KILL_STEP")
     steps_log.unlink()
-    longer = cfg_for(tiny_llama, ner_train_file, tmp_path, "crash", "train.max_steps=10",
-                     "train.save_every=3")
+    longer = cfg_for(
+        tiny_llama, ner_train_file, tmp_path, "crash", "train.max_steps=10", "train.save_every=3"
+    )
     result = run(longer)
     assert result.error is None and result.metrics["step"] == 10
     assert read_steps(steps_log) == [9, 10]
 
 
 def test_qlora_in_ray_train(local_ray, tiny_llama, ner_train_file, tmp_path):
-    cfg = cfg_for(tiny_llama, ner_train_file, tmp_path, "q", "method.type=qlora",
-                  "train.max_steps=2", "model.quantization.bits=4",
-                  "model.quantization.quant_type=nf4")
+    cfg = cfg_for(
+        tiny_llama,
+        ner_train_file,
+        tmp_path,
+        "q",
+        "method.type=qlora",
+        "train.max_steps=2",
+        "model.quantization.bits=4",
+        "model.quantization.quant_type=nf4",
+    )
     result = run(cfg)
     assert result.error is None and result.metrics["step"] == 2
 
@@ -97,8 +111,10 @@ def test_qlora_in_ray_train(local_ray, tiny_llama, ner_train_file, tmp_path):
     "overrides, needle",
     [
         (["method.lora.target_modules=[q_proj, W_pack]"], "['W_pack'] not found"),
-        (["distributed.strategy=deepspeed", "distributed.zero_stage=3", "method.type=freeze"],
-         "freeze with distributed.zero_stage=3"),
+        (
+            ["distributed.strategy=deepspeed", "distributed.zero_stage=3", "method.type=freeze"],
+            "freeze with distributed.zero_stage=3",
+        ),
         (["model.path=/nonexistent/model"], "not a Hugging Face model directory"),
         (["method.type=qlora"], "needs model.quantization"),
     ],
@@ -115,8 +131,13 @@ def test_bad_data_and_unknown_key(tiny_llama, tmp_path):
     test_file = tmp_path / "test.jsonl"
     from kgc.convert import convert_file
 
-    convert_file("NER", IEPILE / "NER" / "sample.json", IEPILE / "NER" / "schema.json",
-                 test_file, split="test")
+    convert_file(
+        "NER",
+        IEPILE / "NER" / "sample.json",
+        IEPILE / "NER" / "schema.json",
+        test_file,
+        split="test",
+    )
     cfg = cfg_for(tiny_llama, test_file, tmp_path, "bad")
     msgs = [str(p) for p in validate(cfg)]
     assert any("test.jsonl:1:" in m and "'output'" in m for m in msgs), msgs

@@ -301,3 +301,56 @@ def test_sft_records_errors(tmp_path):
     )
     assert read_jsonl(legacy)[0]["input"] == "文本"
     assert read_sft_records(legacy)[0]["output"] == "NAN"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["qlora", "lora"])
+def test_gpu_bf16_training(method, tiny_llama, ner_train_file):
+    """bitsandbytes CUDA kernels and bf16 on a GPU (skipped on CPU-only machines)."""
+    quant = {"bits": 4, "quant_type": "nf4", "compute_dtype": "bf16"} if method == "qlora" else None
+    cfg = load_config(
+        None,
+        [f"method.type={method}"],
+        data={
+            "model": {"path": str(tiny_llama), "dtype": "bf16", "quantization": quant},
+            "data": {
+                "train_file": str(ner_train_file),
+                "max_source_length": 256,
+                "cutoff_len": 384,
+            },
+        },
+    )
+    model = load_model(cfg.model, device_map={"": "cuda"})
+    model = apply_method(model, cfg.method, resolve_family(cfg.model), quantized=quant is not None)
+    tok = load_tokenizer(cfg.model)
+    enc = Encoder(tok, resolve_chat_format(cfg.model, tok), cfg.data)
+    batch = collate(
+        as_rows([enc.encode(r) for r in read_sft_records(ner_train_file)]), tok.pad_token_id
+    )
+    batch = {k: v.cuda() for k, v in batch.items()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for _ in range(15):
+        loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+def test_continue_from_adapter_and_gradient_checkpointing(tiny_llama, ner_train_file, tmp_path):
+    torch.manual_seed(0)
+    cfg = make_cfg(tiny_llama, ner_train_file, "model.gradient_checkpointing=true")
+    model = apply_method(load_model(cfg.model), cfg.method, resolve_family(cfg.model))
+    assert model.get_base_model().is_gradient_checkpointing
+    _train(model, cfg, steps=3)
+    model.save_pretrained(tmp_path / "a1")
+    saved = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    cont = make_cfg(tiny_llama, ner_train_file, f"method.adapter_path={tmp_path / 'a1'}")
+    again = apply_method(load_model(cont.model), cont.method, resolve_family(cont.model))
+    now = {n: p for n, p in again.named_parameters() if p.requires_grad}
+    assert set(now) == set(saved)  # the adapter is trainable again, nothing else is
+    assert all(torch.equal(now[n], saved[n]) for n in saved)
+    losses = _train(again, cont, steps=3)
+    assert losses[-1] < losses[0]

@@ -1,0 +1,77 @@
+"""Every shipped YAML config validates (model and data pointed at local test fixtures)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import IEPILE
+
+from kgc.cli import main
+from kgc.config import load_config
+
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "jobs" / "configs").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def legacy_train_file(tmp_path_factory):
+    out = tmp_path_factory.mktemp("legacy") / "train.jsonl"
+    assert (
+        main(
+            [
+                "convert",
+                "--task",
+                "RE",
+                "--format",
+                "ccks2023",
+                "--input",
+                str(IEPILE / "RE" / "sample.json"),
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    return out
+
+
+def test_configs_exist():
+    assert len(CONFIGS) >= 5
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_shipped_config_validates(path, tiny_llama, ner_train_file, legacy_train_file):
+    pytest.importorskip("transformers")
+    from kgc.finetune import validate
+
+    data = legacy_train_file if "ccks2023" in path.stem else ner_train_file
+    cfg = load_config(path, [f"model.path={tiny_llama}", f"data.train_file={data}"])
+    assert validate(cfg) == []
+
+
+def test_cli_check(tiny_llama, ner_train_file, capsys):
+    pytest.importorskip("transformers")
+    code = main(
+        [
+            "train",
+            "--config",
+            str(CONFIGS[0]),
+            "--check",
+            f"model.path={tiny_llama}",
+            f"data.train_file={ner_train_file}",
+        ]
+    )
+    assert code == 0
+    code = main(
+        [
+            "train",
+            "--config",
+            str(CONFIGS[0]),
+            "--check",
+            "model.path=/nope",
+            f"data.train_file={ner_train_file}",
+            "train.bogus=1",
+        ]
+    )
+    assert code == 2
+    assert "unknown key 'train.bogus'" in capsys.readouterr().err
