@@ -279,6 +279,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         net = model
         engine = None
 
+    # parameters this worker holds (ZeRO-3 partitions: a fraction of the model per rank)
+    local_params = sum(p.data.numel() for p in raw_model.parameters())
     start = 0
     ckpt = ray.train.get_checkpoint()
     if ckpt:
@@ -321,6 +323,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             "loss": last_loss,
             "lr": scheduler.get_last_lr()[0],
             "tokens_per_s": tokens / busy if busy else 0.0,
+            "local_params": local_params,
         }
         evaluate_now = cfg.train.eval_every and done % cfg.train.eval_every == 0
         if val_rows and (evaluate_now or done == steps):

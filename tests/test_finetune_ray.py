@@ -51,6 +51,12 @@ def test_two_workers_complete(strategy, local_ray, tiny_llama, ner_train_file, t
     result = run(cfg)
     assert result.error is None
     assert result.metrics["step"] == 4
+    full = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_llama).parameters())
+    held = result.metrics["local_params"]  # rank 0, after the engine is built
+    if "distributed.zero_stage=3" in strategy:
+        assert held < 0.75 * full  # partitioned across the 2 workers, never whole
+    else:
+        assert held >= full
     ckpt = Path(result.checkpoint.path)
     assert {"kgc_config.yaml", "chat_format.json", "model"} <= {p.name for p in ckpt.iterdir()}
     # the adapter is complete (ZeRO-3 gathers the partitions before saving) and loads in peft
