@@ -1,5 +1,5 @@
 """The `kgc` command line: `kgc convert`, `kgc eval`, `kgc train`, `kgc export`,
-`kgc tiny-model`.
+`kgc tiny-model`, `kgc extract`.
 
 Exit status: 0 on success, 2 on bad input (every problem printed to stderr with file, line
 and fix), 1 on an unexpected internal error.
@@ -137,6 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--base", help="base model directory (default: the one training used)")
     x.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
 
+    ex = sub.add_parser(
+        "extract",
+        help="batch extraction over a corpus on Ray Data (resumable)",
+        description="Extract with an engine on a Ray Data actor pool; rerun to resume.",
+    )
+    ex.add_argument("--config", required=True, help="YAML extraction config")
+    ex.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    ex.add_argument("--address", help="Ray cluster address (default: a local Ray)")
+    ex.add_argument("--quiet", action="store_true", help="no progress lines")
+
     m = sub.add_parser("tiny-model", help="build a tiny random model + tokenizer (no download)")
     m.add_argument("--arch", choices=("llama", "qwen2"), default="llama")
     m.add_argument("--size", choices=("tiny", "small"), default="tiny")
@@ -237,6 +247,25 @@ def _cmd_train(args) -> int:
     result = run(cfg, ray_address=args.address)
     ckpt = result.checkpoint.path if result.checkpoint else None
     print(json.dumps({"metrics": result.metrics, "checkpoint": ckpt}, ensure_ascii=False))
+    return 0
+
+
+def _cmd_extract(args) -> int:
+    from kgc.config import ExtractConfig, load_config
+    from kgc.extract import run_extract
+
+    cfg = load_config(args.config, args.overrides, schema=ExtractConfig)
+    if args.address:
+        import ray
+
+        ray.init(address=args.address, log_to_driver=False)
+    summary = run_extract(cfg, progress=not args.quiet)
+    scores = summary.pop("scores", None)
+    print(json.dumps(summary, ensure_ascii=False))
+    if scores is not None:
+        from kgc.evaluate import format_table
+
+        print(format_table(scores, by_source=True))
     return 0
 
 

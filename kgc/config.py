@@ -113,6 +113,67 @@ class FinetuneConfig(_Strict):
     run: RunConfig = RunConfig()
 
 
+class InputConfig(_Strict):
+    path: str  # a file, a folder of files, or a pyarrow URI (s3://…)
+    format: Literal["auto", "jsonl", "parquet", "txt", "iepile"] = "auto"
+    text_field: str = "text"
+    id_field: str | None = None  # default: <file name>:<line or row number>
+
+
+class ChunkConfig(_Strict):
+    max_tokens: int = Field(512, ge=8)
+    overlap: int = Field(64, ge=0)
+
+
+class EngineConfig(_Strict):
+    type: Literal["hf", "vllm", "openai"] = "hf"
+    model: str | None = None  # model directory (hf, vllm) or served model name (openai)
+    adapter: str | None = None
+    checkpoint: str | None = None  # a kgc training checkpoint: base + adapter + chat format
+    batch_size: int = Field(16, ge=1)
+    dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    base_url: str | None = None  # openai: http://127.0.0.1:8000/v1
+    api_key_env: str = "OPENAI_API_KEY"  # the key is read from this environment variable
+
+
+class GenerationSettings(_Strict):
+    max_new_tokens: int = Field(256, ge=1)
+    do_sample: bool = False
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    num_beams: int = Field(1, ge=1)
+    stop: list[str] = []
+    seed: int | None = None
+
+
+class WorkersConfig(_Strict):
+    num_actors: int = Field(1, ge=1)
+    cpus_per_actor: float = Field(1.0, gt=0)  # fractional is fine (leave CPUs for readers)
+    gpus_per_actor: float = Field(0.0, ge=0)
+
+
+class OutputConfig(_Strict):
+    path: str
+    format: Literal["parquet", "jsonl"] = "parquet"
+
+
+class ExtractConfig(_Strict):
+    input: InputConfig
+    task: str
+    schema_path: str | None = Field(None, alias="schema")
+    language: Literal["zh", "en"] = "zh"
+    split_num: int = 4
+    chunk: ChunkConfig = ChunkConfig()
+    engine: EngineConfig = EngineConfig()
+    generation: GenerationSettings = GenerationSettings()
+    workers: WorkersConfig = WorkersConfig()
+    output: OutputConfig
+    score: bool = True  # score against labels when the input carries them
+    stall_timeout_s: float = Field(600.0, gt=0)  # no progress for this long → fail the job
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), populate_by_name=True)
+
+
 def _set_dotted(tree: dict, key: str, value: Any) -> None:
     parts = key.split(".")
     node = tree
@@ -149,8 +210,11 @@ def _problems(exc: ValidationError, source: str) -> list[Problem]:
 
 
 def load_config(
-    path: str | os.PathLike | None, overrides: list[str] | None = None, data: dict | None = None
-) -> FinetuneConfig:
+    path: str | os.PathLike | None,
+    overrides: list[str] | None = None,
+    data: dict | None = None,
+    schema: type[BaseModel] | None = None,
+) -> Any:
     """Read YAML (or take `data`), apply overrides, validate; KgcError lists every problem."""
     source = str(path) if path else "<config>"
     tree: dict = dict(data or {})
@@ -167,7 +231,7 @@ def load_config(
         tree = loaded
     apply_overrides(tree, overrides or [])
     try:
-        return FinetuneConfig.model_validate(tree)
+        return (schema or FinetuneConfig).model_validate(tree)
     except ValidationError as exc:
         raise KgcError(_problems(exc, source)) from None
 

@@ -32,19 +32,20 @@ class PromptFormatter:
         self.tok = tokenizer
         self.chat = chat
 
-    def _messages(self, query: str) -> list[dict]:
-        msgs = [{"role": "system", "content": self.chat.system}] if self.chat.system else []
+    def _messages(self, query: str, system: str | None = None) -> list[dict]:
+        system = self.chat.system if system is None else system
+        msgs = [{"role": "system", "content": system}] if system else []
         return msgs + [{"role": "user", "content": query}]
 
-    def prompt_text(self, query: str) -> str:
+    def prompt_text(self, query: str, system: str | None = None) -> str:
         if self.chat.template is None:
             return self.tok.apply_chat_template(
-                self._messages(query), tokenize=False, add_generation_prompt=True
+                self._messages(query, system), tokenize=False, add_generation_prompt=True
             )
-        return self.chat.template.prompt(query, self.chat.system)
+        return self.chat.template.prompt(query, self.chat.system if system is None else system)
 
-    def prompt_ids(self, query: str) -> list[int]:
-        ids = self.tok(self.prompt_text(query), add_special_tokens=False)["input_ids"]
+    def prompt_ids(self, query: str, system: str | None = None) -> list[int]:
+        ids = self.tok(self.prompt_text(query, system), add_special_tokens=False)["input_ids"]
         t = self.chat.template
         if t is not None and t.add_bos and self.tok.bos_token_id is not None:
             ids = [self.tok.bos_token_id] + ids

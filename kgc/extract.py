@@ -1,0 +1,468 @@
+"""Batch extraction on Ray Data (`kgc extract --config …`).
+
+documents → chunks (token-aware, overlap, char offsets) → instructions (task × schema split)
+→ generation on an actor pool (an Engine loaded once per actor) → parsing → rows written as
+atomic shard files → per-document merge (records with their document offsets) → scores
+(when the input carries labels).
+
+Exactly-once rows: every row has a stable id (hash of doc id, chunk span and schema chunk).
+Each batch is written by the actor as one shard named after the hash of its row ids, via a
+temporary file and an atomic rename, so a retried batch (killed actor) rewrites the same
+shard, and a rerun (killed driver) skips every id already present in a complete shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from kgc.config import ExtractConfig
+from kgc.errors import KgcError, Problem
+
+SHARDS = "rows"
+SUMMARY = "summary.json"
+DOCUMENTS = "documents.jsonl"
+SCORES = "scores.json"
+
+
+def row_id(doc_id: str, start: int, end: int, schema: list) -> str:
+    key = json.dumps([doc_id, start, end, schema], ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+
+
+# ----------------------------------------------------------------------------- reading
+def _files(path: str, exts: tuple[str, ...]) -> list[str]:
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix in exts)
+        if not files:
+            raise KgcError(Problem(f"no {'/'.join(exts)} files in the folder", path))
+        return files
+    if not p.exists():
+        raise KgcError(Problem("input does not exist; check input.path", path))
+    return [str(p)]
+
+
+def _detect_format(cfg: ExtractConfig) -> str:
+    fmt = cfg.input.format
+    if fmt != "auto":
+        return fmt
+    p = cfg.input.path
+    if p.endswith(".parquet"):
+        return "parquet"
+    if p.endswith(".txt") or (Path(p).is_dir() and any(Path(p).rglob("*.txt"))):
+        return "txt"
+    return "jsonl"
+
+
+def read_documents(cfg: ExtractConfig) -> list[dict]:
+    """Documents as {doc_id, text[, source, label]}; a bad one is an error, never skipped."""
+    fmt = _detect_format(cfg)
+    tf, idf = cfg.input.text_field, cfg.input.id_field
+    docs: list[dict] = []
+    problems: list[Problem] = []
+
+    def add(rec: Any, fname: str, n: int) -> None:
+        if not isinstance(rec, dict):
+            problems.append(Problem("record must be a JSON object", fname, n))
+            return
+        text = rec.get(tf)
+        if not isinstance(text, str) or not text.strip():
+            problems.append(Problem(
+                f"field {tf!r} (input.text_field) is missing or empty", fname, n))
+            return
+        doc_id = str(rec[idf]) if idf and rec.get(idf) is not None else f"{Path(fname).name}:{n}"
+        doc = {"doc_id": doc_id, "text": text}
+        if isinstance(rec.get("source"), str):
+            doc["source"] = rec["source"]
+        docs.append(doc)
+
+    if fmt == "jsonl":
+        from kgc.io import read_jsonl
+
+        for f in _files(cfg.input.path, (".jsonl", ".json")):
+            for n, rec in read_jsonl(f, problems):
+                add(rec, f, n)
+    elif fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        for f in _files(cfg.input.path, (".parquet",)):
+            for n, rec in enumerate(pq.read_table(f).to_pylist(), 1):
+                add(rec, f, n)
+    elif fmt == "txt":
+        for f in _files(cfg.input.path, (".txt",)):
+            text = Path(f).read_text(encoding="utf-8")
+            if not text.strip():
+                problems.append(Problem("the text file is empty", f))
+                continue
+            docs.append({"doc_id": Path(f).name, "text": text})
+    if problems:
+        raise KgcError(problems)
+    if not docs:
+        raise KgcError(Problem("the corpus is empty: no documents to extract from",
+                               cfg.input.path))
+    seen: dict[str, int] = {}
+    for d in docs:
+        seen[d["doc_id"]] = seen.get(d["doc_id"], 0) + 1
+    dup = [k for k, v in seen.items() if v > 1]
+    if dup:
+        raise KgcError(f"input.id_field {idf!r} is not unique: {dup[:3]} appear more than once; "
+                       "fix the ids or drop input.id_field to number documents by line")
+    return docs
+
+
+def read_instruction_rows(cfg: ExtractConfig) -> list[dict]:
+    """IEPile instruction records (e.g. a test split with labels) → rows, no chunking."""
+    from kgc.io import read_jsonl
+    from kgc.prompting import check_record
+
+    rows, problems, seen = [], [], {}
+    for f in _files(cfg.input.path, (".jsonl", ".json")):
+        for n, rec in read_jsonl(f, problems):
+            msg = check_record(rec, need_output=False)
+            if msg:
+                problems.append(Problem(msg, f, n))
+                continue
+            inst = json.loads(rec["instruction"])
+            doc_id = str(rec.get("id") or f"{Path(f).name}:{n}")
+            key = (doc_id, rec["instruction"])
+            seen[key] = seen.get(key, 0) + 1  # identical texts: keep every record apart
+            rid = row_id(f"{doc_id}#{seen[key]}", 0, len(inst.get("input", "")),
+                         inst.get("schema", []))
+            row = {"id": rid, "doc_id": doc_id, "chunk_index": 0, "chunk_start": 0,
+                   "chunk_end": len(inst.get("input", "")), "task": cfg.task.upper(),
+                   "schema": json.dumps(inst.get("schema", []), ensure_ascii=False),
+                   "instruction": rec["instruction"], "source": rec.get("source") or "",
+                   "label": rec.get("label") if isinstance(rec.get("label"), str) else None}
+            rows.append(row)
+    if problems:
+        raise KgcError(problems)
+    if not rows:
+        raise KgcError(Problem("the input has no instruction records", cfg.input.path))
+    return rows
+
+
+# ----------------------------------------------------------------------------- chunking
+_TOKENIZERS: dict[str, Any] = {}
+
+
+def _offsets_fn(cfg: ExtractConfig):
+    from kgc.chunking import regex_offsets, tokenizer_offsets
+
+    path = cfg.engine.model
+    if cfg.engine.checkpoint:
+        from kgc.modeling.hf_engine import resolve_checkpoint
+
+        path = resolve_checkpoint(cfg.engine.checkpoint)[0].path
+    if cfg.engine.type == "openai" or not path:
+        return regex_offsets
+    if path not in _TOKENIZERS:
+        from transformers import AutoTokenizer
+
+        _TOKENIZERS[path] = AutoTokenizer.from_pretrained(path)
+    return tokenizer_offsets(_TOKENIZERS[path])
+
+
+def document_rows(doc: dict, cfg: ExtractConfig, schema, offsets) -> list[dict]:
+    """One document → rows (chunk × schema split), each with its instruction."""
+    from kgc.chunking import chunk_text
+    from kgc.sampling import SamplingOptions, record_rng
+    from kgc.tasks import get
+
+    task = get(cfg.task)
+    opts = SamplingOptions(split_num=cfg.split_num)
+    rows = []
+    for ch in chunk_text(doc["text"], cfg.chunk.max_tokens, cfg.chunk.overlap, offsets):
+        rng = record_rng(0, ch.index, ch.text)
+        for schema_chunk in task.test_chunks(None, schema, rng, opts, ch.text):
+            rows.append({
+                "id": row_id(doc["doc_id"], ch.start, ch.end, schema_chunk),
+                "doc_id": doc["doc_id"], "chunk_index": ch.index, "chunk_start": ch.start,
+                "chunk_end": ch.end, "task": task.name,
+                "schema": json.dumps(schema_chunk, ensure_ascii=False),
+                "instruction": task.instruction(cfg.language, schema_chunk, ch.text),
+                "source": doc.get("source", ""), "label": None,
+            })
+    return rows
+
+
+# ----------------------------------------------------------------------------- engines
+def build_engine(cfg: ExtractConfig):
+    e = cfg.engine
+    if e.type == "hf":
+        from kgc.config import ModelConfig
+        from kgc.modeling.hf_engine import HFEngine
+
+        model = ModelConfig(path=e.model, dtype=e.dtype) if e.model else None
+        return HFEngine(model, adapter=e.adapter, checkpoint=e.checkpoint,
+                        batch_size=e.batch_size)
+    raise KgcError(f"engine.type={e.type!r} is not available in this build yet; use hf")
+
+
+def generation_config(cfg: ExtractConfig):
+    from kgc.engine import GenerationConfig
+
+    g = cfg.generation
+    return GenerationConfig(max_new_tokens=g.max_new_tokens, do_sample=g.do_sample,
+                            temperature=g.temperature, top_p=g.top_p, num_beams=g.num_beams,
+                            stop=tuple(g.stop), seed=g.seed)
+
+
+# ----------------------------------------------------------------------------- the actor
+class ExtractUDF:
+    """Ray Data actor: loads the engine once, then generates, parses and writes batches."""
+
+    def __init__(self, cfg_json: dict, out_dir: str):
+        from kgc.tasks import get
+
+        self.cfg = ExtractConfig.model_validate(cfg_json)
+        self.engine = build_engine(self.cfg)
+        self.gen = generation_config(self.cfg)
+        self.task = get(self.cfg.task)
+        self.out = Path(out_dir) / SHARDS
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.batches = 0
+
+    def __call__(self, batch: dict) -> dict:
+        ids = [str(x) for x in batch["id"]]
+        outputs = self.engine.generate(list(batch["instruction"]), self.gen)
+        rows = []
+        for i, text in enumerate(outputs):
+            parsed = self.task.parse(text)
+            row = {k: _plain(batch[k][i]) for k in batch}
+            if not isinstance(row.get("label"), str):
+                row["label"] = None  # Ray turns an all-None column into NaN floats
+            row.update(output=text, records=json.dumps(parsed.records, ensure_ascii=False),
+                       errors=json.dumps(parsed.errors, ensure_ascii=False),
+                       model_id=self.engine.model_id)
+            rows.append(row)
+        write_shard(self.out, rows, self.cfg.output.format)
+        self.batches += 1
+        _maybe_kill_actor(self.batches)
+        return {"id": ids, "parse_error": [bool(json.loads(r["errors"])) for r in rows],
+                "n_records": [len(json.loads(r["records"])) for r in rows]}
+
+
+def _plain(v):
+    return v.item() if hasattr(v, "item") else v
+
+
+def _maybe_kill_actor(batches: int) -> None:
+    """Test hook: KGC_TEST_KILL_ACTOR_AFTER=N SIGKILLs one actor (once) after N batches."""
+    n, marker = os.environ.get("KGC_TEST_KILL_ACTOR_AFTER"), os.environ.get("KGC_TEST_KILL_MARKER")
+    if n and marker and batches == int(n):
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # only the first actor
+        except FileExistsError:
+            return
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------- shards
+def write_shard(out: Path, rows: list[dict], fmt: str) -> Path:
+    key = hashlib.sha256("\n".join(sorted(r["id"] for r in rows)).encode()).hexdigest()[:24]
+    final = out / f"part-{key}.{fmt}"
+    tmp = out / f".part-{key}.{os.getpid()}.tmp"
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), tmp)
+    else:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for r in rows:
+                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, final)
+    return final
+
+
+def read_rows(out_dir: str | os.PathLike, columns: list[str] | None = None) -> list[dict]:
+    """All rows written so far (complete shards only; temporary files are ignored)."""
+    d = Path(out_dir) / SHARDS
+    rows: list[dict] = []
+    if not d.is_dir():
+        return rows
+    for f in sorted(d.glob("part-*")):
+        if f.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            rows.extend(pq.read_table(f, columns=columns).to_pylist())
+        else:
+            for line in f.read_text(encoding="utf-8").splitlines():
+                r = json.loads(line)
+                rows.append({k: r[k] for k in columns} if columns else r)
+    return rows
+
+
+# ----------------------------------------------------------------------------- merging
+def merge_documents(rows: list[dict], docs: dict[str, str] | None = None) -> list[dict]:
+    """Per document: records of all its chunks and schema splits, de-duplicated, each with
+    the document-level character spans where it was found (overlaps merged)."""
+    from kgc.chunking import locate
+    from kgc.tasks import get
+
+    by_doc: dict[str, list[dict]] = {}
+    for r in rows:
+        by_doc.setdefault(r["doc_id"], []).append(r)
+    out = []
+    for doc_id in sorted(by_doc):
+        merged: dict[str, dict] = {}
+        for r in sorted(by_doc[doc_id], key=lambda x: (x["chunk_index"], x["id"])):
+            task = get(r["task"])
+            chunk_text = json.loads(r["instruction"]).get("input", "")
+            for rec in json.loads(r["records"]):
+                key = json.dumps(task.tuples([rec]), ensure_ascii=False, sort_keys=True)
+                item = merged.setdefault(key, {"record": rec, "spans": [], "chunks": []})
+                if r["chunk_index"] not in item["chunks"]:
+                    item["chunks"].append(r["chunk_index"])
+                span = locate(chunk_text, _anchor(rec), r["chunk_start"])
+                if span and span not in item["spans"]:
+                    item["spans"].append(span)
+        out.append({"doc_id": doc_id, "records": list(merged.values())})
+    return out
+
+
+def _anchor(rec: dict) -> str:
+    for k in ("entity", "head", "event_trigger"):
+        if isinstance(rec.get(k), str):
+            return rec[k]
+    return ""
+
+
+# ----------------------------------------------------------------------------- driver
+def run_extract(cfg: ExtractConfig, *, progress: bool = True) -> dict:
+    """Run (or resume) an extraction; returns the summary (also written next to the rows)."""
+    import ray
+
+    from kgc.schema import read_schema
+
+    out_dir = Path(cfg.output.path)
+    fmt = _detect_format(cfg)
+    if fmt == "iepile":
+        rows = read_instruction_rows(cfg)
+        n_docs = len({r["doc_id"] for r in rows})
+    else:
+        if not cfg.schema_path:
+            raise KgcError("schema is required (the 3-line schema file of the labels to extract)")
+        schema = read_schema(cfg.schema_path)
+        from kgc.tasks import get
+
+        problems = get(cfg.task).check_schema(schema)
+        if problems:
+            raise KgcError([Problem(p, cfg.schema_path) for p in problems])
+        docs = read_documents(cfg)
+        n_docs = len(docs)
+        offsets = _offsets_fn(cfg)
+        rows = [r for d in docs for r in document_rows(d, cfg, schema, offsets)]
+    total = len(rows)
+    ids = [r["id"] for r in rows]
+    if len(set(ids)) != len(ids):
+        raise KgcError("two rows share an id (duplicate documents with the same doc id?)")
+    done = {r["id"] for r in read_rows(out_dir, ["id"])}
+    todo = [r for r in rows if r["id"] not in done]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stray in (out_dir / SHARDS).glob(".part-*.tmp") if (out_dir / SHARDS).exists() else []:
+        stray.unlink()  # a shard cut short by a crash; its rows are redone
+    start = time.time()
+    stats = {"rows_total": total, "rows_skipped_resume": total - len(todo), "rows_done": 0,
+             "parse_errors": 0, "records": 0}
+    if todo:
+        if not ray.is_initialized():
+            ray.init(log_to_driver=False)
+        ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo) // 64, 200)))
+        w = cfg.workers
+        ds = ds.map_batches(
+            ExtractUDF,
+            fn_constructor_args=(cfg.model_dump(mode="json", by_alias=True), str(out_dir)),
+            batch_size=cfg.engine.batch_size,
+            compute=ray.data.ActorPoolStrategy(size=w.num_actors),
+            num_cpus=w.cpus_per_actor,
+            num_gpus=w.gpus_per_actor or None,
+        )
+        _consume(ds, stats, len(todo), cfg.stall_timeout_s, progress)
+    elapsed = time.time() - start
+    all_rows = read_rows(out_dir)
+    got = [r["id"] for r in all_rows]
+    if sorted(got) != sorted(ids):
+        missing = len(set(ids) - set(got))
+        raise KgcError(f"output has {len(got)} rows for {total} expected ({missing} missing); "
+                       "rerun the same command to finish them")
+    docs_out = merge_documents(all_rows)
+    with open(out_dir / DOCUMENTS, "w", encoding="utf-8") as fh:
+        for d in docs_out:
+            fh.write(json.dumps(d, ensure_ascii=False) + "\n")
+    summary = {
+        "documents": n_docs, "rows": total, "rows_this_run": len(todo),
+        "rows_skipped_resume": stats["rows_skipped_resume"],
+        "records": sum(len(json.loads(r["records"])) for r in all_rows),
+        "parse_error_rate": sum(bool(json.loads(r["errors"])) for r in all_rows) / max(1, total),
+        "seconds": elapsed, "rows_per_s": len(todo) / elapsed if todo and elapsed else 0.0,
+        "output": str(out_dir),
+    }
+    if cfg.score and any(isinstance(r.get("label"), str) for r in all_rows):
+        summary["scores"] = score_rows(cfg, all_rows)
+        (out_dir / SCORES).write_text(json.dumps(summary["scores"], ensure_ascii=False, indent=1))
+    (out_dir / SUMMARY).write_text(json.dumps(summary, ensure_ascii=False, indent=1))
+    return summary
+
+
+def _consume(ds, stats: dict, n: int, stall_s: float, progress: bool) -> None:
+    """Drive the pipeline; fail loudly if no batch finishes for `stall_s` seconds."""
+    state = {"last": time.time(), "error": None, "finished": False}
+    t0 = time.time()
+
+    def worker():
+        try:
+            for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
+                stats["rows_done"] += len(batch)
+                stats["parse_errors"] += int(batch["parse_error"].sum())
+                stats["records"] += int(batch["n_records"].sum())
+                state["last"] = time.time()
+                if progress:
+                    rate = stats["rows_done"] / max(1e-9, time.time() - t0)
+                    print(f"[kgc extract] {stats['rows_done']}/{n} rows, {rate:.1f} rows/s",
+                          flush=True)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the driver thread
+            state["error"] = exc
+        finally:
+            state["finished"] = True
+
+    th = threading.Thread(target=worker, daemon=True)
+    th.start()
+    while not state["finished"]:
+        th.join(timeout=1.0)
+        if not state["finished"] and time.time() - state["last"] > stall_s:
+            raise KgcError(
+                f"extraction stalled: no batch finished in {stall_s:.0f} s "
+                f"({stats['rows_done']}/{n} rows done). Rows written so far are kept; rerun "
+                "the same command to resume. Check the actors' logs (ray logs) for a hung "
+                "engine, or raise stall_timeout_s for very slow models."
+            )
+    if state["error"] is not None:
+        raise state["error"]
+
+
+def score_rows(cfg: ExtractConfig, rows: list[dict]) -> dict:
+    from kgc.evaluate import evaluate_rows
+
+    lines = [(i, {"id": r["doc_id"], "source": r.get("source") or "",
+                  "instruction": r["instruction"], "label": r["label"], "output": r["output"]})
+             for i, r in enumerate(sorted(rows, key=lambda r: (r["doc_id"], r["id"])), 1)
+             if isinstance(r.get("label"), str)]
+    return evaluate_rows(cfg.task, lines)
+
+
+def iter_documents(out_dir: str) -> Iterator[dict]:
+    with open(Path(out_dir) / DOCUMENTS, encoding="utf-8") as fh:
+        for line in fh:
+            yield json.loads(line)

@@ -1,0 +1,133 @@
+"""Hugging Face `generate` engine: batched, left-padded, length-sorted; CPU or GPU.
+
+Loads a plain model directory, a base model + peft adapter, or a kgc checkpoint (base model
+from its `kgc_config.yaml`, adapter from `model/`, prompt layout from `chat_format.json`, so
+prompts are formatted exactly as in training). Prompt-learning adapters (P-Tuning, P-Tuning
+v2) decode through `prompt_learning_generate` (see kgc.modeling.generation for why).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from kgc.config import ModelConfig
+from kgc.engine import GenerationConfig, Prompt, as_messages, cut_at_stop
+from kgc.errors import KgcError
+from kgc.modeling.export import CHAT_FILE, CONFIG_FILE, WEIGHTS_DIR
+from kgc.modeling.loading import ChatFormat, load_model, load_tokenizer, resolve_chat_format
+
+
+def resolve_checkpoint(checkpoint: str) -> tuple[ModelConfig, str | None, ChatFormat | None]:
+    """(base model config, adapter dir or None, chat format) of a kgc checkpoint directory."""
+    ckpt = Path(checkpoint)
+    cfg_path = ckpt / CONFIG_FILE
+    if not cfg_path.exists():
+        raise KgcError(f"{ckpt} is not a kgc checkpoint (no {CONFIG_FILE})")
+    tree = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+    model_cfg = ModelConfig.model_validate(tree["model"])
+    wdir = ckpt / WEIGHTS_DIR
+    adapter = str(wdir) if (wdir / "adapter_config.json").exists() else None
+    chat = None
+    if (ckpt / CHAT_FILE).exists():
+        chat = ChatFormat.from_dict(json.loads((ckpt / CHAT_FILE).read_text(encoding="utf-8")))
+    return model_cfg, adapter, chat
+
+
+class HFEngine:
+    def __init__(self, model: ModelConfig | str | None = None, *, adapter: str | None = None,
+                 checkpoint: str | None = None, batch_size: int = 16, device: str | None = None,
+                 chat: ChatFormat | None = None):
+        import torch
+
+        from kgc.modeling.data import PromptFormatter
+
+        if checkpoint:
+            model, adapter, ckpt_chat = resolve_checkpoint(checkpoint)
+            chat = chat or ckpt_chat
+        if model is None:
+            raise KgcError("HFEngine needs a model path or a kgc checkpoint")
+        cfg = ModelConfig(path=model) if isinstance(model, str) else model
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tok = load_tokenizer(cfg)
+        self.tok.padding_side = "left"  # generation continues from the right end
+        self.chat = chat or resolve_chat_format(cfg, self.tok)
+        self.fmt = PromptFormatter(self.tok, self.chat)
+        net = load_model(cfg, for_training=False,
+                         device_map={"": self.device} if cfg.quantization else None)
+        self.prompt_learning = False
+        if adapter:
+            from peft import PeftModel
+
+            net = PeftModel.from_pretrained(net, adapter)
+            self.prompt_learning = net.active_peft_config.is_prompt_learning
+        if cfg.quantization is None:
+            net = net.to(self.device)
+        self.model = net.eval()
+        self.batch_size = batch_size
+        self.model_id = f"{cfg.path}" + (f"+{adapter}" if adapter else "")
+        eos = {self.tok.eos_token_id}
+        for s in self.fmt.stop_strings():
+            ids = self.tok(s, add_special_tokens=False)["input_ids"]
+            if len(ids) == 1:
+                eos.add(ids[0])
+        self.eos_ids = sorted(i for i in eos if i is not None)
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, str):
+            return self.fmt.prompt_ids(prompt)
+        msgs = as_messages(prompt)
+        if self.chat.template is None:
+            text = self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            return self.tok(text, add_special_tokens=False)["input_ids"]
+        # a single-turn kgc template: system text + the user turns joined
+        system = next((m["content"] for m in msgs if m["role"] == "system"), None)
+        user = "\n".join(m["content"] for m in msgs if m["role"] == "user")
+        return self.fmt.prompt_ids(user, system)
+
+    def generate(self, prompts: Sequence[Prompt], config: GenerationConfig) -> list[str]:
+        encoded = [self.encode(p) for p in prompts]
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        out: list[str] = [""] * len(encoded)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            texts = self._generate_batch([encoded[i] for i in idx], config)
+            for i, t in zip(idx, texts):
+                out[i] = cut_at_stop(t, config.stop + tuple(self.fmt.stop_strings()))
+        return out
+
+    def _generate_batch(self, batch: list[list[int]], config: GenerationConfig) -> list[str]:
+        import torch
+
+        width = max(len(x) for x in batch)
+        pad = self.tok.pad_token_id
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for r, x in enumerate(batch):
+            ids[r, width - len(x):] = torch.tensor(x)
+            mask[r, width - len(x):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        gen = None
+        if config.seed is not None:
+            torch.manual_seed(config.seed)
+            gen = torch.Generator(device=self.device).manual_seed(config.seed)
+        with torch.no_grad():
+            if self.prompt_learning:
+                from kgc.modeling.generation import prompt_learning_generate
+
+                seqs = prompt_learning_generate(
+                    self.model, ids, mask, max_new_tokens=config.max_new_tokens,
+                    eos_token_id=self.eos_ids, pad_token_id=pad, do_sample=config.do_sample,
+                    temperature=config.temperature, top_p=config.top_p, generator=gen)
+            else:
+                kwargs = dict(max_new_tokens=config.max_new_tokens, do_sample=config.do_sample,
+                              num_beams=config.num_beams, eos_token_id=self.eos_ids,
+                              pad_token_id=pad)
+                if config.do_sample:
+                    kwargs.update(temperature=config.temperature, top_p=config.top_p)
+                seqs = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        new = seqs[:, width:]
+        return [self.tok.decode(row, skip_special_tokens=True) for row in new]
