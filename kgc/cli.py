@@ -256,9 +256,9 @@ def _cmd_extract(args) -> int:
 
     cfg = load_config(args.config, args.overrides, schema=ExtractConfig)
     if args.address:
-        import ray
+        from kgc.raytools import ensure_ray
 
-        ray.init(address=args.address, log_to_driver=False)
+        ensure_ray(args.address)
     summary = run_extract(cfg, progress=not args.quiet)
     scores = summary.pop("scores", None)
     print(json.dumps(summary, ensure_ascii=False))
@@ -292,6 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train": _cmd_train,
         "export": _cmd_export,
         "tiny-model": _cmd_tiny,
+        "extract": _cmd_extract,
     }
     try:
         return handlers[args.command](args)

@@ -377,8 +377,9 @@ def run_extract(cfg: ExtractConfig, *, progress: bool = True) -> dict:
     stats = {"rows_total": total, "rows_skipped_resume": total - len(todo), "rows_done": 0,
              "parse_errors": 0, "records": 0}
     if todo:
-        if not ray.is_initialized():
-            ray.init(log_to_driver=False)
+        from kgc.raytools import ensure_ray, forwarded_env
+
+        ensure_ray()
         ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo) // 64, 200)))
         w = cfg.workers
         ds = ds.map_batches(
@@ -388,6 +389,7 @@ def run_extract(cfg: ExtractConfig, *, progress: bool = True) -> dict:
             compute=ray.data.ActorPoolStrategy(size=w.num_actors),
             num_cpus=w.cpus_per_actor,
             num_gpus=w.gpus_per_actor or None,
+            runtime_env={"env_vars": forwarded_env()} if forwarded_env() else None,
         )
         _consume(ds, stats, len(todo), cfg.stall_timeout_s, progress)
     elapsed = time.time() - start

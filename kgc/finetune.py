@@ -26,6 +26,7 @@ from typing import Any
 from kgc.config import FinetuneConfig, dump_config
 from kgc.errors import KgcError, Problem
 from kgc.modeling.export import CHAT_FILE, CONFIG_FILE, WEIGHTS_DIR
+from kgc.raytools import ensure_ray, forwarded_env
 
 STATE_FILE = "trainer_state.pt"
 DS_DIR = "deepspeed"
@@ -453,12 +454,6 @@ def _load_weights(model, wdir: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- driver
-def _forwarded_env() -> dict:
-    """Test hooks set in the driver's environment reach the workers through the config."""
-    keys = ("KGC_STEP_LOG", "KGC_TEST_KILL_STEP", "KGC_TEST_KILL_RANK", "KGC_TEST_KILL_MARKER")
-    return {k: os.environ[k] for k in keys if k in os.environ}
-
-
 def run(cfg: FinetuneConfig, *, ray_address: str | None = None):
     """Validate, then run (or resume) the Ray Train job; returns the ray.train.Result."""
     probs = validate(cfg)
@@ -468,8 +463,7 @@ def run(cfg: FinetuneConfig, *, ray_address: str | None = None):
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    if not ray.is_initialized():
-        ray.init(address=ray_address, log_to_driver=True)
+    ensure_ray(ray_address)
     d = cfg.distributed
     resources = {"CPU": d.cpus_per_worker}
     scaling = ray.train.ScalingConfig(
@@ -483,7 +477,7 @@ def run(cfg: FinetuneConfig, *, ray_address: str | None = None):
     )
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "env": _forwarded_env()},
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "env": forwarded_env()},
         scaling_config=scaling,
         run_config=run_config,
     )
