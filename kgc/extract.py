@@ -222,6 +222,11 @@ class ExtractUDF:
         from kgc.tasks import get
 
         self.cfg = ExtractConfig.model_validate(cfg_json)
+        if self.cfg.workers.gpus_per_actor == 0:
+            import torch
+
+            # intra-op threads = the CPUs Ray reserved for this actor
+            torch.set_num_threads(max(1, int(self.cfg.workers.cpus_per_actor)))
         self.engine = build_engine(self.cfg)
         self.gen = generation_config(self.cfg)
         self.task = get(self.cfg.task)
