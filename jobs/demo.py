@@ -44,43 +44,90 @@ def main(argv=None) -> int:
         print(f"[demo] building a tiny Qwen2 model in {model}", flush=True)
         build_tiny_model(model, "qwen2")
     train, test = out / "ner.train.jsonl", out / "ner.test.jsonl"
-    convert_file("NER", SAMPLES / "sample.json", SAMPLES / "schema.json", train,
-                 opts=SamplingOptions(split_num=6))
-    convert_file("NER", SAMPLES / "sample.json", SAMPLES / "schema.json", test, split="test",
-                 opts=SamplingOptions(split_num=6))
+    convert_file(
+        "NER",
+        SAMPLES / "sample.json",
+        SAMPLES / "schema.json",
+        train,
+        opts=SamplingOptions(split_num=6),
+    )
+    convert_file(
+        "NER",
+        SAMPLES / "sample.json",
+        SAMPLES / "schema.json",
+        test,
+        split="test",
+        opts=SamplingOptions(split_num=6),
+    )
     ensure_ray()
-    cfg = load_config(None, [], data={
-        "model": {"path": str(model)},
-        "method": {"type": "lora", "lora": {"r": 16, "alpha": 32, "target_modules": "all"}},
-        "data": {"train_file": str(train), "max_source_length": 256, "cutoff_len": 384},
-        "train": {"max_steps": args.steps, "batch_size": 6, "save_every": 40, "lr": 1e-2,
-                  "log_every": 20, "warmup_ratio": 0.05},
-        "distributed": {"num_workers": 1, "cpus_per_worker": 1},
-        "run": {"name": "demo-ner-lora", "storage_path": str(out / "runs")},
-    })
+    cfg = load_config(
+        None,
+        [],
+        data={
+            "model": {"path": str(model)},
+            "method": {"type": "lora", "lora": {"r": 16, "alpha": 32, "target_modules": "all"}},
+            "data": {"train_file": str(train), "max_source_length": 256, "cutoff_len": 384},
+            "train": {
+                "max_steps": args.steps,
+                "batch_size": 6,
+                "save_every": 40,
+                "lr": 1e-2,
+                "log_every": 20,
+                "warmup_ratio": 0.05,
+            },
+            "distributed": {"num_workers": 1, "cpus_per_worker": 1},
+            "run": {"name": "demo-ner-lora", "storage_path": str(out / "runs")},
+        },
+    )
     print(f"[demo] fine-tuning with LoRA on Ray Train ({args.steps} steps)", flush=True)
     result = run(cfg)
     ckpt = result.checkpoint.path
     print(f"[demo] checkpoint {ckpt}  loss {result.metrics.get('loss', float('nan')):.3f}")
 
-    common = {"task": "NER", "engine": {"type": "hf", "checkpoint": ckpt, "batch_size": 8},
-              "generation": {"max_new_tokens": 48},
-              "workers": {"num_actors": 1, "cpus_per_actor": 1}}
+    common = {
+        "task": "NER",
+        "engine": {"type": "hf", "checkpoint": ckpt, "batch_size": 8},
+        "generation": {"max_new_tokens": 48},
+        "workers": {"num_actors": 1, "cpus_per_actor": 1},
+    }
     for name in ("scored", "corpus"):
         shutil.rmtree(out / name, ignore_errors=True)  # the demo always extracts afresh
-    scored = run_extract(load_config(None, [], schema=ExtractConfig, data={
-        **common, "input": {"path": str(test), "format": "iepile"},
-        "output": {"path": str(out / "scored")}}), progress=False)
-    corpus = run_extract(load_config(None, [], schema=ExtractConfig, data={
-        **common, "input": {"path": str(SAMPLES / "sample.json")},
-        "schema": str(SAMPLES / "schema.json"), "split_num": 6,
-        "chunk": {"max_tokens": 48, "overlap": 8}, "output": {"path": str(out / "corpus")}}),
-        progress=False)
+    scored = run_extract(
+        load_config(
+            None,
+            [],
+            schema=ExtractConfig,
+            data={
+                **common,
+                "input": {"path": str(test), "format": "iepile"},
+                "output": {"path": str(out / "scored")},
+            },
+        ),
+        progress=False,
+    )
+    corpus = run_extract(
+        load_config(
+            None,
+            [],
+            schema=ExtractConfig,
+            data={
+                **common,
+                "input": {"path": str(SAMPLES / "sample.json")},
+                "schema": str(SAMPLES / "schema.json"),
+                "split_num": 6,
+                "chunk": {"max_tokens": 48, "overlap": 8},
+                "output": {"path": str(out / "corpus")},
+            },
+        ),
+        progress=False,
+    )
     scores = scored.pop("scores")
     print("[demo] extraction over the corpus:", json.dumps(corpus, ensure_ascii=False))
     print("[demo] scores on the test instructions (the model saw these sentences in training):")
     print(format_table(scores))
-    print(f"[demo] rows: {out / 'corpus' / 'rows'}  documents: {out / 'corpus' / 'documents.jsonl'}")
+    print(
+        f"[demo] rows: {out / 'corpus' / 'rows'}  documents: {out / 'corpus' / 'documents.jsonl'}"
+    )
     return 0
 
 

@@ -39,8 +39,9 @@ def tokenizer_offsets(tokenizer) -> Callable[[str], Offsets]:
     return offsets
 
 
-def chunk_text(text: str, max_tokens: int, overlap: int = 0,
-               offsets: Callable[[str], Offsets] = regex_offsets) -> list[Chunk]:
+def chunk_text(
+    text: str, max_tokens: int, overlap: int = 0, offsets: Callable[[str], Offsets] = regex_offsets
+) -> list[Chunk]:
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
     if not 0 <= overlap < max_tokens:
@@ -52,7 +53,7 @@ def chunk_text(text: str, max_tokens: int, overlap: int = 0,
     chunks: list[Chunk] = []
     i = 0
     while True:
-        window = spans[i:i + max_tokens]
+        window = spans[i : i + max_tokens]
         start = 0 if i == 0 else window[0][0]
         last = i + max_tokens >= len(spans)
         end = len(text) if last else window[-1][1]

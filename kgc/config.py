@@ -144,6 +144,7 @@ class GenerationSettings(_Strict):
     num_beams: int = Field(1, ge=1)
     stop: list[str] = []
     seed: int | None = None
+    ignore_eos: bool = False
 
 
 class WorkersConfig(_Strict):

@@ -25,6 +25,7 @@ class GenerationConfig:
     num_beams: int = 1
     stop: tuple[str, ...] = field(default_factory=tuple)  # cut the text at the first of these
     seed: int | None = None
+    ignore_eos: bool = False  # always generate max_new_tokens (benchmarks)
 
 
 class Engine(Protocol):

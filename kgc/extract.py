@@ -74,8 +74,9 @@ def read_documents(cfg: ExtractConfig) -> list[dict]:
             return
         text = rec.get(tf)
         if not isinstance(text, str) or not text.strip():
-            problems.append(Problem(
-                f"field {tf!r} (input.text_field) is missing or empty", fname, n))
+            problems.append(
+                Problem(f"field {tf!r} (input.text_field) is missing or empty", fname, n)
+            )
             return
         doc_id = str(rec[idf]) if idf and rec.get(idf) is not None else f"{Path(fname).name}:{n}"
         doc = {"doc_id": doc_id, "text": text}
@@ -105,15 +106,16 @@ def read_documents(cfg: ExtractConfig) -> list[dict]:
     if problems:
         raise KgcError(problems)
     if not docs:
-        raise KgcError(Problem("the corpus is empty: no documents to extract from",
-                               cfg.input.path))
+        raise KgcError(Problem("the corpus is empty: no documents to extract from", cfg.input.path))
     seen: dict[str, int] = {}
     for d in docs:
         seen[d["doc_id"]] = seen.get(d["doc_id"], 0) + 1
     dup = [k for k, v in seen.items() if v > 1]
     if dup:
-        raise KgcError(f"input.id_field {idf!r} is not unique: {dup[:3]} appear more than once; "
-                       "fix the ids or drop input.id_field to number documents by line")
+        raise KgcError(
+            f"input.id_field {idf!r} is not unique: {dup[:3]} appear more than once; "
+            "fix the ids or drop input.id_field to number documents by line"
+        )
     return docs
 
 
@@ -133,13 +135,21 @@ def read_instruction_rows(cfg: ExtractConfig) -> list[dict]:
             doc_id = str(rec.get("id") or f"{Path(f).name}:{n}")
             key = (doc_id, rec["instruction"])
             seen[key] = seen.get(key, 0) + 1  # identical texts: keep every record apart
-            rid = row_id(f"{doc_id}#{seen[key]}", 0, len(inst.get("input", "")),
-                         inst.get("schema", []))
-            row = {"id": rid, "doc_id": doc_id, "chunk_index": 0, "chunk_start": 0,
-                   "chunk_end": len(inst.get("input", "")), "task": cfg.task.upper(),
-                   "schema": json.dumps(inst.get("schema", []), ensure_ascii=False),
-                   "instruction": rec["instruction"], "source": rec.get("source") or "",
-                   "label": rec.get("label") if isinstance(rec.get("label"), str) else None}
+            rid = row_id(
+                f"{doc_id}#{seen[key]}", 0, len(inst.get("input", "")), inst.get("schema", [])
+            )
+            row = {
+                "id": rid,
+                "doc_id": doc_id,
+                "chunk_index": 0,
+                "chunk_start": 0,
+                "chunk_end": len(inst.get("input", "")),
+                "task": cfg.task.upper(),
+                "schema": json.dumps(inst.get("schema", []), ensure_ascii=False),
+                "instruction": rec["instruction"],
+                "source": rec.get("source") or "",
+                "label": rec.get("label") if isinstance(rec.get("label"), str) else None,
+            }
             rows.append(row)
     if problems:
         raise KgcError(problems)
@@ -181,14 +191,20 @@ def document_rows(doc: dict, cfg: ExtractConfig, schema, offsets) -> list[dict]:
     for ch in chunk_text(doc["text"], cfg.chunk.max_tokens, cfg.chunk.overlap, offsets):
         rng = record_rng(0, ch.index, ch.text)
         for schema_chunk in task.test_chunks(None, schema, rng, opts, ch.text):
-            rows.append({
-                "id": row_id(doc["doc_id"], ch.start, ch.end, schema_chunk),
-                "doc_id": doc["doc_id"], "chunk_index": ch.index, "chunk_start": ch.start,
-                "chunk_end": ch.end, "task": task.name,
-                "schema": json.dumps(schema_chunk, ensure_ascii=False),
-                "instruction": task.instruction(cfg.language, schema_chunk, ch.text),
-                "source": doc.get("source", ""), "label": None,
-            })
+            rows.append(
+                {
+                    "id": row_id(doc["doc_id"], ch.start, ch.end, schema_chunk),
+                    "doc_id": doc["doc_id"],
+                    "chunk_index": ch.index,
+                    "chunk_start": ch.start,
+                    "chunk_end": ch.end,
+                    "task": task.name,
+                    "schema": json.dumps(schema_chunk, ensure_ascii=False),
+                    "instruction": task.instruction(cfg.language, schema_chunk, ch.text),
+                    "source": doc.get("source", ""),
+                    "label": None,
+                }
+            )
     return rows
 
 
@@ -200,18 +216,34 @@ def build_engine(cfg: ExtractConfig):
         from kgc.modeling.hf_engine import HFEngine
 
         model = ModelConfig(path=e.model, dtype=e.dtype) if e.model else None
-        return HFEngine(model, adapter=e.adapter, checkpoint=e.checkpoint,
-                        batch_size=e.batch_size)
-    raise KgcError(f"engine.type={e.type!r} is not available in this build yet; use hf")
+        return HFEngine(model, adapter=e.adapter, checkpoint=e.checkpoint, batch_size=e.batch_size)
+    if e.type == "openai":
+        from kgc.openai_engine import OpenAIEngine
+
+        if not e.model:
+            raise KgcError(
+                "engine.model (the served model name) is required for engine.type=openai"
+            )
+        return OpenAIEngine(
+            e.base_url or "", e.model, api_key_env=e.api_key_env, concurrency=e.batch_size
+        )
+    raise KgcError(f"engine.type={e.type!r} is not available in this build yet; use hf or openai")
 
 
 def generation_config(cfg: ExtractConfig):
     from kgc.engine import GenerationConfig
 
     g = cfg.generation
-    return GenerationConfig(max_new_tokens=g.max_new_tokens, do_sample=g.do_sample,
-                            temperature=g.temperature, top_p=g.top_p, num_beams=g.num_beams,
-                            stop=tuple(g.stop), seed=g.seed)
+    return GenerationConfig(
+        max_new_tokens=g.max_new_tokens,
+        do_sample=g.do_sample,
+        temperature=g.temperature,
+        top_p=g.top_p,
+        num_beams=g.num_beams,
+        stop=tuple(g.stop),
+        seed=g.seed,
+        ignore_eos=g.ignore_eos,
+    )
 
 
 # ----------------------------------------------------------------------------- the actor
@@ -236,22 +268,46 @@ class ExtractUDF:
 
     def __call__(self, batch: dict) -> dict:
         ids = [str(x) for x in batch["id"]]
-        outputs = self.engine.generate(list(batch["instruction"]), self.gen)
+        outputs, failures = self._generate(list(batch["instruction"]))
         rows = []
         for i, text in enumerate(outputs):
             parsed = self.task.parse(text)
+            if failures[i]:  # kept as a row with its error, never dropped in silence
+                parsed.errors.insert(0, f"engine error: {failures[i]}")
             row = {k: _plain(batch[k][i]) for k in batch}
             if not isinstance(row.get("label"), str):
                 row["label"] = None  # Ray turns an all-None column into NaN floats
-            row.update(output=text, records=json.dumps(parsed.records, ensure_ascii=False),
-                       errors=json.dumps(parsed.errors, ensure_ascii=False),
-                       model_id=self.engine.model_id)
+            row.update(
+                output=text,
+                records=json.dumps(parsed.records, ensure_ascii=False),
+                errors=json.dumps(parsed.errors, ensure_ascii=False),
+                model_id=self.engine.model_id,
+            )
             rows.append(row)
         write_shard(self.out, rows, self.cfg.output.format)
         self.batches += 1
         _maybe_kill_actor(self.batches)
-        return {"id": ids, "parse_error": [bool(json.loads(r["errors"])) for r in rows],
-                "n_records": [len(json.loads(r["records"])) for r in rows]}
+        return {
+            "id": ids,
+            "parse_error": [bool(json.loads(r["errors"])) for r in rows],
+            "n_records": [len(json.loads(r["records"])) for r in rows],
+        }
+
+    def _generate(self, prompts: list[str]) -> tuple[list[str], list[str | None]]:
+        """Texts per prompt; if the batch fails, prompts are retried one by one and a prompt
+        that still fails gets an empty text and its error."""
+        try:
+            return self.engine.generate(prompts, self.gen), [None] * len(prompts)
+        except Exception:  # noqa: BLE001 - isolate the failing prompt(s) below
+            texts, errs = [], []
+            for p in prompts:
+                try:
+                    texts.append(self.engine.generate([p], self.gen)[0])
+                    errs.append(None)
+                except Exception as exc:  # noqa: BLE001
+                    texts.append("")
+                    errs.append(f"{type(exc).__name__}: {exc}"[:500])
+            return texts, errs
 
 
 def _plain(v):
@@ -379,8 +435,13 @@ def run_extract(cfg: ExtractConfig, *, progress: bool = True) -> dict:
     for stray in (out_dir / SHARDS).glob(".part-*.tmp") if (out_dir / SHARDS).exists() else []:
         stray.unlink()  # a shard cut short by a crash; its rows are redone
     start = time.time()
-    stats = {"rows_total": total, "rows_skipped_resume": total - len(todo), "rows_done": 0,
-             "parse_errors": 0, "records": 0}
+    stats = {
+        "rows_total": total,
+        "rows_skipped_resume": total - len(todo),
+        "rows_done": 0,
+        "parse_errors": 0,
+        "records": 0,
+    }
     if todo:
         from kgc.raytools import ensure_ray, forwarded_env
 
@@ -402,18 +463,23 @@ def run_extract(cfg: ExtractConfig, *, progress: bool = True) -> dict:
     got = [r["id"] for r in all_rows]
     if sorted(got) != sorted(ids):
         missing = len(set(ids) - set(got))
-        raise KgcError(f"output has {len(got)} rows for {total} expected ({missing} missing); "
-                       "rerun the same command to finish them")
+        raise KgcError(
+            f"output has {len(got)} rows for {total} expected ({missing} missing); "
+            "rerun the same command to finish them"
+        )
     docs_out = merge_documents(all_rows)
     with open(out_dir / DOCUMENTS, "w", encoding="utf-8") as fh:
         for d in docs_out:
             fh.write(json.dumps(d, ensure_ascii=False) + "\n")
     summary = {
-        "documents": n_docs, "rows": total, "rows_this_run": len(todo),
+        "documents": n_docs,
+        "rows": total,
+        "rows_this_run": len(todo),
         "rows_skipped_resume": stats["rows_skipped_resume"],
         "records": sum(len(json.loads(r["records"])) for r in all_rows),
         "parse_error_rate": sum(bool(json.loads(r["errors"])) for r in all_rows) / max(1, total),
-        "seconds": elapsed, "rows_per_s": len(todo) / elapsed if todo and elapsed else 0.0,
+        "seconds": elapsed,
+        "rows_per_s": len(todo) / elapsed if todo and elapsed else 0.0,
         "output": str(out_dir),
     }
     if cfg.score and any(isinstance(r.get("label"), str) for r in all_rows):
@@ -437,8 +503,10 @@ def _consume(ds, stats: dict, n: int, stall_s: float, progress: bool) -> None:
                 state["last"] = time.time()
                 if progress:
                     rate = stats["rows_done"] / max(1e-9, time.time() - t0)
-                    print(f"[kgc extract] {stats['rows_done']}/{n} rows, {rate:.1f} rows/s",
-                          flush=True)
+                    print(
+                        f"[kgc extract] {stats['rows_done']}/{n} rows, {rate:.1f} rows/s",
+                        flush=True,
+                    )
         except BaseException as exc:  # noqa: BLE001 - re-raised in the driver thread
             state["error"] = exc
         finally:
@@ -462,10 +530,20 @@ def _consume(ds, stats: dict, n: int, stall_s: float, progress: bool) -> None:
 def score_rows(cfg: ExtractConfig, rows: list[dict]) -> dict:
     from kgc.evaluate import evaluate_rows
 
-    lines = [(i, {"id": r["doc_id"], "source": r.get("source") or "",
-                  "instruction": r["instruction"], "label": r["label"], "output": r["output"]})
-             for i, r in enumerate(sorted(rows, key=lambda r: (r["doc_id"], r["id"])), 1)
-             if isinstance(r.get("label"), str)]
+    lines = [
+        (
+            i,
+            {
+                "id": r["doc_id"],
+                "source": r.get("source") or "",
+                "instruction": r["instruction"],
+                "label": r["label"],
+                "output": r["output"],
+            },
+        )
+        for i, r in enumerate(sorted(rows, key=lambda r: (r["doc_id"], r["id"])), 1)
+        if isinstance(r.get("label"), str)
+    ]
     return evaluate_rows(cfg.task, lines)
 
 

@@ -10,7 +10,9 @@ from conftest import IEPILE
 from kgc.cli import main
 from kgc.config import load_config
 
-CONFIGS = sorted((Path(__file__).resolve().parent.parent / "jobs" / "configs").glob("*.yaml"))
+ALL = sorted((Path(__file__).resolve().parent.parent / "jobs" / "configs").glob("*.yaml"))
+CONFIGS = [p for p in ALL if not p.stem.startswith("extract")]
+EXTRACT = [p for p in ALL if p.stem.startswith("extract")]
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +77,11 @@ def test_cli_check(tiny_llama, ner_train_file, capsys):
     )
     assert code == 2
     assert "unknown key 'train.bogus'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", EXTRACT, ids=lambda p: p.stem)
+def test_shipped_extract_config_validates(path):
+    from kgc.config import ExtractConfig
+
+    cfg = load_config(path, [], schema=ExtractConfig)
+    assert cfg.task and cfg.output.path and cfg.workers.num_actors >= 1

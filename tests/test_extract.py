@@ -13,8 +13,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from conftest import IEPILE, read_jsonl, write_jsonl
+
 from kgc.chunking import chunk_text, regex_offsets, tokenizer_offsets
 from kgc.config import ExtractConfig, load_config
 from kgc.errors import KgcError
@@ -27,11 +27,11 @@ LONG = "".join(TEXTS) * 2
 def test_chunks_map_back_to_the_document():
     chunks = chunk_text(LONG, max_tokens=100, overlap=20)
     assert len(chunks) > 3
-    assert all(LONG[c.start:c.end] == c.text for c in chunks)
+    assert all(LONG[c.start : c.end] == c.text for c in chunks)
     assert chunks[0].start == 0 and chunks[-1].end == len(LONG)
     for a, b in zip(chunks, chunks[1:]):
         assert b.start < a.end  # overlap
-        assert len(regex_offsets(LONG[b.start:a.end])) >= 15
+        assert len(regex_offsets(LONG[b.start : a.end])) >= 15
     assert chunk_text("短文本", 100) == [chunk_text("短文本", 100)[0]]
     assert chunk_text("短文本", 100)[0].text == "短文本"
 
@@ -41,7 +41,7 @@ def test_tokenizer_chunks(tiny_llama):
 
     tok = AutoTokenizer.from_pretrained(tiny_llama)
     chunks = chunk_text(LONG, 64, 8, tokenizer_offsets(tok))
-    assert all(LONG[c.start:c.end] == c.text for c in chunks)
+    assert all(LONG[c.start : c.end] == c.text for c in chunks)
     assert all(len(tok(c.text, add_special_tokens=False)["input_ids"]) <= 64 + 2 for c in chunks)
 
 
@@ -79,19 +79,22 @@ def test_hf_engine_adapter_equals_merged(tiny_llama, ner_train_file, tmp_path):
     from kgc.modeling.tuning import apply_method
 
     torch.manual_seed(0)
-    cfg = load_config(None, ["method.lora.r=4"], data={
-        "model": {"path": str(tiny_llama)}, "data": {"train_file": str(ner_train_file)}})
+    cfg = load_config(
+        None,
+        ["method.lora.r=4"],
+        data={"model": {"path": str(tiny_llama)}, "data": {"train_file": str(ner_train_file)}},
+    )
     model = apply_method(load_model(cfg.model), cfg.method, resolve_family(cfg.model))
     with torch.no_grad():  # a visibly non-zero adapter
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.5)
     model.save_pretrained(tmp_path / "adapter")
-    merged = export_model(str(tmp_path / "adapter"), str(tmp_path / "merged"),
-                          base=str(tiny_llama))
+    merged = export_model(str(tmp_path / "adapter"), str(tmp_path / "merged"), base=str(tiny_llama))
     prompts, gen = _prompts()[:12], GenerationConfig(max_new_tokens=10)
     a = HFEngine(str(tiny_llama), adapter=str(tmp_path / "adapter"), batch_size=4).generate(
-        prompts, gen)
+        prompts, gen
+    )
     m = HFEngine(str(merged), batch_size=4).generate(prompts, gen)
     base = HFEngine(str(tiny_llama), batch_size=4).generate(prompts, gen)
     assert a == m
@@ -107,7 +110,8 @@ def corpus(tmp_path: Path, n: int) -> Path:
 def ex_cfg(tmp_path, model, src, *overrides, out="out"):
     data = {
         "input": {"path": str(src), "id_field": "id"},
-        "task": "NER", "schema": str(IEPILE / "NER" / "schema.json"),
+        "task": "NER",
+        "schema": str(IEPILE / "NER" / "schema.json"),
         "chunk": {"max_tokens": 96, "overlap": 16},
         "engine": {"type": "hf", "model": str(model), "batch_size": 32},
         "generation": {"max_new_tokens": 4},
@@ -152,9 +156,13 @@ def test_two_thousand_chunks_on_two_actors(local_ray, tiny_llama, tmp_path):
     schema = read_schema(cfg.schema_path)
     from kgc.extract import _offsets_fn
 
-    expected = [r["id"] for d in read_jsonl(src)
-                for r in document_rows({"doc_id": d["id"], "text": d["text"]}, cfg, schema,
-                                       _offsets_fn(cfg))]
+    expected = [
+        r["id"]
+        for d in read_jsonl(src)
+        for r in document_rows(
+            {"doc_id": d["id"], "text": d["text"]}, cfg, schema, _offsets_fn(cfg)
+        )
+    ]
     assert len(expected) >= 2000
     counts = _ids_once(tmp_path / "out")
     assert sorted(counts) == sorted(expected) and set(counts.values()) == {1}
@@ -162,7 +170,7 @@ def test_two_thousand_chunks_on_two_actors(local_ray, tiny_llama, tmp_path):
     long_rows = [r for r in read_rows(tmp_path / "out") if r["doc_id"] == "long"]
     assert len(long_rows) > 1  # the long document was chunked
     for r in long_rows:
-        assert json.loads(r["instruction"])["input"] == LONG[r["chunk_start"]:r["chunk_end"]]
+        assert json.loads(r["instruction"])["input"] == LONG[r["chunk_start"] : r["chunk_end"]]
     assert len(list(iter_documents(tmp_path / "out"))) == 2001
 
 
@@ -184,14 +192,21 @@ def test_killed_driver_then_rerun(tiny_llama, tmp_path):
     cfg_path = tmp_path / "extract.yaml"
     import yaml
 
-    cfg = ex_cfg(tmp_path, tiny_llama, src, "engine.batch_size=16",
-                 "workers.num_actors=1", "workers.cpus_per_actor=1")
+    cfg = ex_cfg(
+        tmp_path,
+        tiny_llama,
+        src,
+        "engine.batch_size=16",
+        "workers.num_actors=1",
+        "workers.cpus_per_actor=1",
+    )
     cfg_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True)))
     shards = tmp_path / "out" / "rows"
     cmd = [sys.executable, "-m", "kgc", "extract", "--config", str(cfg_path), "--quiet"]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 240
     while time.time() < deadline and len(list(shards.glob("part-*"))) < 5:
         time.sleep(0.5)
@@ -212,8 +227,9 @@ def test_iepile_test_file_is_scored(local_ray, tiny_llama, tmp_path):
     from kgc.extract import SCORES, run_extract
 
     test = tmp_path / "ner.test.jsonl"
-    convert_file("NER", IEPILE / "NER" / "sample.json", IEPILE / "NER" / "schema.json", test,
-                 split="test")
+    convert_file(
+        "NER", IEPILE / "NER" / "sample.json", IEPILE / "NER" / "schema.json", test, split="test"
+    )
     cfg = ex_cfg(tmp_path, tiny_llama, test, "input.format=iepile", "workers.num_actors=1")
     summary = run_extract(cfg, progress=False)
     scores = summary["scores"]

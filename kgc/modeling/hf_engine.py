@@ -38,9 +38,16 @@ def resolve_checkpoint(checkpoint: str) -> tuple[ModelConfig, str | None, ChatFo
 
 
 class HFEngine:
-    def __init__(self, model: ModelConfig | str | None = None, *, adapter: str | None = None,
-                 checkpoint: str | None = None, batch_size: int = 16, device: str | None = None,
-                 chat: ChatFormat | None = None):
+    def __init__(
+        self,
+        model: ModelConfig | str | None = None,
+        *,
+        adapter: str | None = None,
+        checkpoint: str | None = None,
+        batch_size: int = 16,
+        device: str | None = None,
+        chat: ChatFormat | None = None,
+    ):
         import torch
 
         from kgc.modeling.data import PromptFormatter
@@ -56,8 +63,9 @@ class HFEngine:
         self.tok.padding_side = "left"  # generation continues from the right end
         self.chat = chat or resolve_chat_format(cfg, self.tok)
         self.fmt = PromptFormatter(self.tok, self.chat)
-        net = load_model(cfg, for_training=False,
-                         device_map={"": self.device} if cfg.quantization else None)
+        net = load_model(
+            cfg, for_training=False, device_map={"": self.device} if cfg.quantization else None
+        )
         self.prompt_learning = False
         if adapter:
             from peft import PeftModel
@@ -93,7 +101,7 @@ class HFEngine:
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         out: list[str] = [""] * len(encoded)
         for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
+            idx = order[start : start + self.batch_size]
             texts = self._generate_batch([encoded[i] for i in idx], config)
             for i, t in zip(idx, texts):
                 out[i] = cut_at_stop(t, config.stop + tuple(self.fmt.stop_strings()))
@@ -107,25 +115,38 @@ class HFEngine:
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for r, x in enumerate(batch):
-            ids[r, width - len(x):] = torch.tensor(x)
-            mask[r, width - len(x):] = 1
+            ids[r, width - len(x) :] = torch.tensor(x)
+            mask[r, width - len(x) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         gen = None
         if config.seed is not None:
             torch.manual_seed(config.seed)
             gen = torch.Generator(device=self.device).manual_seed(config.seed)
+        eos = None if config.ignore_eos else self.eos_ids
         with torch.no_grad():
             if self.prompt_learning:
                 from kgc.modeling.generation import prompt_learning_generate
 
                 seqs = prompt_learning_generate(
-                    self.model, ids, mask, max_new_tokens=config.max_new_tokens,
-                    eos_token_id=self.eos_ids, pad_token_id=pad, do_sample=config.do_sample,
-                    temperature=config.temperature, top_p=config.top_p, generator=gen)
+                    self.model,
+                    ids,
+                    mask,
+                    max_new_tokens=config.max_new_tokens,
+                    eos_token_id=eos,
+                    pad_token_id=pad,
+                    do_sample=config.do_sample,
+                    temperature=config.temperature,
+                    top_p=config.top_p,
+                    generator=gen,
+                )
             else:
-                kwargs = dict(max_new_tokens=config.max_new_tokens, do_sample=config.do_sample,
-                              num_beams=config.num_beams, eos_token_id=self.eos_ids,
-                              pad_token_id=pad)
+                kwargs = dict(
+                    max_new_tokens=config.max_new_tokens,
+                    do_sample=config.do_sample,
+                    num_beams=config.num_beams,
+                    eos_token_id=eos,
+                    pad_token_id=pad,
+                )
                 if config.do_sample:
                     kwargs.update(temperature=config.temperature, top_p=config.top_p)
                 seqs = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)

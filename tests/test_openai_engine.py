@@ -1,0 +1,116 @@
+"""The OpenAI-compatible engine against a local fake server on 127.0.0.1 (real HTTP)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from kgc.engine import GenerationConfig
+from kgc.openai_engine import EngineRequestError, OpenAIEngine
+
+
+class FakeOpenAI(BaseHTTPRequestHandler):
+    calls: list[dict] = []
+    fail_first = 0
+
+    def do_POST(self):  # noqa: N802 - http.server's naming
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        FakeOpenAI.calls.append({"body": body, "auth": self.headers.get("Authorization")})
+        if FakeOpenAI.fail_first > 0:
+            FakeOpenAI.fail_first -= 1
+            self.send_response(503)
+            self.end_headers()
+            self.wfile.write(b"busy")
+            return
+        user = body["messages"][-1]["content"]
+        if user == "bad":
+            self.send_response(400)
+            self.end_headers()
+            self.wfile.write(b'{"error": "context too long"}')
+            return
+        text = json.dumps({"echo": user}, ensure_ascii=False) + "\nSTOP trailing"
+        payload = {"choices": [{"message": {"role": "assistant", "content": text}}]}
+        data = json.dumps(payload, ensure_ascii=False).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    FakeOpenAI.calls = []
+    FakeOpenAI.fail_first = 0
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), FakeOpenAI)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    srv.shutdown()
+
+
+def test_generate_in_order_with_stop_and_key(server, monkeypatch):
+    monkeypatch.setenv("KGC_TEST_KEY", "sk-test")
+    eng = OpenAIEngine(server, "served-model", api_key_env="KGC_TEST_KEY", concurrency=4)
+    prompts = [f"文本{i}" for i in range(10)]
+    out = eng.generate(prompts, GenerationConfig(max_new_tokens=20, stop=("STOP",)))
+    assert [json.loads(o)["echo"] for o in out] == prompts  # order kept under concurrency
+    assert all("trailing" not in o for o in out)
+    call = FakeOpenAI.calls[0]
+    assert call["auth"] == "Bearer sk-test"
+    assert call["body"]["model"] == "served-model" and call["body"]["temperature"] == 0.0
+    assert call["body"]["max_tokens"] == 20
+
+
+def test_retries_then_succeeds(server):
+    FakeOpenAI.fail_first = 2
+    eng = OpenAIEngine(server, "m", concurrency=1, max_retries=3)
+    eng_out = eng.generate(["x"], GenerationConfig())
+    assert json.loads(eng_out[0].splitlines()[0])["echo"] == "x"
+    assert len(FakeOpenAI.calls) == 3
+
+
+def test_client_error_is_raised_with_detail(server):
+    eng = OpenAIEngine(server, "m", max_retries=1)
+    with pytest.raises(EngineRequestError, match="HTTP 400.*context too long"):
+        eng.generate(["bad"], GenerationConfig())
+
+
+def test_extraction_udf_marks_failed_rows(server, tmp_path):
+    import numpy as np
+    from conftest import IEPILE, write_jsonl
+
+    from kgc.config import ExtractConfig, load_config
+    from kgc.extract import ExtractUDF, read_rows
+
+    cfg = load_config(
+        None,
+        [],
+        schema=ExtractConfig,
+        data={
+            "input": {"path": str(write_jsonl(tmp_path / "c.jsonl", [{"text": "x"}]))},
+            "task": "NER",
+            "schema": str(IEPILE / "NER" / "schema.json"),
+            "engine": {"type": "openai", "model": "m", "base_url": server, "batch_size": 2},
+            "output": {"path": str(tmp_path / "out")},
+        },
+    )
+    udf = ExtractUDF(cfg.model_dump(mode="json", by_alias=True), str(tmp_path / "out"))
+    udf.engine.max_retries = 0
+    batch = {
+        "id": np.array(["a", "b"], dtype=object),
+        "instruction": np.array(['{"人物": []}', "bad"], dtype=object),
+        "label": np.array([None, None], dtype=object),
+    }
+    udf(batch)
+    rows = {r["id"]: r for r in read_rows(tmp_path / "out")}
+    assert set(rows) == {"a", "b"}  # the failed prompt is kept, with its error
+    assert json.loads(rows["b"]["errors"])[0].startswith("engine error: EngineRequestError")
+    assert rows["b"]["output"] == ""
+    assert not any("engine error" in e for e in json.loads(rows["a"]["errors"]))
