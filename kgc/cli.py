@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--address", help="Ray cluster address (default: a local Ray)")
     ex.add_argument("--quiet", action="store_true", help="no progress lines")
 
+    sv = sub.add_parser("serve", help="run the Ray Serve app (task API + OpenAI-compatible API)")
+    sv.add_argument("--config", required=True, help="a Serve config (see serve/config.yaml)")
+
     m = sub.add_parser("tiny-model", help="build a tiny random model + tokenizer (no download)")
     m.add_argument("--arch", choices=("llama", "qwen2"), default="llama")
     m.add_argument("--size", choices=("tiny", "small"), default="tiny")
@@ -269,6 +272,16 @@ def _cmd_extract(args) -> int:
     return 0
 
 
+def _cmd_serve(args) -> int:
+    import os
+    import subprocess
+
+    # Ray's `serve run` (next to this Python) runs the app from the Serve config
+    # (import_path serve.app:build_app); it blocks until interrupted.
+    serve_bin = os.path.join(os.path.dirname(sys.executable), "serve")
+    return subprocess.call([serve_bin, "run", args.config])
+
+
 def _cmd_export(args) -> int:
     from kgc.modeling.export import export_model
 
@@ -293,6 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "export": _cmd_export,
         "tiny-model": _cmd_tiny,
         "extract": _cmd_extract,
+        "serve": _cmd_serve,
     }
     try:
         return handlers[args.command](args)

@@ -85,3 +85,17 @@ def test_shipped_extract_config_validates(path):
 
     cfg = load_config(path, [], schema=ExtractConfig)
     assert cfg.task and cfg.output.path and cfg.workers.num_actors >= 1
+
+
+def test_serve_config_validates():
+    import yaml
+
+    from kgc.serving import ServeSettings
+
+    conf = yaml.safe_load(
+        (Path(__file__).resolve().parent.parent / "serve" / "config.yaml").read_text()
+    )
+    app = conf["applications"][0]
+    assert app["import_path"] == "serve.app:build_app"
+    assert conf["http_options"]["host"] == "127.0.0.1"
+    ServeSettings.model_validate(app["args"])

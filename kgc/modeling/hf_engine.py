@@ -75,6 +75,10 @@ class HFEngine:
         if cfg.quantization is None:
             net = net.to(self.device)
         self.model = net.eval()
+        self.base = self.model  # for named LoRA adapters loaded later (serving)
+        self.peft = None
+        self.max_loaded = 4
+        self._lru: dict[str, str] = {}
         self.batch_size = batch_size
         self.model_id = f"{cfg.path}" + (f"+{adapter}" if adapter else "")
         eos = {self.tok.eos_token_id}
@@ -95,6 +99,40 @@ class HFEngine:
         system = next((m["content"] for m in msgs if m["role"] == "system"), None)
         user = "\n".join(m["content"] for m in msgs if m["role"] == "user")
         return self.fmt.prompt_ids(user, system)
+
+    def use_adapter(self, name: str | None, path: str | None = None):
+        """Select a named LoRA adapter (loaded on first use, least recently used unloaded
+        beyond `max_loaded`), or the base model for None. Returns a context manager."""
+        import contextlib
+
+        if name is None:
+            if self.peft is None:
+                return contextlib.nullcontext()
+            self.model = self.peft
+            return self.peft.disable_adapter()
+        from peft import PeftConfig, PeftModel
+
+        if self.peft is None or name not in self.peft.peft_config:
+            if path is None:
+                raise KgcError(f"adapter {name!r} is not loaded and no path was given")
+            if PeftConfig.from_pretrained(path).is_prompt_learning:
+                raise KgcError(
+                    f"adapter {name!r} is a prompt-learning adapter; serve it as its "
+                    "own model (checkpoint), not as a named LoRA adapter"
+                )
+            if self.peft is None:
+                self.peft = PeftModel.from_pretrained(self.base, path, adapter_name=name).eval()
+            else:
+                self.peft.load_adapter(path, adapter_name=name)
+        self._lru.pop(name, None)
+        self._lru[name] = path or ""
+        while len(self._lru) > self.max_loaded:
+            old = next(iter(self._lru))
+            self._lru.pop(old)
+            self.peft.delete_adapter(old)
+        self.peft.set_adapter(name)
+        self.model = self.peft
+        return contextlib.nullcontext()
 
     def generate(self, prompts: Sequence[Prompt], config: GenerationConfig) -> list[str]:
         encoded = [self.encode(p) for p in prompts]

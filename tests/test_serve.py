@@ -1,0 +1,169 @@
+"""The Serve app on local Ray at 127.0.0.1 with a tiny model, over real HTTP (httpx) and
+with the `openai` client."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+pytest.importorskip("ray")
+httpx = pytest.importorskip("httpx")
+
+from kgc.serving import merge_outputs  # noqa: E402
+
+pytestmark = pytest.mark.timeout(600)
+KEY = "sk-kgc-test"
+
+
+def test_merge_outputs_dedupes_and_reports_errors():
+    out = merge_outputs(
+        "NER", ['{"人物": ["张三"]}', '```json\n{"人物": ["张三"], "地点": ["北京"]}```', "garbage"]
+    )
+    assert out["records"] == [
+        {"entity": "张三", "entity_type": "人物"},
+        {"entity": "北京", "entity_type": "地点"},
+    ]
+    assert out["errors"] == ["no JSON object in output"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _adapter(base, out, seed):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    m = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base),
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
+    )
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    m.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def server(
+    local_ray,
+    tiny_llama,
+    tmp_path_factory,
+):
+    import os
+
+    from ray import serve
+
+    from serve.app import build_app
+
+    tmp = tmp_path_factory.mktemp("adapters")
+    adapters = {
+        "ner": _adapter(tiny_llama, tmp / "ner", 1),
+        "re": _adapter(tiny_llama, tmp / "re", 2),
+    }
+    os.environ["KGC_TEST_API_KEYS"] = KEY
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = {
+        "model": str(tiny_llama),
+        "adapters": adapters,
+        "api_keys_env": "KGC_TEST_API_KEYS",
+        "max_new_tokens": 12,
+        "replica_cpus": 0.25,
+        "limits": {"max_body_bytes": 20_000, "max_text_chars": 2000},
+    }
+    serve.run(build_app(args), name="kgc", route_prefix="/")
+    yield {"url": f"http://127.0.0.1:{port}", "model": str(tiny_llama), "adapters": adapters}
+    serve.shutdown()
+
+
+def client(server, key=KEY):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.Client(base_url=server["url"], headers=headers, timeout=120)
+
+
+def test_health_models_and_auth(server):
+    with client(server, key=None) as c:
+        assert c.get("/healthz").json() == {"status": "ok"}
+        assert c.get("/v1/models").status_code == 401
+    with client(server, key="wrong") as c:
+        assert c.post("/v1/extract", json={}).status_code == 401
+    with client(server) as c:
+        ids = [m["id"] for m in c.get("/v1/models").json()["data"]]
+        assert ids == ["kgc", "kgc:ner", "kgc:re"]
+
+
+@pytest.mark.parametrize(
+    "task, schema",
+    [("NER", ["人物", "地点", "组织"]), ("RE", ["创始人", "作者", "主演", "导演", "妻子"])],
+)
+def test_extract_endpoint(server, task, schema):
+    texts = ["张三在北京创办了星辰公司。", "《喜剧之王》由周星驰主演。"]
+    with client(server) as c:
+        r = c.post(
+            "/v1/extract", json={"task": task, "schema": schema, "texts": texts, "model": "kgc:ner"}
+        )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [x["text"] for x in body["results"]] == texts
+    for x in body["results"]:
+        assert isinstance(x["records"], list) and isinstance(x["errors"], list)
+
+
+def test_chat_completions_match_the_engine(server):
+    from openai import OpenAI
+
+    from kgc.engine import GenerationConfig
+    from kgc.modeling.hf_engine import HFEngine
+
+    prompt = '{"instruction": "抽取实体", "schema": ["人物"], "input": "张三在北京。"}'
+    api = OpenAI(base_url=server["url"] + "/v1", api_key=KEY)
+    got = api.chat.completions.create(
+        model="kgc", max_tokens=12, messages=[{"role": "user", "content": prompt}]
+    )
+    direct = HFEngine(server["model"]).generate([prompt], GenerationConfig(max_new_tokens=12))
+    assert got.choices[0].message.content == direct[0]
+    a = api.chat.completions.create(
+        model="kgc:ner", max_tokens=12, messages=[{"role": "user", "content": prompt}]
+    )
+    b = api.chat.completions.create(
+        model="kgc:re", max_tokens=12, messages=[{"role": "user", "content": prompt}]
+    )
+    assert a.choices[0].message.content != b.choices[0].message.content
+    with_adapter = HFEngine(server["model"], adapter=server["adapters"]["ner"]).generate(
+        [prompt], GenerationConfig(max_new_tokens=12)
+    )
+    assert a.choices[0].message.content == with_adapter[0]
+
+
+def test_errors(server):
+    with client(server) as c:
+        r = c.post(
+            "/v1/chat/completions",
+            json={"model": "kgc:nope", "messages": [{"role": "user", "content": "x"}]},
+        )
+        assert r.status_code == 404
+        assert "kgc:ner" in json.dumps(r.json())
+        r = c.post(
+            "/v1/extract",
+            json={"task": "NER", "schema": ["人物"], "text": "x", "model": "../../etc"},
+        )
+        assert r.status_code == 404
+        r = c.post("/v1/extract", json={"schema": ["人物"], "text": "x"})
+        assert r.status_code == 422 and "task" in r.text
+        r = c.post(
+            "/v1/extract", content=b"{not json", headers={"Content-Type": "application/json"}
+        )
+        assert r.status_code == 422
+        r = c.post("/v1/extract", json={"task": "NER", "schema": ["人物"], "text": "长" * 3000})
+        assert r.status_code == 413 and "2000" in r.text
+        r = c.post("/v1/extract", json={"task": "NER", "schema": ["人物"], "text": "x" * 30_000})
+        assert r.status_code == 413
