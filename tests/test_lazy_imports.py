@@ -21,6 +21,17 @@ CORE = [
     "kgc.tasks",
     "kgc.schema",
     "kgc.sampling",
+    "kgc.config",
+    "kgc.templates",
+    "kgc.families",
+    "kgc.prompting",
+    "kgc.engine",
+    "kgc.chunking",
+    "kgc.openai_engine",
+    "kgc.serving",
+    "kgc.extract",
+    "kgc.finetune",
+    "kgc.raytools",
 ]
 
 
