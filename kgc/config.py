@@ -134,6 +134,8 @@ class EngineConfig(_Strict):
     dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
     base_url: str | None = None  # openai: http://127.0.0.1:8000/v1
     api_key_env: str = "OPENAI_API_KEY"  # the key is read from this environment variable
+    timeout_s: float = Field(120.0, gt=0)  # openai: per request
+    max_retries: int = Field(4, ge=0)  # openai: on 429/5xx/connection errors
 
 
 class GenerationSettings(_Strict):

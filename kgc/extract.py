@@ -225,7 +225,12 @@ def build_engine(cfg: ExtractConfig):
                 "engine.model (the served model name) is required for engine.type=openai"
             )
         return OpenAIEngine(
-            e.base_url or "", e.model, api_key_env=e.api_key_env, concurrency=e.batch_size
+            e.base_url or "",
+            e.model,
+            api_key_env=e.api_key_env,
+            concurrency=e.batch_size,
+            timeout_s=e.timeout_s,
+            max_retries=e.max_retries,
         )
     raise KgcError(f"engine.type={e.type!r} is not available in this build yet; use hf or openai")
 

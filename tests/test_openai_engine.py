@@ -114,3 +114,54 @@ def test_extraction_udf_marks_failed_rows(server, tmp_path):
     assert json.loads(rows["b"]["errors"])[0].startswith("engine error: EngineRequestError")
     assert rows["b"]["output"] == ""
     assert not any("engine error" in e for e in json.loads(rows["a"]["errors"]))
+
+
+class HangingServer(BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802
+        import time
+
+        time.sleep(60)  # an engine that never answers in time
+
+    def log_message(self, *args):
+        pass
+
+
+def test_stalled_extraction_fails_loudly(local_ray, tmp_path):
+    from conftest import IEPILE, write_jsonl
+
+    from kgc.config import ExtractConfig, load_config
+    from kgc.errors import KgcError
+    from kgc.extract import run_extract
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), HangingServer)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        cfg = load_config(
+            None,
+            [],
+            schema=ExtractConfig,
+            data={
+                "input": {
+                    "path": str(write_jsonl(tmp_path / "c.jsonl", [{"text": "张三在北京。"}]))
+                },
+                "task": "NER",
+                "schema": str(IEPILE / "NER" / "schema.json"),
+                # the request gives up after 10 s (so the actor is free again soon after)
+                "engine": {
+                    "type": "openai",
+                    "model": "m",
+                    "batch_size": 1,
+                    "timeout_s": 10,
+                    "max_retries": 0,
+                    "base_url": f"http://127.0.0.1:{srv.server_address[1]}/v1",
+                },
+                "workers": {"num_actors": 1, "cpus_per_actor": 0.5},
+                "output": {"path": str(tmp_path / "out")},
+                "stall_timeout_s": 3,
+            },
+        )
+        with pytest.raises(KgcError, match="extraction stalled: no batch finished in 3 s"):
+            run_extract(cfg, progress=False)
+    finally:
+        srv.shutdown()

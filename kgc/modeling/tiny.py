@@ -33,7 +33,9 @@ def _corpus() -> list[str]:
     from kgc.instructions import INSTRUCTIONS
 
     texts.extend(INSTRUCTIONS.values())
-    for path in sorted(EXAMPLES.glob("*/*.json")):
+    # the bundled samples when running from the repository; byte-level BPE encodes any text
+    # even without them (e.g. from an installed wheel)
+    for path in sorted(EXAMPLES.glob("*/*.json")) if EXAMPLES.is_dir() else []:
         for line in path.read_text(encoding="utf-8").splitlines():
             if line.strip():
                 texts.append(line)
