@@ -36,6 +36,7 @@ class ServeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
     model: str | None = None  # base model directory
     checkpoint: str | None = None  # or a kgc checkpoint (base + adapter + chat format)
+    adapter: str | None = None  # an adapter always applied to the base (P-Tuning works here)
     name: str = "kgc"  # model name clients use for the base model
     adapters: dict[str, str] = {}  # name → adapter directory
     adapter_dir: str | None = None  # more adapters by folder name, loaded on first use

@@ -49,7 +49,12 @@ class Generator:
 
         self.s = ServeSettings.model_validate(settings)
         model = ModelConfig(path=self.s.model) if self.s.model else None
-        self.engine = HFEngine(model, checkpoint=self.s.checkpoint, batch_size=self.s.batch_size)
+        self.engine = HFEngine(
+            model,
+            adapter=self.s.adapter,
+            checkpoint=self.s.checkpoint,
+            batch_size=self.s.batch_size,
+        )
         self.engine.max_loaded = self.s.max_loaded_adapters
         self.generate_batched.set_max_batch_size(self.s.batch_size)
         self.generate_batched.set_batch_wait_timeout_s(self.s.batch_wait_s)

@@ -52,6 +52,23 @@ def _adapter(base, out, seed):
     return str(out)
 
 
+def _ptuning_adapter(base, out):
+    import torch
+    from peft import PrefixTuningConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(3)
+    m = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base),
+        PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=8),
+    )
+    with torch.no_grad():
+        for p in m.prompt_encoder.parameters():
+            p.normal_(0, 1.0)
+    m.save_pretrained(out)
+    return str(out)
+
+
 @pytest.fixture(scope="module")
 def server(
     local_ray,
@@ -81,7 +98,14 @@ def server(
         "limits": {"max_body_bytes": 20_000, "max_text_chars": 2000},
     }
     serve.run(build_app(args), name="kgc", route_prefix="/")
-    yield {"url": f"http://127.0.0.1:{port}", "model": str(tiny_llama), "adapters": adapters}
+    pt = _ptuning_adapter(tiny_llama, tmp / "pt")
+    serve.run(build_app({**args, "adapters": {}, "adapter": pt}), name="kgc-pt", route_prefix="/pt")
+    yield {
+        "url": f"http://127.0.0.1:{port}",
+        "model": str(tiny_llama),
+        "adapters": adapters,
+        "ptuning": pt,
+    }
     serve.shutdown()
 
 
@@ -167,3 +191,22 @@ def test_errors(server):
         assert r.status_code == 413 and "2000" in r.text
         r = c.post("/v1/extract", json={"task": "NER", "schema": ["人物"], "text": "x" * 30_000})
         assert r.status_code == 413
+
+
+def test_ptuning_model_is_served(server):
+    """A P-Tuning v2 (prefix) model behind the same API, decoding like the engine does."""
+    from openai import OpenAI
+
+    from kgc.engine import GenerationConfig
+    from kgc.modeling.hf_engine import HFEngine
+
+    prompt = '{"instruction": "抽取实体", "schema": ["人物"], "input": "李四在上海。"}'
+    api = OpenAI(base_url=server["url"] + "/pt/v1", api_key=KEY)
+    got = api.chat.completions.create(
+        model="kgc", max_tokens=12, messages=[{"role": "user", "content": prompt}]
+    )
+    gen = GenerationConfig(max_new_tokens=12)
+    direct = HFEngine(server["model"], adapter=server["ptuning"]).generate([prompt], gen)
+    base = HFEngine(server["model"]).generate([prompt], gen)
+    assert got.choices[0].message.content == direct[0]
+    assert direct[0] != base[0]
