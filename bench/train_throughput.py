@@ -65,10 +65,12 @@ def bare_loop(cfg, steps: int, packing: bool) -> float:
     model.train()  # as the Ray worker does (LoRA dropout on)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr)
     bs = cfg.train.batch_size
+    lengths = [len(r["input_ids"]) for r in rows]
     tokens, busy = 0, 0.0
     for step in range(steps):
         # the same batches the Ray job draws (same seed, one worker)
-        batch_rows = [rows[i] for i in batch_indices(len(rows), bs, 0, 1, cfg.train.seed, step)]
+        idx = batch_indices(len(rows), bs, 0, 1, cfg.train.seed, step, lengths)
+        batch_rows = [rows[i] for i in idx]
         t0 = time.perf_counter()
         loss = model(**collate(batch_rows, tok.pad_token_id)).loss
         loss.backward()

@@ -162,14 +162,35 @@ def lr_lambda(cfg: FinetuneConfig, total_steps: int):
     return f
 
 
+GROUP_WINDOW = 8  # length grouping: batches are cut from windows of 8 × (batch × workers) rows
+_ORDER_CACHE: dict[str, object] = {}
+
+
+def _epoch_order(n_rows: int, seed: int, epoch: int, window: int, lengths) -> list[int]:
+    key = (n_rows, seed, epoch, window)
+    # the cache holds the lengths object itself, so a new list is never mistaken for it
+    if _ORDER_CACHE.get("key") != key or _ORDER_CACHE.get("lengths") is not lengths:
+        order = list(range(n_rows))
+        random.Random(seed * 100_003 + epoch).shuffle(order)
+        if lengths is not None:
+            # similar lengths share a batch (less padding), while windows keep it random
+            order = [
+                i
+                for w in range(0, n_rows, window)
+                for i in sorted(order[w : w + window], key=lambda j: -lengths[j])
+            ]
+        _ORDER_CACHE.update(key=key, lengths=lengths, order=order)
+    return _ORDER_CACHE["order"]  # type: ignore[return-value]
+
+
 def batch_indices(
-    n_rows: int, batch: int, rank: int, world: int, seed: int, micro: int
+    n_rows: int, batch: int, rank: int, world: int, seed: int, micro: int, lengths=None
 ) -> list[int]:
-    """Rows of the `micro`-th micro-batch of this rank: deterministic, so resume can replay."""
+    """Rows of the `micro`-th micro-batch of this rank: a pure function of its arguments, so
+    a resumed run replays exactly the batches after its checkpoint."""
     per_epoch = max(1, n_rows // (batch * world))
     epoch, k = divmod(micro, per_epoch)
-    order = list(range(n_rows))
-    random.Random(seed * 100_003 + epoch).shuffle(order)
+    order = _epoch_order(n_rows, seed, epoch, batch * world * GROUP_WINDOW, lengths)
     start = (k * world + rank) * batch
     rows = order[start : start + batch]
     return rows if len(rows) == batch else (rows + order)[:batch]
@@ -234,6 +255,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     rows = pack(examples, cfg.data.cutoff_len) if cfg.data.packing else as_rows(examples)
     val_rows = as_rows([enc.encode(r) for r in val_records])
     steps = total_steps(cfg, len(rows))
+    lengths = [len(r["input_ids"]) for r in rows]
 
     ds_keepalive = None
     if use_ds:
@@ -297,7 +319,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         net.train()
         losses = []
         for _ in range(cfg.train.grad_accum):
-            idx = batch_indices(len(rows), cfg.train.batch_size, rank, world, cfg.train.seed, micro)
+            idx = batch_indices(
+                len(rows), cfg.train.batch_size, rank, world, cfg.train.seed, micro, lengths
+            )
             micro += 1
             batch = {k: v.to(device) for k, v in collate([rows[i] for i in idx], pad).items()}
             tokens += sum(len(rows[i]["input_ids"]) for i in idx)
