@@ -37,6 +37,13 @@ def _prob(value: str) -> float:
     return p
 
 
+def _ray_job_args(p: argparse.ArgumentParser, config_help: str) -> None:
+    """--config, key.sub=value overrides and --address, shared by the Ray job commands."""
+    p.add_argument("--config", required=True, help=config_help)
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.lr=2e-4")
+    p.add_argument("--address", help="Ray cluster address (default: a local Ray)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kgc", description="Turn text into knowledge graphs with large language models."
@@ -126,9 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fine-tune a causal LM on Ray Train (LoRA, QLoRA, P-Tuning, full, freeze)",
         description="Fine-tune with Ray Train; re-running the same run.name resumes it.",
     )
-    t.add_argument("--config", required=True, help="YAML config (see jobs/configs/)")
-    t.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.lr=2e-4")
-    t.add_argument("--address", help="Ray cluster address (default: a local Ray)")
+    _ray_job_args(t, "YAML config (see jobs/configs/)")
     t.add_argument("--check", action="store_true", help="validate the config and exit")
 
     x = sub.add_parser("export", help="merge a LoRA checkpoint into its base → a plain HF model")
@@ -142,9 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="batch extraction over a corpus on Ray Data (resumable)",
         description="Extract with an engine on a Ray Data actor pool; rerun to resume.",
     )
-    ex.add_argument("--config", required=True, help="YAML extraction config")
-    ex.add_argument("overrides", nargs="*", help="key.sub=value overrides")
-    ex.add_argument("--address", help="Ray cluster address (default: a local Ray)")
+    _ray_job_args(ex, "YAML extraction config (see jobs/configs/extract_*.yaml)")
     ex.add_argument("--quiet", action="store_true", help="no progress lines")
 
     sv = sub.add_parser("serve", help="run the Ray Serve app (task API + OpenAI-compatible API)")

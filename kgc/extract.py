@@ -274,7 +274,7 @@ class ExtractUDF:
     def __call__(self, batch: dict) -> dict:
         ids = [str(x) for x in batch["id"]]
         outputs, failures = self._generate(list(batch["instruction"]))
-        rows = []
+        rows, n_errors, n_records = [], [], []
         for i, text in enumerate(outputs):
             parsed = self.task.parse(text)
             if failures[i]:  # kept as a row with its error, never dropped in silence
@@ -289,13 +289,15 @@ class ExtractUDF:
                 model_id=self.engine.model_id,
             )
             rows.append(row)
+            n_errors.append(bool(parsed.errors))
+            n_records.append(len(parsed.records))
         write_shard(self.out, rows, self.cfg.output.format)
         self.batches += 1
         _maybe_kill_actor(self.batches)
         return {
             "id": ids,
-            "parse_error": [bool(json.loads(r["errors"])) for r in rows],
-            "n_records": [len(json.loads(r["records"])) for r in rows],
+            "parse_error": n_errors,
+            "n_records": n_records,
         }
 
     def _generate(self, prompts: list[str]) -> tuple[list[str], list[str | None]]:

@@ -13,6 +13,7 @@ Two shapes cover the seven tasks:
 from __future__ import annotations
 
 import random
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
@@ -82,7 +83,7 @@ def not_in_schema(field: str, value: str, allowed: Sequence[str], line: int, wha
     )
 
 
-class Task:
+class Task(ABC):
     """Base of all tasks. Subclasses set the class attributes and fill in the hooks."""
 
     name: ClassVar[str]
@@ -102,8 +103,8 @@ class Task:
             self.validate_one(ann, f"{self.annotation_key}[{i}]", schema, problems)
         return problems
 
-    def validate_one(self, ann: Any, where: str, schema: Schema, problems: list[str]) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def validate_one(self, ann: Any, where: str, schema: Schema, problems: list[str]) -> None: ...
 
     def clean(self, annotations: list[Annotation]) -> list[Annotation]:
         """Annotations as used for targets and labels (exact duplicates removed by default)."""
@@ -125,6 +126,7 @@ class Task:
 
     # --- instruction building -------------------------------------------------------------
 
+    @abstractmethod
     def train_chunks(
         self,
         anns: list[Annotation],
@@ -134,8 +136,9 @@ class Task:
         text: str,
     ) -> list[list[Element]]:
         """Schema chunks of a train record: gold labels plus sampled negatives."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def test_chunks(
         self,
         anns: list[Annotation] | None,
@@ -145,14 +148,15 @@ class Task:
         text: str,
     ) -> list[list[Element]]:
         """Schema chunks of a test record (anns is None for label-less input)."""
-        raise NotImplementedError
+        ...
 
     def instruction(self, language: str, chunk: list[Element], text: str) -> str:
         return build_instruction(self.name, language, chunk, text)
 
+    @abstractmethod
     def target(self, anns: list[Annotation], chunk: list[Element], text: str) -> dict:
         """The JSON object a perfect model answers for this chunk of the schema."""
-        raise NotImplementedError
+        ...
 
     # --- model output ---------------------------------------------------------------------
 
@@ -174,14 +178,15 @@ class Task:
         self.read_value(value, result)
         return result
 
-    def read_value(self, value: Any, result: ParseResult) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def read_value(self, value: Any, result: ParseResult) -> None: ...
 
     # --- scoring --------------------------------------------------------------------------
 
+    @abstractmethod
     def tuples(self, records: list[Annotation]) -> dict[str, list[tuple]]:
         """The items each metric group counts, from gold or predicted records."""
-        raise NotImplementedError
+        ...
 
 
 class LabelTask(Task):
@@ -189,11 +194,11 @@ class LabelTask(Task):
 
     schema_line: ClassVar[int] = 1
 
-    def universe(self, schema: Schema) -> list[str]:
-        raise NotImplementedError
+    @abstractmethod
+    def universe(self, schema: Schema) -> list[str]: ...
 
-    def label_of(self, ann: Annotation) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def label_of(self, ann: Annotation) -> str: ...
 
     def element(self, label: str) -> Element:
         return label
@@ -246,9 +251,10 @@ class TypedRolesTask(Task):
             ]
         return []
 
+    @abstractmethod
     def positive_roles(self, anns: list[Annotation]) -> dict[str, list[str]]:
         """Gold types (first-appearance order) → roles they use."""
-        raise NotImplementedError
+        ...
 
     def element(
         self, type_: str, roles: list[str], anns: list[Annotation] | None, text: str
