@@ -157,7 +157,26 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--arch", choices=("llama", "qwen2"), default="llama")
     m.add_argument("--size", choices=("tiny", "small"), default="tiny")
     m.add_argument("--out", required=True)
+    for module in _plugin_modules():
+        module.add_commands(sub)
     return parser
+
+
+# Feature packages that bring their own subcommands: each module defines
+# `add_commands(sub)`, which adds parsers whose defaults include `handler=<callable(args)>`.
+# Their import must stay light (no torch/ray): handlers import heavy things when called.
+PLUGINS = ("kgc.graph.cli", "kgc.icl.cli")
+
+
+def _plugin_modules():
+    import importlib
+
+    for name in PLUGINS:
+        try:
+            yield importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not name.startswith(exc.name):
+                raise
 
 
 def _cmd_convert(args) -> int:
@@ -311,8 +330,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "extract": _cmd_extract,
         "serve": _cmd_serve,
     }
+    handler = getattr(args, "handler", None) or handlers[args.command]
     try:
-        return handlers[args.command](args)
+        return handler(args)
     except KgcError as exc:
         print(f"kgc {args.command}: error:\n{exc.render()}", file=sys.stderr)
         return 2
