@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml constraints.txt
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0 -e '.[dev,train,serve,graph,icl]'
+	# constrained decoding on CPU: xgrammar without triton (GPU kernels, ≈1 GB); see pyproject
+	$(PIP) install -q --no-deps 'xgrammar==0.2.8' 'apache-tvm-ffi>=0.1.11'
 	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
 

@@ -147,6 +147,13 @@ class GenerationSettings(_Strict):
     stop: list[str] = []
     seed: int | None = None
     ignore_eos: bool = False
+    # Schema-constrained decoding: every answer follows the task's JSON shape with the keys
+    # of its instruction's schema (HF engine: xgrammar; openai engine: response_format
+    # json_schema, which vLLM's server honours). Strings and lists are capped so an answer
+    # always closes before max_new_tokens.
+    constrained: bool = False
+    max_text_chars: int = Field(200, ge=1)
+    max_list_items: int = Field(64, ge=1)
 
 
 class WorkersConfig(_Strict):

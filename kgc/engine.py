@@ -31,8 +31,15 @@ class GenerationConfig:
 class Engine(Protocol):
     model_id: str
 
-    def generate(self, prompts: Sequence[Prompt], config: GenerationConfig) -> list[str]:
-        """One generated text per prompt, in the prompts' order."""
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        config: GenerationConfig,
+        schemas: Sequence[dict | None] | None = None,
+    ) -> list[str]:
+        """One generated text per prompt, in the prompts' order. `schemas`: an optional JSON
+        Schema per prompt that the answer must follow (constrained decoding), where the
+        engine supports it."""
         ...
 
 
@@ -52,3 +59,24 @@ def as_messages(prompt: Prompt, system: str | None = None) -> list[Message]:
         msgs = [{"role": "system", "content": system}] if system else []
         return msgs + [{"role": "user", "content": prompt}]
     return list(prompt)
+
+
+def bounded(schema: dict, max_text_chars: int | None, max_list_items: int | None) -> dict:
+    """A copy of a JSON Schema with every string capped at `max_text_chars` and every array
+    at `max_list_items`, so a constrained answer always closes within a bounded length."""
+    if isinstance(schema, list):
+        return [bounded(s, max_text_chars, max_list_items) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: bounded(v, max_text_chars, max_list_items) for k, v in schema.items()}
+    if out.get("type") == "string" and max_text_chars:
+        out["maxLength"] = max_text_chars
+    if out.get("type") == "array" and max_list_items:
+        out["maxItems"] = max_list_items
+    if out.get("type") == "object" and isinstance(out.get("additionalProperties"), dict):
+        # free keys (KG entity names) are text too
+        if max_text_chars:
+            out["propertyNames"] = {"maxLength": max_text_chars}
+        if max_list_items:
+            out["maxProperties"] = max_list_items
+    return out

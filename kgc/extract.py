@@ -273,7 +273,7 @@ class ExtractUDF:
 
     def __call__(self, batch: dict) -> dict:
         ids = [str(x) for x in batch["id"]]
-        outputs, failures = self._generate(list(batch["instruction"]))
+        outputs, failures = self._generate(list(batch["instruction"]), self._schemas(batch))
         rows, n_errors, n_records = [], [], []
         for i, text in enumerate(outputs):
             parsed = self.task.parse(text)
@@ -300,16 +300,32 @@ class ExtractUDF:
             "n_records": n_records,
         }
 
-    def _generate(self, prompts: list[str]) -> tuple[list[str], list[str | None]]:
+    def _schemas(self, batch: dict) -> list[dict] | None:
+        """Answer schemas per row (constrained decoding), from each row's schema chunk."""
+        g = self.cfg.generation
+        if not g.constrained:
+            return None
+        from kgc.engine import bounded
+
+        return [
+            bounded(self.task.output_schema(json.loads(s)), g.max_text_chars, g.max_list_items)
+            for s in batch["schema"]
+        ]
+
+    def _generate(
+        self, prompts: list[str], schemas: list[dict] | None = None
+    ) -> tuple[list[str], list[str | None]]:
         """Texts per prompt; if the batch fails, prompts are retried one by one and a prompt
         that still fails gets an empty text and its error."""
+        extra = {"schemas": schemas} if schemas else {}
         try:
-            return self.engine.generate(prompts, self.gen), [None] * len(prompts)
+            return self.engine.generate(prompts, self.gen, **extra), [None] * len(prompts)
         except Exception:  # noqa: BLE001 - isolate the failing prompt(s) below
             texts, errs = [], []
-            for p in prompts:
+            for i, p in enumerate(prompts):
+                one = {"schemas": [schemas[i]]} if schemas else {}
                 try:
-                    texts.append(self.engine.generate([p], self.gen)[0])
+                    texts.append(self.engine.generate([p], self.gen, **one)[0])
                     errs.append(None)
                 except Exception as exc:  # noqa: BLE001
                     texts.append("")

@@ -22,6 +22,14 @@ from kgc.errors import KgcError
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
 
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds from a Retry-After header given in seconds (HTTP dates are ignored)."""
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
 class EngineRequestError(RuntimeError):
     """A request that still failed after the retries."""
 
@@ -81,6 +89,10 @@ class OpenAIEngine:
                 if exc.code not in RETRY_STATUS or attempt == self.max_retries:
                     detail = exc.read().decode("utf-8", "replace")[:300]
                     raise EngineRequestError(f"HTTP {exc.code} from {self.url}: {detail}") from None
+                wait = retry_after_s(exc.headers.get("Retry-After"))
+                if wait is not None:  # the server says when; wait that long (capped)
+                    time.sleep(min(wait, 60.0))
+                    continue
             except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
                 if attempt == self.max_retries:
                     raise EngineRequestError(f"{self.url} unreachable: {exc}") from None
@@ -90,8 +102,19 @@ class OpenAIEngine:
             delay = min(delay * 2, 30.0)
         raise EngineRequestError("unreachable")  # pragma: no cover
 
-    def generate(self, prompts: Sequence[Prompt], config: GenerationConfig) -> list[str]:
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        config: GenerationConfig,
+        schemas: Sequence[dict | None] | None = None,
+    ) -> list[str]:
         bodies = [self._body(p, config) for p in prompts]
+        for body, schema in zip(bodies, schemas or ()):
+            if schema:  # structured output (OpenAI, vLLM's server, the kgc Serve app)
+                body["response_format"] = {
+                    "type": "json_schema",
+                    "json_schema": {"name": "answer", "schema": schema, "strict": True},
+                }
         with ThreadPoolExecutor(max_workers=max(1, self.concurrency)) as pool:
             texts = list(pool.map(self._post, bodies))
         return [cut_at_stop(t, config.stop) for t in texts]

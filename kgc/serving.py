@@ -30,6 +30,17 @@ class Limits(BaseModel):
     max_new_tokens: int = 1024
 
 
+class Autoscaling(BaseModel):
+    """Ray Serve autoscaling of the model deployment (replaces a fixed replica count)."""
+
+    model_config = ConfigDict(extra="forbid")
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(4, ge=1)
+    target_ongoing_requests: float = Field(16, gt=0)  # per replica, before scaling up
+    upscale_delay_s: float = Field(10.0, ge=0)
+    downscale_delay_s: float = Field(300.0, ge=0)
+
+
 class ServeSettings(BaseModel):
     """serve/config.yaml `args`: the model, adapters, batching, limits, auth."""
 
@@ -49,7 +60,14 @@ class ServeSettings(BaseModel):
     auth_disabled: bool = False  # only for local use
     replica_cpus: float = Field(1.0, gt=0)  # CPUs per replica (fractional is fine)
     max_ongoing_requests: int = Field(64, ge=1)
+    # requests waiting for the model beyond this → 429 with Retry-After (-1: unbounded)
     max_queued_requests: int = Field(256, ge=-1)
+    retry_after_s: int = Field(1, ge=0)
+    num_replicas: int = Field(1, ge=1)  # model replicas when autoscaling is off
+    autoscaling: Autoscaling | None = None
+    # constrained decoding caps (requests opt in with "constrained": true / response_format)
+    constrained_max_text_chars: int = Field(200, ge=1)
+    constrained_max_list_items: int = Field(64, ge=1)
 
 
 class ExtractRequest(BaseModel):
@@ -62,6 +80,7 @@ class ExtractRequest(BaseModel):
     model: str | None = None
     split_num: int = Field(4, ge=-1)
     max_new_tokens: int | None = Field(None, ge=1)
+    constrained: bool = False  # schema-constrained decoding: every answer parses
 
 
 class RequestTooLarge(KgcError):
@@ -115,14 +134,48 @@ def request_schema(req: ExtractRequest) -> Schema:
     return schema
 
 
-def build_instructions(req: ExtractRequest, text: str, schema: Schema) -> list[str]:
+def build_instructions(
+    req: ExtractRequest, text: str, schema: Schema, settings: ServeSettings | None = None
+) -> list[tuple[str, dict | None]]:
+    """(instruction, answer schema or None) per schema split of one text; the answer schema
+    is set when the request asks for constrained decoding."""
+    from kgc.engine import bounded
     from kgc.sampling import SamplingOptions, record_rng
     from kgc.tasks import get
 
     task = get(req.task)
+    s = settings or ServeSettings()
     opts = SamplingOptions(split_num=req.split_num)
     chunks = task.test_chunks(None, schema, record_rng(0, 0, text), opts, text)
-    return [task.instruction(req.language, c, text) for c in chunks]
+    return [
+        (
+            task.instruction(req.language, c, text),
+            bounded(
+                task.output_schema(c), s.constrained_max_text_chars, s.constrained_max_list_items
+            )
+            if req.constrained
+            else None,
+        )
+        for c in chunks
+    ]
+
+
+def response_schema(body: dict) -> dict | None:
+    """The JSON Schema of an OpenAI `response_format` ({"type": "json_schema", ...}) or None;
+    a malformed one is a KgcError naming the field."""
+    fmt = body.get("response_format")
+    if fmt is None or (isinstance(fmt, dict) and fmt.get("type") == "text"):
+        return None
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        raise KgcError(
+            "field 'response_format' must be {'type': 'json_schema', 'json_schema': "
+            "{'name': ..., 'schema': {...}}} or {'type': 'text'}"
+        )
+    spec = fmt.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if not isinstance(schema, dict):
+        raise KgcError("field 'response_format.json_schema.schema' must be a JSON Schema object")
+    return schema
 
 
 def merge_outputs(task_name: str, outputs: list[str]) -> dict:

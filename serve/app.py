@@ -10,6 +10,7 @@ batches concurrent requests with `@serve.batch`; the `Api` deployment is the Fas
 (auth, limits, schema splitting, parsing).
 """
 
+import asyncio
 import os
 import time
 import uuid
@@ -19,6 +20,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from ray import serve
+from ray.serve.config import BackpressureConfig
 
 from kgc.errors import KgcError
 from kgc.serving import (
@@ -33,6 +35,7 @@ from kgc.serving import (
     request_schema,
     request_texts,
     resolve_adapter,
+    response_schema,
     split_model_name,
 )
 
@@ -61,26 +64,31 @@ class Generator:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
     async def generate_batched(self, items: list[tuple]) -> list[str]:
-        """items: (adapter or None, prompt, max_new_tokens); grouped so each group is one
-        engine call on one adapter."""
+        """items: (adapter or None, prompt, max_new_tokens, answer schema or None); grouped
+        so each group is one engine call on one adapter."""
         from kgc.engine import GenerationConfig
 
         out: list[str] = [""] * len(items)
         groups: dict[tuple, list[int]] = {}
-        for i, (adapter, _prompt, max_new) in enumerate(items):
+        for i, (adapter, _prompt, max_new, _schema) in enumerate(items):
             groups.setdefault((adapter, max_new), []).append(i)
         for (adapter, max_new), idx in groups.items():
             path = resolve_adapter(adapter, self.s) if adapter else None
+            schemas = [items[i][3] for i in idx]
             with self.engine.use_adapter(adapter, path):
                 texts = self.engine.generate(
-                    [items[i][1] for i in idx], GenerationConfig(max_new_tokens=max_new)
+                    [items[i][1] for i in idx],
+                    GenerationConfig(max_new_tokens=max_new),
+                    schemas if any(schemas) else None,
                 )
             for i, t in zip(idx, texts):
                 out[i] = t
         return out
 
-    async def generate(self, adapter: str | None, prompt: Any, max_new_tokens: int) -> str:
-        return await self.generate_batched((adapter, prompt, max_new_tokens))
+    async def generate(
+        self, adapter: str | None, prompt: Any, max_new_tokens: int, schema: dict | None = None
+    ) -> str:
+        return await self.generate_batched((adapter, prompt, max_new_tokens, schema))
 
 
 def _error(status: int, message: str, **extra) -> JSONResponse:
@@ -170,11 +178,16 @@ class Api:
         except KgcError as exc:
             raise HTTPException(422, str(exc)) from None
         max_new = min(body.max_new_tokens or self.s.max_new_tokens, self.s.limits.max_new_tokens)
+        # every schema split of every text at once, so the model deployment batches them
+        prompts = [build_instructions(body, text, schema, self.s) for text in texts]
+        calls = [
+            self.gen.generate.remote(adapter, p, max_new, a) for per in prompts for p, a in per
+        ]
+        outputs = iter(await asyncio.gather(*calls))
         results = []
-        for text in texts:
-            prompts = build_instructions(body, text, schema)
-            outputs = [await self.gen.generate.remote(adapter, p, max_new) for p in prompts]
-            results.append({"text": text, **merge_outputs(body.task, outputs)})
+        for text, per in zip(texts, prompts):
+            mine = [next(outputs) for _ in per]
+            results.append({"text": text, **merge_outputs(body.task, mine)})
         return {"task": body.task, "model": body.model or self.s.name, "results": results}
 
     @app.post("/v1/chat/completions")
@@ -191,7 +204,11 @@ class Api:
         if sum(len(m["content"]) for m in messages) > self.s.limits.max_text_chars:
             return _error(413, f"messages exceed {self.s.limits.max_text_chars} characters")
         prompt: Any = messages if len(messages) > 1 else messages[0]["content"]
-        text = await self.gen.generate.remote(adapter, prompt, max_new)
+        try:
+            schema = response_schema(body)
+        except KgcError as exc:
+            return _error(422, str(exc), field="response_format")
+        text = await self.gen.generate.remote(adapter, prompt, max_new, schema)
         for stop in body.get("stop") or []:
             if stop and stop in text:
                 text = text[: text.index(stop)]
@@ -220,9 +237,25 @@ def build_app(args: dict) -> Any:
         # keys set where `serve run` (or build_app) runs reach the replicas, which do not
         # inherit this process's environment
         actor["runtime_env"] = {"env_vars": {s.api_keys_env: os.environ[s.api_keys_env]}}
-    opts = dict(
-        max_ongoing_requests=s.max_ongoing_requests,
+    # Overload: a request beyond a deployment's running + queued limits is rejected by Serve
+    # with 429 and Retry-After (never a crash or a 5xx). The ingress only awaits the model,
+    # so it admits as many requests as the model can hold; the model's queue is the limit.
+    busy = BackpressureConfig(status_code=429, retry_after_s=s.retry_after_s)
+    room = s.max_ongoing_requests + max(s.max_queued_requests, 0)
+    api_opts = dict(
+        max_ongoing_requests=room + 16,
         max_queued_requests=s.max_queued_requests,
+        backpressure_config=busy,
         ray_actor_options=actor,
     )
-    return Api.options(**opts).bind(Generator.options(**opts).bind(settings), settings)
+    gen_opts: dict[str, Any] = dict(
+        max_ongoing_requests=s.max_ongoing_requests,
+        max_queued_requests=s.max_queued_requests,
+        backpressure_config=busy,
+        ray_actor_options=actor,
+    )
+    if s.autoscaling is not None:
+        gen_opts["autoscaling_config"] = s.autoscaling.model_dump()
+    else:
+        gen_opts["num_replicas"] = s.num_replicas
+    return Api.options(**api_opts).bind(Generator.options(**gen_opts).bind(settings), settings)

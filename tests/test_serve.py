@@ -96,8 +96,14 @@ def server(
         "max_new_tokens": 12,
         "replica_cpus": 0.25,
         "limits": {"max_body_bytes": 20_000, "max_text_chars": 2000},
+        "constrained_max_text_chars": 8,
+        "constrained_max_list_items": 2,
     }
     serve.run(build_app(args), name="kgc", route_prefix="/")
+    # a deliberately small one: one request at a time, one waiting; the rest get 429
+    small = {**args, "adapters": {}, "batch_size": 1, "max_ongoing_requests": 1}
+    small.update(max_queued_requests=1, retry_after_s=3, max_new_tokens=48)
+    serve.run(build_app(small), name="kgc-small", route_prefix="/small")
     pt = _ptuning_adapter(tiny_llama, tmp / "pt")
     serve.run(build_app({**args, "adapters": {}, "adapter": pt}), name="kgc-pt", route_prefix="/pt")
     yield {
@@ -210,3 +216,74 @@ def test_ptuning_model_is_served(server):
     base = HFEngine(server["model"]).generate([prompt], gen)
     assert got.choices[0].message.content == direct[0]
     assert direct[0] != base[0]
+
+
+def test_constrained_extract_always_parses(server):
+    """Schema-constrained decoding through the task API: a random model's answers parse."""
+    texts = ["张三在北京工作。", "李四是上海人。", "王五去了广州。"]
+    req = {"task": "NER", "schema": ["人物", "地点"], "texts": texts, "max_new_tokens": 120}
+    with client(server) as c:
+        free = c.post("/v1/extract", json=req).json()["results"]
+        constrained = c.post("/v1/extract", json={**req, "constrained": True}).json()["results"]
+    assert any(x["errors"] for x in free)  # a random model rarely writes the JSON shape
+    assert all(x["errors"] == [] for x in constrained)
+    assert all(r["entity_type"] in ("人物", "地点") for x in constrained for r in x["records"])
+
+
+def test_chat_response_format_json_schema(server):
+    from openai import OpenAI
+
+    from kgc.engine import bounded
+    from kgc.tasks import get
+
+    schema = bounded(get("RE").output_schema(["作者", "导演"]), 8, 2)  # closes within 120
+    api = OpenAI(base_url=server["url"] + "/v1", api_key=KEY)
+    got = api.chat.completions.create(
+        model="kgc",
+        max_tokens=120,
+        messages=[{"role": "user", "content": "《长夜》的导演是谁？"}],
+        response_format={"type": "json_schema", "json_schema": {"name": "re", "schema": schema}},
+    )
+    value = json.loads(got.choices[0].message.content, strict=False)
+    assert list(value) == ["作者", "导演"]
+    with client(server) as c:
+        r = c.post(
+            "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "x"}], "response_format": "json"},
+        )
+    assert r.status_code == 422 and "response_format" in r.text
+
+
+def test_overload_gives_429_with_retry_after(server):
+    """More concurrent requests than the model deployment can run + queue: the excess gets
+    429 with Retry-After (no 5xx), the rest succeed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = {"messages": [{"role": "user", "content": "写一段很长的话"}], "max_tokens": 48}
+
+    def call(_):
+        with client(server) as c:
+            r = c.post("/small/v1/chat/completions", json=body)
+            return r.status_code, r.headers.get("retry-after")
+
+    with ThreadPoolExecutor(12) as pool:
+        got = list(pool.map(call, range(12)))
+    codes = [c for c, _ in got]
+    assert set(codes) <= {200, 429}, codes
+    assert codes.count(200) >= 1 and codes.count(429) >= 1, codes
+    assert all(ra == "3" for c, ra in got if c == 429)
+
+
+def test_autoscaling_settings_reach_the_deployment():
+    from serve.app import build_app
+
+    app = build_app(
+        {
+            "model": "/models/x",
+            "auth_disabled": True,
+            "autoscaling": {"min_replicas": 0, "max_replicas": 3, "target_ongoing_requests": 8},
+        }
+    )
+    gen = app._bound_deployment.init_args[0]._bound_deployment  # Api(Generator, settings)
+    cfg = gen._deployment_config.autoscaling_config
+    assert (cfg.min_replicas, cfg.max_replicas, cfg.target_ongoing_requests) == (0, 3, 8)

@@ -53,6 +53,7 @@ def prompt_learning_generate(
     temperature: float = 1.0,
     top_p: float = 1.0,
     generator=None,
+    logits_processor=None,
 ):
     """Decode a peft prompt-learning model (prefix tuning / P-Tuning); returns prompt + new ids."""
     import torch
@@ -72,6 +73,8 @@ def prompt_learning_generate(
         seqs = input_ids
         logits = out.logits[:, -1]
         for _ in range(max_new_tokens):
+            if logits_processor is not None:
+                logits = logits_processor(seqs, logits)
             nxt = _pick(logits, do_sample, temperature, top_p, generator)
             nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)
             seqs = torch.cat([seqs, nxt[:, None]], dim=1)

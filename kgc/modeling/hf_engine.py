@@ -80,6 +80,7 @@ class HFEngine:
         self.max_loaded = 4
         self._lru: dict[str, str] = {}
         self.batch_size = batch_size
+        self._grammar_cache = None  # compiled output grammars (constrained decoding)
         self.model_id = f"{cfg.path}" + (f"+{adapter}" if adapter else "")
         eos = {self.tok.eos_token_id}
         for s in self.fmt.stop_strings():
@@ -134,18 +135,40 @@ class HFEngine:
         self.model = self.peft
         return contextlib.nullcontext()
 
-    def generate(self, prompts: Sequence[Prompt], config: GenerationConfig) -> list[str]:
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        config: GenerationConfig,
+        schemas: Sequence[dict | None] | None = None,
+    ) -> list[str]:
+        """Texts per prompt. `schemas` (one JSON Schema or None per prompt) constrains each
+        answer to that shape (xgrammar); greedy or sampling only, not beam search."""
         encoded = [self.encode(p) for p in prompts]
+        grammars = self._grammars(schemas, config) if schemas else [None] * len(encoded)
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         out: list[str] = [""] * len(encoded)
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
-            texts = self._generate_batch([encoded[i] for i in idx], config)
+            texts = self._generate_batch(
+                [encoded[i] for i in idx], config, [grammars[i] for i in idx]
+            )
             for i, t in zip(idx, texts):
                 out[i] = cut_at_stop(t, config.stop + tuple(self.fmt.stop_strings()))
         return out
 
-    def _generate_batch(self, batch: list[list[int]], config: GenerationConfig) -> list[str]:
+    def _grammars(self, schemas: Sequence[dict | None], config: GenerationConfig) -> list:
+        if config.num_beams > 1:
+            raise KgcError("constrained decoding supports greedy or sampling, not num_beams > 1")
+        if self._grammar_cache is None:
+            from kgc.modeling.constrained import GrammarCache
+
+            vocab = self.model.get_input_embeddings().weight.shape[0]
+            self._grammar_cache = GrammarCache(self.tok, vocab, self.eos_ids)
+        return [self._grammar_cache.get(s) if s else None for s in schemas]
+
+    def _generate_batch(
+        self, batch: list[list[int]], config: GenerationConfig, grammars: list
+    ) -> list[str]:
         import torch
 
         width = max(len(x) for x in batch)
@@ -161,6 +184,11 @@ class HFEngine:
             torch.manual_seed(config.seed)
             gen = torch.Generator(device=self.device).manual_seed(config.seed)
         eos = None if config.ignore_eos else self.eos_ids
+        constrain = None
+        if any(g is not None for g in grammars):
+            from kgc.modeling.constrained import GrammarLogitsProcessor
+
+            constrain = GrammarLogitsProcessor(grammars, self._grammar_cache.vocab_size, width)
         with torch.no_grad():
             if self.prompt_learning:
                 from kgc.modeling.generation import prompt_learning_generate
@@ -176,6 +204,7 @@ class HFEngine:
                     temperature=config.temperature,
                     top_p=config.top_p,
                     generator=gen,
+                    logits_processor=constrain,
                 )
             else:
                 kwargs = dict(
@@ -187,6 +216,8 @@ class HFEngine:
                 )
                 if config.do_sample:
                     kwargs.update(temperature=config.temperature, top_p=config.top_p)
+                if constrain is not None:
+                    kwargs["logits_processor"] = GrammarLogitsProcessor.as_hf(constrain)
                 seqs = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
         new = seqs[:, width:]
         return [self.tok.decode(row, skip_special_tokens=True) for row in new]

@@ -32,6 +32,24 @@ from kgc.schema import Schema
 Annotation = dict[str, Any]
 Element = Any  # one item of an instruction's "schema" list (a string or a dict)
 
+# JSON Schema pieces of the answers (Task.output_schema, for constrained decoding)
+TEXT = {"type": "string"}
+TEXTS = {"type": "array", "items": TEXT}
+TEXT_OR_TEXTS = {"anyOf": [TEXT, TEXTS]}
+
+
+def closed_object(props: dict[str, dict], *, required: bool = True) -> dict:
+    """An object with exactly these keys (all required, in this order, unless not required)."""
+    return {
+        "type": "object",
+        "properties": props,
+        "required": list(props) if required else [],
+        "additionalProperties": False,
+    }
+
+
+PAIRS = {"type": "array", "items": closed_object({"subject": TEXT, "object": TEXT})}
+
 
 def position(text: str, s: Any) -> int:
     """Where a span first occurs in the text; spans not found sort after all others."""
@@ -156,6 +174,21 @@ class Task(ABC):
     @abstractmethod
     def target(self, anns: list[Annotation], chunk: list[Element], text: str) -> dict:
         """The JSON object a perfect model answers for this chunk of the schema."""
+        ...
+
+    def output_schema(self, chunk: list[Element]) -> dict:
+        """JSON Schema of an answer to an instruction with this schema chunk: the chunk's
+        keys (no others, in order), each with the task's value shape. Constrained decoding
+        uses it so that every answer parses."""
+        props: dict[str, dict] = {}
+        for el in chunk:
+            key, value = self.answer_slot(el)
+            props.setdefault(key, value)
+        return closed_object(props)
+
+    @abstractmethod
+    def answer_slot(self, element: Element) -> tuple[str, dict]:
+        """The answer's key for one schema element and the JSON Schema of its value."""
         ...
 
     # --- model output ---------------------------------------------------------------------

@@ -11,9 +11,12 @@ from typing import Any
 
 from kgc.parsing import ParseResult, as_text, as_values
 from kgc.tasks.base import (
+    TEXT,
+    TEXT_OR_TEXTS,
     TypedRolesTask,
     _str_field,
     by_position,
+    closed_object,
     not_in_schema,
     one_or_many,
     unique,
@@ -145,6 +148,12 @@ class EE(TypedRolesTask):
 
     def target(self, anns, chunk, text):
         return event_target(anns, chunk, text)
+
+    def answer_slot(self, element):
+        item = {} if element.get("trigger", True) is False else {"trigger": TEXT}
+        roles = {role: TEXT_OR_TEXTS for role in element["arguments"]}
+        item["arguments"] = closed_object(roles, required=False)  # {} when no argument
+        return element["event_type"], {"type": "array", "items": closed_object(item)}
 
     def read_value(self, value, result):
         read_events(value, result)

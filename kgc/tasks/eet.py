@@ -4,7 +4,7 @@ is empty). Output {event_type: [trigger, …]}."""
 from __future__ import annotations
 
 from kgc.parsing import as_text, as_values
-from kgc.tasks.base import LabelTask, _str_field, by_position, not_in_schema
+from kgc.tasks.base import TEXTS, LabelTask, _str_field, by_position, not_in_schema
 from kgc.tasks.registry import register
 
 
@@ -42,6 +42,9 @@ class EET(LabelTask):
             if ev["event_type"] in out:
                 out[ev["event_type"]].append(ev["event_trigger"])
         return out
+
+    def answer_slot(self, element):
+        return element, TEXTS
 
     def read_value(self, value, result):
         if not isinstance(value, dict):

@@ -13,9 +13,11 @@ from typing import Any
 
 from kgc.parsing import as_values
 from kgc.tasks.base import (
+    TEXT_OR_TEXTS,
     TypedRolesTask,
     _str_field,
     by_position,
+    closed_object,
     not_in_schema,
     one_or_many,
     unique,
@@ -88,6 +90,11 @@ class KG(TypedRolesTask):
                     entities[head] = facts
             out[etype] = entities
         return out
+
+    def answer_slot(self, element):
+        facts = closed_object({a: TEXT_OR_TEXTS for a in element["attributes"]}, required=False)
+        # {entity name: {attribute: value(s)}}; names are free text
+        return element["entity_type"], {"type": "object", "additionalProperties": facts}
 
     def read_value(self, value: Any, result) -> None:
         if not isinstance(value, dict):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kgc.parsing import ParseResult, as_text, as_values
-from kgc.tasks.base import LabelTask, _str_field, by_position, not_in_schema
+from kgc.tasks.base import TEXTS, LabelTask, _str_field, by_position, not_in_schema
 from kgc.tasks.registry import register
 
 
@@ -35,6 +35,9 @@ class NER(LabelTask):
             if ann["entity_type"] in out:
                 out[ann["entity_type"]].append(ann["entity"])
         return out
+
+    def answer_slot(self, element):
+        return element, TEXTS
 
     def read_value(self, value: Any, result: ParseResult) -> None:
         if isinstance(value, dict):

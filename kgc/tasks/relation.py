@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from kgc.parsing import ParseResult, as_text
-from kgc.tasks.base import LabelTask, _str_field, not_in_schema, position
+from kgc.tasks.base import PAIRS, LabelTask, _str_field, not_in_schema, position
 from kgc.tasks.registry import register
 
 SUBJECT_KEYS = ("subject", "head", "sub", "s")
@@ -96,6 +96,9 @@ class RE(LabelTask):
             if a["relation"] in out:
                 out[a["relation"]].append({"subject": a["head"], "object": a["tail"]})
         return out
+
+    def answer_slot(self, element):
+        return element, PAIRS
 
     def read_value(self, value, result):
         read_pairs(value, result)

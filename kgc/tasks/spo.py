@@ -7,7 +7,7 @@ predicate (different types), their pairs share that key instead of overwriting e
 
 from __future__ import annotations
 
-from kgc.tasks.base import LabelTask, _str_field, not_in_schema
+from kgc.tasks.base import PAIRS, LabelTask, _str_field, not_in_schema
 from kgc.tasks.registry import register
 from kgc.tasks.relation import pairs_by_position, read_pairs, triple_tuples
 
@@ -74,6 +74,9 @@ class SPO(LabelTask):
             if (a["head_type"], a["relation"], a["tail_type"]) in wanted:
                 out[a["relation"]].append({"subject": a["head"], "object": a["tail"]})
         return out
+
+    def answer_slot(self, element):
+        return element["predicate"], PAIRS
 
     def read_value(self, value, result):
         read_pairs(value, result)
