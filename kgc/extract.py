@@ -37,7 +37,47 @@ def row_id(doc_id: str, start: int, end: int, schema: list) -> str:
 
 
 # ----------------------------------------------------------------------------- reading
+def is_uri(path: str) -> bool:
+    """s3://bucket/key, gs://…, hdfs://…, file:///… — read through pyarrow's filesystems."""
+    return "://" in path
+
+
+def _filesystem(uri: str):
+    import pyarrow.fs as pafs
+
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types here
+        raise KgcError(
+            Problem(f"cannot open this URI with pyarrow ({exc}); check input.path", uri)
+        ) from None
+
+
 def _files(path: str, exts: tuple[str, ...]) -> list[str]:
+    """The input files: the path itself, or every file with one of `exts` under a folder
+    (local, or a pyarrow URI such as s3://bucket/prefix/)."""
+    if is_uri(path):
+        import pyarrow.fs as pafs
+
+        fs, inner = _filesystem(path)
+        info = fs.get_file_info(inner)
+        scheme = path.split("://", 1)[0]
+        query = "?" + path.split("?", 1)[1] if "?" in path else ""  # e.g. endpoint_override
+        if info.type == pafs.FileType.File:
+            return [path]
+        if info.type != pafs.FileType.Directory:
+            raise KgcError(Problem("input does not exist; check input.path", path))
+        found = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
+        files = sorted(
+            f"{scheme}://{i.path}{query}"
+            for i in found
+            if i.type == pafs.FileType.File and Path(i.path).suffix in exts
+        )
+        if not files:
+            raise KgcError(
+                Problem(f"no {'/'.join(exts)} files under the URI (set input.format)", path)
+            )
+        return files
     p = Path(path)
     if p.is_dir():
         files = sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix in exts)
@@ -47,6 +87,31 @@ def _files(path: str, exts: tuple[str, ...]) -> list[str]:
     if not p.exists():
         raise KgcError(Problem("input does not exist; check input.path", path))
     return [str(p)]
+
+
+def _read_text(f: str) -> str:
+    if not is_uri(f):
+        return Path(f).read_text(encoding="utf-8")
+    fs, inner = _filesystem(f)
+    with fs.open_input_stream(inner) as fh:
+        return fh.read().decode("utf-8")
+
+
+def _jsonl(f: str, problems: list[Problem]):
+    from kgc.io import iter_jsonl_lines, read_jsonl
+
+    if is_uri(f):
+        return iter_jsonl_lines(_read_text(f).splitlines(), f, problems)
+    return read_jsonl(f, problems)
+
+
+def _parquet_rows(f: str) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    if is_uri(f):
+        fs, inner = _filesystem(f)
+        return pq.read_table(inner, filesystem=fs).to_pylist()
+    return pq.read_table(f).to_pylist()
 
 
 def _detect_format(cfg: ExtractConfig) -> str:
@@ -85,20 +150,16 @@ def read_documents(cfg: ExtractConfig) -> list[dict]:
         docs.append(doc)
 
     if fmt == "jsonl":
-        from kgc.io import read_jsonl
-
         for f in _files(cfg.input.path, (".jsonl", ".json")):
-            for n, rec in read_jsonl(f, problems):
+            for n, rec in _jsonl(f, problems):
                 add(rec, f, n)
     elif fmt == "parquet":
-        import pyarrow.parquet as pq
-
         for f in _files(cfg.input.path, (".parquet",)):
-            for n, rec in enumerate(pq.read_table(f).to_pylist(), 1):
+            for n, rec in enumerate(_parquet_rows(f), 1):
                 add(rec, f, n)
     elif fmt == "txt":
         for f in _files(cfg.input.path, (".txt",)):
-            text = Path(f).read_text(encoding="utf-8")
+            text = _read_text(f)
             if not text.strip():
                 problems.append(Problem("the text file is empty", f))
                 continue
@@ -121,12 +182,11 @@ def read_documents(cfg: ExtractConfig) -> list[dict]:
 
 def read_instruction_rows(cfg: ExtractConfig) -> list[dict]:
     """IEPile instruction records (e.g. a test split with labels) → rows, no chunking."""
-    from kgc.io import read_jsonl
     from kgc.prompting import check_record
 
     rows, problems, seen = [], [], {}
     for f in _files(cfg.input.path, (".jsonl", ".json")):
-        for n, rec in read_jsonl(f, problems):
+        for n, rec in _jsonl(f, problems):
             msg = check_record(rec, need_output=False)
             if msg:
                 problems.append(Problem(msg, f, n))

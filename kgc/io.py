@@ -37,23 +37,30 @@ def read_jsonl(
     """
     p = check_readable(path)
     with p.open("r", encoding="utf-8") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                value = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                prob = Problem(
-                    f"malformed JSON ({exc.msg} at column {exc.colno}); each line must be one "
-                    "JSON object",
-                    str(p),
-                    lineno,
-                )
-                if problems is None:
-                    raise KgcError(prob) from None
-                problems.append(prob)
-                continue
-            yield lineno, value
+        yield from iter_jsonl_lines(fh, str(p), problems)
+
+
+def iter_jsonl_lines(
+    lines: Iterable[str], name: str, problems: list[Problem] | None = None
+) -> Iterator[tuple[int, Any]]:
+    """`read_jsonl` over any iterable of text lines (a remote file's contents, say)."""
+    for lineno, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            prob = Problem(
+                f"malformed JSON ({exc.msg} at column {exc.colno}); each line must be one "
+                "JSON object",
+                name,
+                lineno,
+            )
+            if problems is None:
+                raise KgcError(prob) from None
+            problems.append(prob)
+            continue
+        yield lineno, value
 
 
 def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[Any]) -> int:

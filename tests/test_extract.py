@@ -257,3 +257,31 @@ def test_bad_inputs(rows, overrides, needle, tiny_llama, tmp_path):
     cfg = ex_cfg(tmp_path, tiny_llama, tmp_path / "missing.jsonl")
     with pytest.raises(KgcError, match="does not exist"):
         run_extract(cfg, progress=False)
+
+
+def test_uri_inputs_read_through_pyarrow_filesystems(tiny_llama, tmp_path):
+    """input.path as a URI (file:// here; s3://, gs://, hdfs:// take the same pyarrow path)
+    for a JSONL file, a folder of .txt and a Parquet file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from kgc.extract import read_documents
+
+    src = corpus(tmp_path, 3)
+    want = [r["text"] for r in read_jsonl(src)]
+    cfg = ex_cfg(tmp_path, tiny_llama, f"file://{src}")
+    assert [d["text"] for d in read_documents(cfg)] == want
+    folder = tmp_path / "txt"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text(want[0], encoding="utf-8")
+    (folder / "sub" / "b.txt").write_text(want[1], encoding="utf-8")
+    cfg = ex_cfg(tmp_path, tiny_llama, f"file://{folder}", "input.format=txt")
+    docs = read_documents(cfg)
+    assert sorted(d["text"] for d in docs) == sorted(want[:2])
+    pq.write_table(pa.Table.from_pylist(read_jsonl(src)), tmp_path / "c.parquet")
+    cfg = ex_cfg(tmp_path, tiny_llama, f"file://{tmp_path / 'c.parquet'}", "input.id_field=id")
+    assert [d["doc_id"] for d in read_documents(cfg)] == [r["id"] for r in read_jsonl(src)]
+    with pytest.raises(KgcError, match="does not exist"):
+        read_documents(ex_cfg(tmp_path, tiny_llama, f"file://{tmp_path / 'nope.jsonl'}"))
+    with pytest.raises(KgcError, match="cannot open this URI"):
+        read_documents(ex_cfg(tmp_path, tiny_llama, "nosuchscheme://bucket/x.jsonl"))
