@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kgc.errors import KgcError, Problem
 
@@ -136,6 +136,11 @@ class EngineConfig(_Strict):
     api_key_env: str = "OPENAI_API_KEY"  # the key is read from this environment variable
     timeout_s: float = Field(120.0, gt=0)  # openai: per request
     max_retries: int = Field(4, ge=0)  # openai: on 429/5xx/connection errors
+    # vllm: GPUs per model copy (give each actor as many: workers.gpus_per_actor), memory
+    # share, context length
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    max_model_len: int | None = Field(None, ge=16)
 
 
 class GenerationSettings(_Strict):
@@ -182,6 +187,19 @@ class ExtractConfig(_Strict):
     stall_timeout_s: float = Field(600.0, gt=0)  # no progress for this long → fail the job
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _vllm_needs_gpus(self):
+        e, w = self.engine, self.workers
+        if e.type == "vllm" and w.gpus_per_actor < e.tensor_parallel_size:
+            raise ValueError(
+                f"engine.type=vllm with engine.tensor_parallel_size={e.tensor_parallel_size} "
+                f"needs workers.gpus_per_actor >= {e.tensor_parallel_size}, got "
+                f"{w.gpus_per_actor}; vLLM runs on CUDA GPUs only (use engine.type=hf on CPU)"
+            )
+        if e.type == "vllm" and self.generation.num_beams > 1:
+            raise ValueError("engine.type=vllm: set generation.num_beams to 1")
+        return self
 
 
 def _set_dotted(tree: dict, key: str, value: Any) -> None:

@@ -292,7 +292,20 @@ def build_engine(cfg: ExtractConfig):
             timeout_s=e.timeout_s,
             max_retries=e.max_retries,
         )
-    raise KgcError(f"engine.type={e.type!r} is not available in this build yet; use hf or openai")
+    if e.type == "vllm":
+        from kgc.config import ModelConfig
+        from kgc.modeling.vllm_engine import VLLMEngine
+
+        return VLLMEngine(
+            ModelConfig(path=e.model, dtype=e.dtype) if e.model else None,
+            adapter=e.adapter,
+            checkpoint=e.checkpoint,
+            tensor_parallel_size=e.tensor_parallel_size,
+            gpu_memory_utilization=e.gpu_memory_utilization,
+            max_model_len=e.max_model_len,
+            dtype=e.dtype,
+        )
+    raise KgcError(f"engine.type={e.type!r} is unknown; use hf, vllm or openai")
 
 
 def generation_config(cfg: ExtractConfig):

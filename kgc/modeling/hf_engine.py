@@ -37,6 +37,38 @@ def resolve_checkpoint(checkpoint: str) -> tuple[ModelConfig, str | None, ChatFo
     return model_cfg, adapter, chat
 
 
+class PromptEncoder:
+    """Prompts → token ids exactly as in training (the kgc chat format, or the tokenizer's
+    own chat template for message lists), and the token ids that end an answer. Shared by
+    the Hugging Face and vLLM engines."""
+
+    def __init__(self, cfg: ModelConfig, chat: ChatFormat | None = None):
+        from kgc.modeling.data import PromptFormatter
+
+        self.tok = load_tokenizer(cfg)
+        self.tok.padding_side = "left"  # generation continues from the right end
+        self.chat = chat or resolve_chat_format(cfg, self.tok)
+        self.fmt = PromptFormatter(self.tok, self.chat)
+        eos = {self.tok.eos_token_id}
+        for s in self.fmt.stop_strings():
+            ids = self.tok(s, add_special_tokens=False)["input_ids"]
+            if len(ids) == 1:
+                eos.add(ids[0])
+        self.eos_ids = sorted(i for i in eos if i is not None)
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, str):
+            return self.fmt.prompt_ids(prompt)
+        msgs = as_messages(prompt)
+        if self.chat.template is None:
+            text = self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            return self.tok(text, add_special_tokens=False)["input_ids"]
+        # a single-turn kgc template: system text + the user turns joined
+        system = next((m["content"] for m in msgs if m["role"] == "system"), None)
+        user = "\n".join(m["content"] for m in msgs if m["role"] == "user")
+        return self.fmt.prompt_ids(user, system)
+
+
 class HFEngine:
     def __init__(
         self,
@@ -50,8 +82,6 @@ class HFEngine:
     ):
         import torch
 
-        from kgc.modeling.data import PromptFormatter
-
         if checkpoint:
             model, adapter, ckpt_chat = resolve_checkpoint(checkpoint)
             chat = chat or ckpt_chat
@@ -59,10 +89,10 @@ class HFEngine:
             raise KgcError("HFEngine needs a model path or a kgc checkpoint")
         cfg = ModelConfig(path=model) if isinstance(model, str) else model
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.tok = load_tokenizer(cfg)
-        self.tok.padding_side = "left"  # generation continues from the right end
-        self.chat = chat or resolve_chat_format(cfg, self.tok)
-        self.fmt = PromptFormatter(self.tok, self.chat)
+        self.prompts = PromptEncoder(cfg, chat)
+        self.tok, self.chat, self.fmt = self.prompts.tok, self.prompts.chat, self.prompts.fmt
+        self.eos_ids = self.prompts.eos_ids
+        self.encode = self.prompts.encode
         net = load_model(
             cfg, for_training=False, device_map={"": self.device} if cfg.quantization else None
         )
@@ -82,24 +112,6 @@ class HFEngine:
         self.batch_size = batch_size
         self._grammar_cache = None  # compiled output grammars (constrained decoding)
         self.model_id = f"{cfg.path}" + (f"+{adapter}" if adapter else "")
-        eos = {self.tok.eos_token_id}
-        for s in self.fmt.stop_strings():
-            ids = self.tok(s, add_special_tokens=False)["input_ids"]
-            if len(ids) == 1:
-                eos.add(ids[0])
-        self.eos_ids = sorted(i for i in eos if i is not None)
-
-    def encode(self, prompt: Prompt) -> list[int]:
-        if isinstance(prompt, str):
-            return self.fmt.prompt_ids(prompt)
-        msgs = as_messages(prompt)
-        if self.chat.template is None:
-            text = self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-            return self.tok(text, add_special_tokens=False)["input_ids"]
-        # a single-turn kgc template: system text + the user turns joined
-        system = next((m["content"] for m in msgs if m["role"] == "system"), None)
-        user = "\n".join(m["content"] for m in msgs if m["role"] == "user")
-        return self.fmt.prompt_ids(user, system)
 
     def use_adapter(self, name: str | None, path: str | None = None):
         """Select a named LoRA adapter (loaded on first use, least recently used unloaded
