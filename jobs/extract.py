@@ -1,6 +1,7 @@
 """Batch extraction over a corpus on Ray Data (resumable, exactly-once rows).
 
 Local (embedded Ray):
+    kgc extract --config jobs/configs/extract_ner.yaml
     python -m jobs.extract --config jobs/configs/extract_ner.yaml
 On a cluster:
     ray job submit --working-dir . -- python -m jobs.extract --config jobs/configs/extract_ner.yaml

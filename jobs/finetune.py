@@ -1,6 +1,7 @@
 """Fine-tune a causal LM into an IE extractor on Ray Train.
 
 Local (embedded Ray):
+    kgc train --config jobs/configs/ner_lora.yaml
     python -m jobs.finetune --config jobs/configs/ner_lora.yaml model.path=/models/Qwen2.5-7B-Instruct
 On a cluster:
     ray job submit --working-dir . -- python -m jobs.finetune --config jobs/configs/ner_lora.yaml

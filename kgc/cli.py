@@ -104,8 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="score model outputs on test records",
         description="Score model outputs (field `output`) against test records' labels.",
     )
-    e.add_argument("--task", required=True, type=_task, help=", ".join(TASK_CHOICES))
-    e.add_argument("--input", required=True, help="test records with the model's `output`")
+    e.add_argument("--config", help="YAML with these options instead (jobs/configs/eval_*.yaml)")
+    e.add_argument("--task", type=_task, help=", ".join(TASK_CHOICES))
+    e.add_argument("--input", help="test records with the model's `output`")
+    e.add_argument("--report", help="also write the report as JSON to this file")
+    e.add_argument("overrides", nargs="*", help="with --config: key=value overrides")
     e.add_argument("--by", choices=("source",), help="also print scores per source")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--match", choices=("multiset", "set"), default="multiset")
@@ -225,36 +228,64 @@ def _cmd_convert(args) -> int:
     return 0
 
 
+def _eval_config(args):
+    """The eval options from --config (plus key=value overrides) or from the flags."""
+    from kgc.config import EvalConfig, load_config
+
+    if args.config:
+        return load_config(args.config, args.overrides, schema=EvalConfig)
+    missing = [f"--{k}" for k in ("task", "input") if not getattr(args, k)]
+    if missing:
+        raise KgcError(f"kgc eval needs {' and '.join(missing)} (or --config FILE)")
+    return EvalConfig(
+        task=args.task,
+        input=args.input,
+        format=args.format,
+        by_source=args.by == "source",
+        match=args.match,
+        normalize=not args.no_normalize,
+        rouge=args.rouge,
+        language=args.language,
+        segmenter=args.segmenter,
+        report=args.report,
+    )
+
+
 def _cmd_eval(args) -> int:
     from kgc import evaluate, legacy
     from kgc.io import read_jsonl
 
-    if args.format == "ccks2023":
+    cfg = _eval_config(args)
+    if cfg.format == "ccks2023":
         problems = []
-        rows = list(read_jsonl(args.input, problems))
+        rows = list(read_jsonl(cfg.input, problems))
         if problems:
             raise KgcError(problems)
         report = legacy.evaluate_rows(
             rows,
-            path=args.input,
-            language=args.language,
-            segmenter=args.segmenter,
-            match=args.match,
-            normalize=not args.no_normalize,
+            path=cfg.input,
+            language=cfg.language,
+            segmenter=cfg.segmenter,
+            match=cfg.match,
+            normalize=cfg.normalize,
         )
     else:
         opts = evaluate.EvalOptions(
-            match=args.match,
-            normalize=not args.no_normalize,
-            rouge=args.rouge,
-            language=args.language,
-            segmenter=args.segmenter,
+            match=cfg.match,
+            normalize=cfg.normalize,
+            rouge=cfg.rouge,
+            language=cfg.language,
+            segmenter=cfg.segmenter,
         )
-        report = evaluate.evaluate_file(args.task, args.input, opts)
+        report = evaluate.evaluate_file(cfg.task, cfg.input, opts)
+    if cfg.report:
+        from kgc.io import write_text_atomic
+
+        write_text_atomic(cfg.report, json.dumps(report, ensure_ascii=False, indent=2))
     if args.json:
         print(json.dumps(report, ensure_ascii=False))
     else:
-        print(evaluate.format_table(report, by_source=args.by == "source"))
+        print(evaluate.format_table(report, by_source=cfg.by_source))
     return 0
 
 

@@ -202,6 +202,21 @@ class ExtractConfig(_Strict):
         return self
 
 
+class EvalConfig(_Strict):
+    """`kgc eval --config` / `python -m jobs.evaluate --config`: score model outputs."""
+
+    task: Literal["NER", "RE", "SPO", "EE", "EET", "EEA", "KG"]
+    input: str  # test records (JSONL) whose `output` holds the model's answer
+    format: Literal["iepile", "ccks2023"] = "iepile"
+    by_source: bool = False
+    match: Literal["multiset", "set"] = "multiset"
+    normalize: bool = True
+    rouge: bool = False
+    language: Literal["zh", "en"] | None = None
+    segmenter: Literal["char", "jieba"] = "char"
+    report: str | None = None  # also write the report here as JSON
+
+
 def _set_dotted(tree: dict, key: str, value: Any) -> None:
     parts = key.split(".")
     node = tree

@@ -24,6 +24,8 @@ def ensure_ray(address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
+    # inside `ray job submit` the job's driver finds its cluster in RAY_ADDRESS
+    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
