@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("tiny-model", help="build a tiny random model + tokenizer (no download)")
     m.add_argument("--arch", choices=("llama", "qwen2"), default="llama")
-    m.add_argument("--size", choices=("tiny", "small"), default="tiny")
+    m.add_argument("--size", choices=("tiny", "demo", "small"), default="tiny")
     m.add_argument("--out", required=True)
     for module in _plugin_modules():
         module.add_commands(sub)

@@ -24,6 +24,7 @@ CHATML_TEMPLATE = (
 SIZES = {
     # hidden, layers, heads, kv heads, intermediate
     "tiny": (64, 2, 4, 2, 128),
+    "demo": (128, 4, 4, 2, 352),  # `make demo`: learns the bundled task in minutes on CPU
     "small": (512, 8, 8, 4, 1376),  # ≈25M parameters: compute, not Python, dominates
 }
 
@@ -35,7 +36,10 @@ def _corpus() -> list[str]:
     texts.extend(INSTRUCTIONS.values())
     # the bundled samples when running from the repository; byte-level BPE encodes any text
     # even without them (e.g. from an installed wheel)
-    for path in sorted(EXAMPLES.glob("*/*.json")) if EXAMPLES.is_dir() else []:
+    demo = EXAMPLES.parent / "demo"
+    paths = sorted(EXAMPLES.glob("*/*.json")) if EXAMPLES.is_dir() else []
+    paths += sorted(demo.glob("*.json")) if demo.is_dir() else []
+    for path in paths:
         for line in path.read_text(encoding="utf-8").splitlines():
             if line.strip():
                 texts.append(line)
