@@ -11,7 +11,7 @@ from kgc.cli import main
 from kgc.config import load_config
 
 ALL = sorted((Path(__file__).resolve().parent.parent / "jobs" / "configs").glob("*.yaml"))
-CONFIGS = [p for p in ALL if not p.stem.startswith("extract")]
+CONFIGS = [p for p in ALL if not p.stem.startswith(("extract", "graph", "pipeline", "icl", "eval"))]
 EXTRACT = [p for p in ALL if p.stem.startswith("extract")]
 
 
@@ -99,3 +99,13 @@ def test_serve_config_validates():
     assert app["import_path"] == "serve.app:build_app"
     assert conf["http_options"]["host"] == "127.0.0.1"
     ServeSettings.model_validate(app["args"])
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in ALL if p.stem.startswith("eval")], ids=lambda p: p.stem
+)
+def test_eval_configs_validate(path):
+    from kgc.config import EvalConfig
+
+    cfg = load_config(path, [], schema=EvalConfig)
+    assert (Path(__file__).resolve().parent.parent / cfg.input).is_file()

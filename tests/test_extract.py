@@ -285,3 +285,31 @@ def test_uri_inputs_read_through_pyarrow_filesystems(tiny_llama, tmp_path):
         read_documents(ex_cfg(tmp_path, tiny_llama, f"file://{tmp_path / 'nope.jsonl'}"))
     with pytest.raises(KgcError, match="cannot open this URI"):
         read_documents(ex_cfg(tmp_path, tiny_llama, "nosuchscheme://bucket/x.jsonl"))
+
+
+def test_full_finetune_checkpoint_loads_its_trained_weights(tiny_llama, tmp_path):
+    """A full/freeze checkpoint stores the trained weights (model/trainable.pt), not an
+    adapter: the engine must load them (it once silently served the base model)."""
+    import torch
+    import yaml
+    from transformers import AutoModelForCausalLM
+
+    from kgc.engine import GenerationConfig
+    from kgc.modeling.export import CONFIG_FILE, TRAINABLE_FILE, WEIGHTS_DIR, export_model
+    from kgc.modeling.hf_engine import HFEngine
+
+    ckpt = tmp_path / "checkpoint_000001"
+    (ckpt / WEIGHTS_DIR).mkdir(parents=True)
+    (ckpt / CONFIG_FILE).write_text(yaml.safe_dump({"model": {"path": str(tiny_llama)}}))
+    torch.manual_seed(0)
+    net = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    state = {n: p.detach() + 0.5 * torch.randn_like(p) for n, p in net.named_parameters()}
+    torch.save(
+        {n: v for n, v in state.items() if "layers.1." in n}, ckpt / WEIGHTS_DIR / TRAINABLE_FILE
+    )
+    prompts, gen = _prompts()[:8], GenerationConfig(max_new_tokens=10)
+    tuned = HFEngine(checkpoint=str(ckpt), batch_size=4).generate(prompts, gen)
+    base = HFEngine(str(tiny_llama), batch_size=4).generate(prompts, gen)
+    merged = export_model(str(ckpt), str(tmp_path / "merged"))
+    assert tuned != base
+    assert tuned == HFEngine(str(merged), batch_size=4).generate(prompts, gen)

@@ -23,6 +23,20 @@ CHAT_FILE = "chat_format.json"
 WEIGHTS_DIR = "model"
 
 
+TRAINABLE_FILE = "trainable.pt"  # full / freeze fine-tuning: the weights that were trained
+
+
+def load_trainable(model, path) -> None:
+    """Load a full/freeze checkpoint's trained weights into its base model (in place)."""
+    import torch
+
+    state = torch.load(path, map_location="cpu")
+    missing = [k for k in state if k not in dict(model.named_parameters())]
+    if missing:
+        raise KgcError(f"checkpoint weights do not fit the base model: {missing[:3]} …")
+    model.load_state_dict(state, strict=False)
+
+
 def _locate(checkpoint: Path) -> tuple[Path, dict | None]:
     """(weights dir, training config or None) for a kgc checkpoint or a bare adapter dir."""
     if (checkpoint / WEIGHTS_DIR).is_dir():
@@ -35,7 +49,6 @@ def _locate(checkpoint: Path) -> tuple[Path, dict | None]:
 def export_model(
     checkpoint: str, out: str, *, base: str | None = None, dtype: str = "fp32"
 ) -> Path:
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from kgc.modeling.loading import torch_dtype
@@ -65,12 +78,8 @@ def export_model(
                 "extract with base model + adapter instead of exporting"
             )
         model = PeftModel.from_pretrained(model, str(wdir)).merge_and_unload()
-    elif (wdir / "trainable.pt").exists():
-        state = torch.load(wdir / "trainable.pt", map_location="cpu")
-        missing = [k for k in state if k not in dict(model.named_parameters())]
-        if missing:
-            raise KgcError(f"checkpoint weights do not fit the base model: {missing[:3]} …")
-        model.load_state_dict(state, strict=False)
+    elif (wdir / TRAINABLE_FILE).exists():
+        load_trainable(model, wdir / TRAINABLE_FILE)
     else:
         raise KgcError(
             Problem("no adapter_config.json or trainable.pt in the checkpoint", str(wdir))

@@ -17,12 +17,13 @@ import yaml
 from kgc.config import ModelConfig
 from kgc.engine import GenerationConfig, Prompt, as_messages, cut_at_stop
 from kgc.errors import KgcError
-from kgc.modeling.export import CHAT_FILE, CONFIG_FILE, WEIGHTS_DIR
+from kgc.modeling.export import CHAT_FILE, CONFIG_FILE, TRAINABLE_FILE, WEIGHTS_DIR, load_trainable
 from kgc.modeling.loading import ChatFormat, load_model, load_tokenizer, resolve_chat_format
 
 
 def resolve_checkpoint(checkpoint: str) -> tuple[ModelConfig, str | None, ChatFormat | None]:
-    """(base model config, adapter dir or None, chat format) of a kgc checkpoint directory."""
+    """(base model config, adapter dir or None, chat format) of a kgc checkpoint directory.
+    A full/freeze checkpoint has no adapter: its trained weights are `trained_weights()`."""
     ckpt = Path(checkpoint)
     cfg_path = ckpt / CONFIG_FILE
     if not cfg_path.exists():
@@ -35,6 +36,14 @@ def resolve_checkpoint(checkpoint: str) -> tuple[ModelConfig, str | None, ChatFo
     if (ckpt / CHAT_FILE).exists():
         chat = ChatFormat.from_dict(json.loads((ckpt / CHAT_FILE).read_text(encoding="utf-8")))
     return model_cfg, adapter, chat
+
+
+def trained_weights(checkpoint: str | None) -> Path | None:
+    """The full/freeze checkpoint's trained weights file, if it is one."""
+    if not checkpoint:
+        return None
+    f = Path(checkpoint) / WEIGHTS_DIR / TRAINABLE_FILE
+    return f if f.is_file() else None
 
 
 class PromptEncoder:
@@ -96,6 +105,9 @@ class HFEngine:
         net = load_model(
             cfg, for_training=False, device_map={"": self.device} if cfg.quantization else None
         )
+        weights = trained_weights(checkpoint)
+        if weights is not None:  # full / freeze fine-tuning
+            load_trainable(net, weights)
         self.prompt_learning = False
         if adapter:
             from peft import PeftModel

@@ -56,9 +56,14 @@ class VLLMEngine:
                 "engine.type=vllm needs vLLM on a CUDA machine: pip install vllm "
                 "(or use engine.type=hf)"
             ) from None
-        from kgc.modeling.hf_engine import PromptEncoder, resolve_checkpoint
+        from kgc.modeling.hf_engine import PromptEncoder, resolve_checkpoint, trained_weights
 
         chat = None
+        if trained_weights(checkpoint) is not None:
+            raise KgcError(
+                f"engine.checkpoint={checkpoint!r} is a full/freeze fine-tune: export it first "
+                "(kgc export --checkpoint … --out DIR) and set engine.model=DIR for vLLM"
+            )
         if checkpoint:
             model, adapter, chat = resolve_checkpoint(checkpoint)
         if model is None:
