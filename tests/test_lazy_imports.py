@@ -32,6 +32,8 @@ CORE = [
     "kgc.extract",
     "kgc.finetune",
     "kgc.raytools",
+    "kgc.graph",
+    *("kgc.icl.cli", "kgc.icl.llmicl", "kgc.icl.fewshot_re", "kgc.icl.augment", "kgc.icl.codekgc"),
 ]
 
 

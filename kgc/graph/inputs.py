@@ -1,0 +1,150 @@
+"""Where graph rows come from: extraction outputs (row shards) or annotated JSONL.
+
+`input_files` resolves `input.paths` into (file, format) pairs; `iter_rows` streams one
+file's rows without loading it whole (JSONL line by line, Parquet batch by batch).
+
+Annotated input (`{id, text, entity | relation | event}`, the raw IEPile layout) becomes one
+row per document and annotation field, with the annotation records as the row's records
+(their shapes are the parsed-output shapes), model `annotation`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from kgc.errors import KgcError, Problem
+from kgc.graph.config import GraphConfig
+
+ROW_EXTS = (".jsonl", ".json", ".parquet")
+
+
+def _row_dirs(d: Path) -> list[Path]:
+    if (d / "rows").is_dir():
+        return [d / "rows"]
+    return sorted(p for p in d.rglob("rows") if p.is_dir() and any(p.glob("part-*")))
+
+
+def input_files(cfg: GraphConfig) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    problems = []
+    for raw in cfg.input.paths:
+        p = Path(raw)
+        if not p.exists():
+            problems.append(Problem("input.paths entry does not exist; check the path", raw))
+            continue
+        if p.is_dir():
+            dirs = _row_dirs(p)
+            if dirs:
+                files = [f for d in dirs for f in sorted(d.glob("part-*")) if f.suffix in ROW_EXTS]
+            else:
+                files = sorted(
+                    f
+                    for f in p.rglob("*")
+                    if f.is_file() and f.suffix in ROW_EXTS and not f.name.startswith(".")
+                )
+            if not files:
+                problems.append(
+                    Problem(
+                        "input.paths folder has no row shards (rows/part-*) and no "
+                        ".jsonl/.parquet files; point it at a `kgc extract` output folder",
+                        raw,
+                    )
+                )
+            out.extend((str(f), _format(f, cfg)) for f in files)
+        else:
+            out.append((str(p), _format(p, cfg)))
+    if problems:
+        raise KgcError(problems)
+    if not out:
+        raise KgcError("input.paths is empty: give extraction output folders or row files")
+    return out
+
+
+def _format(f: Path, cfg: GraphConfig) -> str:
+    if cfg.input.format != "auto":
+        return cfg.input.format
+    if f.suffix == ".parquet":
+        return "rows"
+    with open(f, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                try:
+                    first = json.loads(line)
+                except json.JSONDecodeError:
+                    return "rows"  # reported with its line number when read
+                if isinstance(first, dict) and "records" in first and "task" in first:
+                    return "rows"
+                return "annotated"
+    return "rows"
+
+
+def iter_rows(path: str, fmt: str, cfg: GraphConfig) -> Iterator[dict]:
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            yield from batch.to_pylist()
+        return
+    from kgc.io import read_jsonl
+
+    for n, rec in read_jsonl(path):
+        if not isinstance(rec, dict):
+            raise KgcError(Problem("each line must be a JSON object", path, n))
+        if fmt == "rows":
+            missing = [k for k in ("doc_id", "task", "records") if k not in rec]
+            if missing:
+                raise KgcError(
+                    Problem(
+                        f"row is missing {missing}; input.format=rows expects `kgc extract` "
+                        "rows (set input.format=annotated for {text, entity|relation|event})",
+                        path,
+                        n,
+                    )
+                )
+            yield rec
+        else:
+            yield from annotated_rows(rec, path, n, cfg)
+
+
+def annotated_rows(rec: dict, path: str, n: int, cfg: GraphConfig) -> Iterator[dict]:
+    from kgc.extract import row_id
+
+    text = rec.get("text")
+    if not isinstance(text, str):
+        raise KgcError(Problem("annotated record needs a string field 'text'", path, n))
+    idf = cfg.input.id_field
+    doc_id = str(rec[idf]) if idf and rec.get(idf) is not None else f"{Path(path).name}:{n}"
+    found = False
+    for fieldname, task in cfg.input.annotation_tasks.items():
+        if fieldname not in rec:
+            continue
+        found = True
+        anns = rec[fieldname]
+        if not isinstance(anns, list):
+            raise KgcError(Problem(f"field {fieldname!r} must be a list of annotations", path, n))
+        yield {
+            "id": row_id(doc_id, 0, len(text), [fieldname]),
+            "doc_id": doc_id,
+            "chunk_index": 0,
+            "chunk_start": 0,
+            "chunk_end": len(text),
+            "task": task.upper(),
+            "schema": "null",
+            "instruction": json.dumps({"input": text}, ensure_ascii=False),
+            "source": rec.get("source") if isinstance(rec.get("source"), str) else "",
+            "records": anns,
+            "errors": [],
+            "model_id": "annotation",
+        }
+    if not found:
+        fields = ", ".join(cfg.input.annotation_tasks)
+        raise KgcError(
+            Problem(
+                f"annotated record has none of the annotation fields ({fields}); add one or "
+                "map yours with input.annotation_tasks",
+                path,
+                n,
+            )
+        )
