@@ -28,6 +28,11 @@ SIZES = {
     "small": (512, 8, 8, 4, 1376),  # ≈25M parameters: compute, not Python, dominates
 }
 
+# A frozen random output head initialised at std 0.02 caps every logit near ±3, so an
+# adapter (LoRA, P-Tuning) trained on top can never make a confident prediction (the loss
+# stalls near 5.5 nats); the demo model's head starts 6× larger, as a pretrained head would be.
+HEAD_SCALE = {"demo": 6.0}
+
 
 def _corpus() -> list[str]:
     texts: list[str] = []
@@ -103,6 +108,9 @@ def build_tiny_model(
         raise ValueError(f"arch must be llama or qwen2, got {arch!r}")
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
+    if size in HEAD_SCALE:
+        with torch.no_grad():
+            model.lm_head.weight.mul_(HEAD_SCALE[size])
     model.save_pretrained(out)
     tok.save_pretrained(out)
     (out / "kgc_tiny.json").write_text(json.dumps({"arch": arch, "size": size, "seed": seed}))
