@@ -221,7 +221,7 @@ def test_ptuning_model_is_served(server):
 def test_constrained_extract_always_parses(server):
     """Schema-constrained decoding through the task API: a random model's answers parse."""
     texts = ["张三在北京工作。", "李四是上海人。", "王五去了广州。"]
-    req = {"task": "NER", "schema": ["人物", "地点"], "texts": texts, "max_new_tokens": 120}
+    req = {"task": "NER", "schema": ["人物", "地点"], "texts": texts, "max_new_tokens": 300}
     with client(server) as c:
         free = c.post("/v1/extract", json=req).json()["results"]
         constrained = c.post("/v1/extract", json={**req, "constrained": True}).json()["results"]
@@ -236,11 +236,11 @@ def test_chat_response_format_json_schema(server):
     from kgc.engine import bounded
     from kgc.tasks import get
 
-    schema = bounded(get("RE").output_schema(["作者", "导演"]), 8, 2)  # closes within 120
+    schema = bounded(get("RE").output_schema(["作者", "导演"]), 8, 2)  # closes within 300
     api = OpenAI(base_url=server["url"] + "/v1", api_key=KEY)
     got = api.chat.completions.create(
         model="kgc",
-        max_tokens=120,
+        max_tokens=300,
         messages=[{"role": "user", "content": "《长夜》的导演是谁？"}],
         response_format={"type": "json_schema", "json_schema": {"name": "re", "schema": schema}},
     )
