@@ -275,6 +275,34 @@ def test_strict_mode_drops_and_counts_labels_outside_the_schema(tmp_path):
 
 
 # ----------------------------------------------------------------------------- streaming
+def test_grounded_mode_drops_and_counts_names_the_text_does_not_contain():
+    text = "Marie Curie married Pierre Curie in Paris."
+    rows = [
+        row("d", text, "RE", [REL, {"head": "Marie Curie", "relation": "spouse", "tail": "Bob"}]),
+        row("d", text, "NER", [{"entity": "Paris", "entity_type": "city"},
+                               {"entity": "Lyon", "entity_type": "city"}]),
+        row("d", text, "EE", [
+            {"event_type": "Marry", "event_trigger": "wed", "arguments": []},
+            {"event_type": "Marry", "event_trigger": "married", "arguments": [
+                {"argument": "Pierre Curie", "role": "person"},
+                {"argument": "London", "role": "place"}]},
+        ]),
+    ]  # fmt: skip
+    nodes, edges, _ = build_in_memory(rows, cfg())
+    assert "Lyon" in by_name(nodes) and "Bob" in by_name(nodes)  # off: everything is kept
+    nodes, edges, summary = build_in_memory(rows, cfg(grounded=True))
+    names = by_name(nodes)
+    assert {"Lyon", "Bob", "London", "wed"}.isdisjoint(names)
+    assert {"Marie Curie", "Pierre Curie", "Paris", "married"} <= set(names)
+    assert summary["dropped"] == {
+        "relation_not_in_text": 1,
+        "entity_not_in_text": 1,
+        "trigger_not_in_text": 1,
+        "argument_not_in_text": 1,
+    }
+    assert sorted(e["type"] for e in edges) == ["person", "spouse"]
+
+
 def _synthetic_rows(n_docs: int) -> list[dict]:
     rows = []
     for i in range(n_docs):

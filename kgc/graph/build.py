@@ -324,6 +324,11 @@ class _Ctx:
     def find(self, s: str, anchor: int | None = None) -> tuple[int, int] | None:
         return self.loc.near(s, anchor)
 
+    def ungrounded(self, span: tuple[int, int] | None) -> bool:
+        """grounded mode: a surface the chunk's text does not contain is dropped (a model's
+        invention, not an extraction); needs the chunk text, so rows without it pass."""
+        return self.cfg.grounded and bool(self.text) and span is None
+
     def mention(self, rec_i: int, role: str, spans: list, **extra) -> dict:
         located = [sp for sp in spans if sp is not None]
         m: dict[str, Any] = {"doc_id": self.doc_id, "start": None, "end": None}
@@ -412,7 +417,11 @@ def _ner(ctx: _Ctx, i: int, rec: dict) -> Iterable[dict]:
     if not ctx.allowed(etype):
         ctx.drop("entity_type_outside_schema")
         return
-    node = ctx.entity(i, "entity", name, etype, ctx.find(name))
+    span = ctx.find(name)
+    if ctx.ungrounded(span):
+        ctx.drop("entity_not_in_text")
+        return
+    node = ctx.entity(i, "entity", name, etype, span)
     if node is None:
         ctx.drop("empty_name")
         return
@@ -468,6 +477,10 @@ def _triple(ctx: _Ctx, i: int, rec: dict) -> Iterable[dict]:
         ctx.drop("relation_outside_schema")
         return
     hs, ts = ctx.loc.pair(head, tail)
+    # grounded: both ends must occur in the text (a KG attribute value may be normalised)
+    if ctx.ungrounded(hs) or (kind != "attribute" and ctx.ungrounded(ts)):
+        ctx.drop(f"{kind}_not_in_text")
+        return
     h = ctx.entity(i, "head", head, ht, hs)
     t = ctx.entity(i, "tail", tail, tt, ts)
     if h is None or t is None:
@@ -493,6 +506,9 @@ def _event(ctx: _Ctx, i: int, rec: dict) -> Iterable[dict]:
         return
     canon = ctx.m.canon
     tspan = ctx.find(trigger) if trigger.strip() else None
+    if trigger.strip() and ctx.ungrounded(tspan):
+        ctx.drop("trigger_not_in_text")
+        return
     args = []
     for a in rec.get("arguments") or []:
         if isinstance(a, dict) and _str(a.get("argument")) and _str(a.get("role")):
@@ -522,6 +538,9 @@ def _event(ctx: _Ctx, i: int, rec: dict) -> Iterable[dict]:
             ctx.drop("role_outside_schema")
             continue
         aspan = ctx.find(value, tspan[0] if tspan else None)
+        if ctx.ungrounded(aspan):
+            ctx.drop("argument_not_in_text")
+            continue
         arg = ctx.entity(i, f"argument{j}", value, None, aspan)
         if arg is None:
             ctx.drop("bad_argument")  # a name that normalises to nothing

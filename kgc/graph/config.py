@@ -79,6 +79,9 @@ class GraphConfig(_Strict):
     default_type: str = "Entity"  # type of a node no mention typed
     strict: bool = False  # drop (and count) labels outside each row's schema (and `schema`)
     schema_path: str | None = Field(None, alias="schema")  # 3-line schema file for strict mode
+    # drop (and count) records whose names/triggers/arguments do not occur in their chunk's
+    # text: invented by the model, not extracted (KG attribute values may be normalised)
+    grounded: bool = False
     confidence_prior: float = Field(0.5, gt=0, lt=1)  # per-mention belief, noisy-OR combined
     sentence_max_chars: int = Field(400, ge=20)
     max_mentions: int | None = Field(None, ge=1)  # cap per node/edge (None: keep every one)
