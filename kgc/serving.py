@@ -45,6 +45,8 @@ class ServeSettings(BaseModel):
     """serve/config.yaml `args`: the model, adapters, batching, limits, auth."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    # hf: CPU/GPU, named LoRA adapters, P-Tuning; vllm: GPU only, one model (+ one LoRA)
+    engine: Literal["hf", "vllm"] = "hf"
     model: str | None = None  # base model directory
     checkpoint: str | None = None  # or a kgc checkpoint (base + adapter + chat format)
     adapter: str | None = None  # an adapter always applied to the base (P-Tuning works here)
@@ -59,6 +61,7 @@ class ServeSettings(BaseModel):
     api_keys_env: str = "KGC_API_KEYS"  # comma-separated keys in this environment variable
     auth_disabled: bool = False  # only for local use
     replica_cpus: float = Field(1.0, gt=0)  # CPUs per replica (fractional is fine)
+    replica_gpus: float = Field(0.0, ge=0)  # GPUs per model replica (vllm needs ≥ 1)
     max_ongoing_requests: int = Field(64, ge=1)
     # requests waiting for the model beyond this → 429 with Retry-After (-1: unbounded)
     max_queued_requests: int = Field(256, ge=-1)
@@ -68,6 +71,17 @@ class ServeSettings(BaseModel):
     # constrained decoding caps (requests opt in with "constrained": true / response_format)
     constrained_max_text_chars: int = Field(200, ge=1)
     constrained_max_list_items: int = Field(64, ge=1)
+
+
+def check_engine(s: ServeSettings) -> None:
+    """Settings the chosen engine cannot serve, as one clear error."""
+    if s.engine == "vllm" and s.replica_gpus < 1:
+        raise KgcError("engine: vllm runs on a CUDA GPU: set replica_gpus: 1 (or use engine: hf)")
+    if s.engine == "vllm" and (s.adapters or s.adapter_dir):
+        raise KgcError(
+            "engine: vllm serves one model (optionally with `adapter:` or a kgc "
+            "`checkpoint:`); named adapters (`adapters`, `adapter_dir`) need engine: hf"
+        )
 
 
 class ExtractRequest(BaseModel):

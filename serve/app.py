@@ -11,6 +11,7 @@ batches concurrent requests with `@serve.batch`; the `Api` deployment is the Fas
 """
 
 import asyncio
+import contextlib
 import os
 import time
 import uuid
@@ -30,6 +31,7 @@ from kgc.serving import (
     api_keys,
     build_instructions,
     chat_prompt,
+    check_engine,
     known_models,
     merge_outputs,
     request_schema,
@@ -48,17 +50,24 @@ class Generator:
 
     def __init__(self, settings: dict):
         from kgc.config import ModelConfig
-        from kgc.modeling.hf_engine import HFEngine
 
         self.s = ServeSettings.model_validate(settings)
+        check_engine(self.s)
         model = ModelConfig(path=self.s.model) if self.s.model else None
-        self.engine = HFEngine(
-            model,
-            adapter=self.s.adapter,
-            checkpoint=self.s.checkpoint,
-            batch_size=self.s.batch_size,
-        )
-        self.engine.max_loaded = self.s.max_loaded_adapters
+        if self.s.engine == "vllm":
+            from kgc.modeling.vllm_engine import VLLMEngine
+
+            self.engine = VLLMEngine(model, adapter=self.s.adapter, checkpoint=self.s.checkpoint)
+        else:
+            from kgc.modeling.hf_engine import HFEngine
+
+            self.engine = HFEngine(
+                model,
+                adapter=self.s.adapter,
+                checkpoint=self.s.checkpoint,
+                batch_size=self.s.batch_size,
+            )
+            self.engine.max_loaded = self.s.max_loaded_adapters
         self.generate_batched.set_max_batch_size(self.s.batch_size)
         self.generate_batched.set_batch_wait_timeout_s(self.s.batch_wait_s)
 
@@ -75,7 +84,8 @@ class Generator:
         for (adapter, max_new), idx in groups.items():
             path = resolve_adapter(adapter, self.s) if adapter else None
             schemas = [items[i][3] for i in idx]
-            with self.engine.use_adapter(adapter, path):
+            use = getattr(self.engine, "use_adapter", None)  # vLLM: no named adapters
+            with use(adapter, path) if use else contextlib.nullcontext():
                 texts = self.engine.generate(
                     [items[i][1] for i in idx],
                     GenerationConfig(max_new_tokens=max_new),
@@ -232,7 +242,9 @@ def build_app(args: dict) -> Any:
     """`serve run serve/config.yaml` entry: args are ServeSettings fields."""
     settings = ServeSettings.model_validate(args).model_dump(mode="json")
     s = ServeSettings.model_validate(settings)
+    check_engine(s)  # before any replica starts
     actor: dict[str, Any] = {"num_cpus": s.replica_cpus}
+    model_actor = dict(actor, num_gpus=s.replica_gpus) if s.replica_gpus else actor
     if os.environ.get(s.api_keys_env):
         # keys set where `serve run` (or build_app) runs reach the replicas, which do not
         # inherit this process's environment
@@ -252,7 +264,7 @@ def build_app(args: dict) -> Any:
         max_ongoing_requests=s.max_ongoing_requests,
         max_queued_requests=s.max_queued_requests,
         backpressure_config=busy,
-        ray_actor_options=actor,
+        ray_actor_options=model_actor,
     )
     if s.autoscaling is not None:
         gen_opts["autoscaling_config"] = s.autoscaling.model_dump()

@@ -287,3 +287,17 @@ def test_autoscaling_settings_reach_the_deployment():
     gen = app._bound_deployment.init_args[0]._bound_deployment  # Api(Generator, settings)
     cfg = gen._deployment_config.autoscaling_config
     assert (cfg.min_replicas, cfg.max_replicas, cfg.target_ongoing_requests) == (0, 3, 8)
+
+
+def test_engine_settings_are_checked_before_replicas_start():
+    from kgc.errors import KgcError
+    from serve.app import build_app
+
+    base = {"model": "/models/x", "auth_disabled": True}
+    with pytest.raises(KgcError, match="replica_gpus: 1"):
+        build_app({**base, "engine": "vllm"})
+    with pytest.raises(KgcError, match="named adapters"):
+        build_app({**base, "engine": "vllm", "replica_gpus": 1, "adapters": {"a": "/x"}})
+    app = build_app({**base, "engine": "vllm", "replica_gpus": 1})
+    gen = app._bound_deployment.init_args[0]._bound_deployment
+    assert gen.ray_actor_options["num_gpus"] == 1
