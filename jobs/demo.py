@@ -13,7 +13,7 @@
    answer parses) and builds the knowledge graph:
    nodes/edges JSONL, Neo4j CSVs + Cypher, RDF Turtle, GraphML and an offline HTML view.
 
-What the scores mean: a 1.5M-parameter model trained from random weights for a few CPU
+What the scores mean: a 1.25M-parameter model trained from random weights for a few CPU
 minutes learns the answer format and the documents it was tuned on (F1 from 0 to ≈0.9 on
 those), which shows the chain works end to end — training updates the adapter, the
 checkpoint reloads with its chat format, extraction prompts match training prompts token
