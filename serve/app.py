@@ -12,17 +12,19 @@ batches concurrent requests with `@serve.batch`; the `Api` deployment is the Fas
 
 import asyncio
 import contextlib
+import json
 import os
 import time
 import uuid
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.config import BackpressureConfig
 
+from kgc.engine import cut_at_stop
 from kgc.errors import KgcError
 from kgc.serving import (
     ExtractRequest,
@@ -99,6 +101,21 @@ class Generator:
         self, adapter: str | None, prompt: Any, max_new_tokens: int, schema: dict | None = None
     ) -> str:
         return await self.generate_batched((adapter, prompt, max_new_tokens, schema))
+
+
+async def _sse(head: dict, text: str):
+    """`stream: true`: the answer as OpenAI chat-completion chunks (server-sent events).
+    The text is generated whole first (batched with other requests), then sent as one
+    content chunk; token-by-token streaming is not implemented."""
+    deltas = ({"role": "assistant", "content": ""}, {"content": text}, {})
+    for i, delta in enumerate(deltas):
+        chunk = {
+            **head,
+            "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": "stop" if i == 2 else None}],
+        }
+        yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+    yield "data: [DONE]\n\n"
 
 
 def _error(status: int, message: str, **extra) -> JSONResponse:
@@ -219,14 +236,18 @@ class Api:
         except KgcError as exc:
             return _error(422, str(exc), field="response_format")
         text = await self.gen.generate.remote(adapter, prompt, max_new, schema)
-        for stop in body.get("stop") or []:
-            if stop and stop in text:
-                text = text[: text.index(stop)]
-        return {
+        stops = body.get("stop") or []
+        text = cut_at_stop(text, [stops] if isinstance(stops, str) else stops)
+        head = {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
-            "object": "chat.completion",
             "created": int(time.time()),
             "model": body.get("model") or self.s.name,
+        }
+        if body.get("stream"):
+            return StreamingResponse(_sse(head, text), media_type="text/event-stream")
+        return {
+            **head,
+            "object": "chat.completion",
             "choices": [
                 {
                     "index": 0,

@@ -301,3 +301,24 @@ def test_engine_settings_are_checked_before_replicas_start():
     app = build_app({**base, "engine": "vllm", "replica_gpus": 1})
     gen = app._bound_deployment.init_args[0]._bound_deployment
     assert gen.ray_actor_options["num_gpus"] == 1
+
+
+def test_chat_stream_and_stop_string(server):
+    """`stream: true` (the openai client's streaming API) gets the same text as a plain call,
+    as chunks; `stop` may be a string or a list."""
+    from openai import OpenAI
+
+    api = OpenAI(base_url=server["url"] + "/v1", api_key=KEY)
+    msgs = [{"role": "user", "content": "抽取实体：王五在广州。"}]
+    plain = api.chat.completions.create(model="kgc", max_tokens=12, messages=msgs)
+    text = plain.choices[0].message.content
+    chunks = list(
+        api.chat.completions.create(model="kgc", max_tokens=12, messages=msgs, stream=True)
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == text
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert len(text) > 2
+    cut = text[2]
+    for stop in (cut, [cut]):
+        got = api.chat.completions.create(model="kgc", max_tokens=12, messages=msgs, stop=stop)
+        assert got.choices[0].message.content == text[: text.index(cut)]
