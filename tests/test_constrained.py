@@ -118,7 +118,9 @@ def test_prompt_learning_model_is_constrained_too(tiny_llama, tmp_path):
     eng = HFEngine(str(tiny_llama), adapter=str(tmp_path / "pt"), batch_size=3)
     assert eng.prompt_learning
     texts = eng.generate(
-        [p for _, p, _ in rows], GenerationConfig(max_new_tokens=WORST_CASE), [s for _, _, s in rows]
+        [p for _, p, _ in rows],
+        GenerationConfig(max_new_tokens=WORST_CASE),
+        [s for _, _, s in rows],
     )
     assert _error_rate([t for t, _, _ in rows], texts) == 0.0
 
@@ -165,42 +167,6 @@ def test_extract_udf_constrained(tiny_qwen2, tmp_path):
         assert len(written) == len(rows)
         errors[constrained] = sum(bool(json.loads(r["errors"])) for r in written) / len(written)
     assert errors[True] == 0.0 and errors[False] > 0.5
-
-
-def test_openai_engine_sends_response_format():
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    from kgc.openai_engine import OpenAIEngine
-
-    seen = []
-
-    class H(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            seen.append(body)
-            data = json.dumps({"choices": [{"message": {"content": "{}"}}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *a):
-            pass
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        eng = OpenAIEngine(f"http://127.0.0.1:{srv.server_port}/v1", "m", concurrency=1)
-        schema = get("NER").output_schema(["人物"])
-        eng.generate(["a", "b"], GenerationConfig(max_new_tokens=8), [schema, None])
-    finally:
-        srv.shutdown()
-    by_prompt = {b["messages"][-1]["content"]: b for b in seen}
-    fmt = by_prompt["a"]["response_format"]
-    assert fmt["type"] == "json_schema" and fmt["json_schema"]["schema"] == schema
-    assert "response_format" not in by_prompt["b"]
 
 
 def test_all_registered_tasks_have_answer_schemas():

@@ -165,3 +165,17 @@ def test_stalled_extraction_fails_loudly(local_ray, tmp_path):
             run_extract(cfg, progress=False)
     finally:
         srv.shutdown()
+
+
+def test_answer_schemas_go_out_as_response_format(server):
+    """Constrained decoding through an OpenAI-compatible server: a schema per prompt is sent
+    as `response_format` json_schema; a prompt without one sends none."""
+    from kgc.tasks import get
+
+    eng = OpenAIEngine(server, "m", concurrency=1)
+    schema = get("NER").output_schema(["人物"])
+    eng.generate(["a", "b"], GenerationConfig(max_new_tokens=8), [schema, None])
+    by_prompt = {c["body"]["messages"][-1]["content"]: c["body"] for c in FakeOpenAI.calls}
+    fmt = by_prompt["a"]["response_format"]
+    assert fmt["type"] == "json_schema" and fmt["json_schema"]["schema"] == schema
+    assert "response_format" not in by_prompt["b"]

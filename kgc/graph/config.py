@@ -20,6 +20,8 @@ from pydantic import Field, field_validator
 from kgc.config import ExtractConfig, _Strict
 
 EXPORTS = ("neo4j", "turtle", "graphml", "html")  # nodes.jsonl / edges.jsonl: always
+# the scalar node properties every export carries (Neo4j, GraphML, the HTML view)
+NODE_FIELDS = ("name", "type", "kind", "support", "confidence", "mention_count", "doc_count")
 
 
 class GraphInput(_Strict):

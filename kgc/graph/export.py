@@ -28,7 +28,7 @@ import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
-from kgc.graph.config import GraphConfig
+from kgc.graph.config import NODE_FIELDS, GraphConfig
 
 KGC_LABEL = "KgcNode"
 
@@ -187,7 +187,8 @@ def export_neo4j(d: Path, cfg: GraphConfig) -> dict:
 
 
 def cypher_string(s: str) -> str:
-    """A Cypher string literal (JSON's escapes are Cypher's: \\" \\\\ \\n \\uXXXX …)."""
+    """A Cypher string literal (JSON's escapes are Cypher's: quote, backslash, newline and
+    \\u escapes such as \\u00e9)."""
     return json.dumps(str(s), ensure_ascii=False)
 
 
@@ -232,13 +233,7 @@ def write_cypher(d: Path, path: Path, batch: int = 1000) -> int:
         for n in _nodes(d):
             labels = ":".join(cypher_name(x) for x in node_labels(n)[1:])
             props = {
-                "name": n["name"],
-                "type": n["type"],
-                "kind": n["kind"],
-                "support": n["support"],
-                "confidence": n["confidence"],
-                "mention_count": n["mention_count"],
-                "doc_count": n["doc_count"],
+                **{k: n[k] for k in NODE_FIELDS},
                 "aliases": _js(n["aliases"]),
                 "mentions": _js(n["mentions"]),
             }
@@ -368,17 +363,9 @@ def export_graphml(d: Path, cfg: GraphConfig) -> dict:
 
     g = nx.MultiDiGraph()
     for n in _nodes(d):
-        g.add_node(
-            n["id"],
-            name=n["name"],
-            type=n["type"],
-            kind=n["kind"],
-            support=n["support"],
-            confidence=float(n["confidence"]),
-            mention_count=n["mention_count"],
-            doc_count=n["doc_count"],
-            aliases=_js(n["aliases"]),
-        )
+        attrs = {k: n[k] for k in NODE_FIELDS}
+        attrs["confidence"] = float(attrs["confidence"])
+        g.add_node(n["id"], **attrs, aliases=_js(n["aliases"]))
     for e in _edges(d):
         g.add_edge(
             e["source"],

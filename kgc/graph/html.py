@@ -22,7 +22,7 @@ import html
 import json
 from pathlib import Path
 
-from kgc.graph.config import HtmlConfig
+from kgc.graph.config import NODE_FIELDS, HtmlConfig
 
 PALETTE = [
     "#4e79a7",
@@ -78,13 +78,7 @@ def page_data(graph_dir: Path, cfg: HtmlConfig) -> dict:
         nodes.append(
             {
                 "id": n["id"],
-                "name": n["name"],
-                "type": n["type"],
-                "kind": n["kind"],
-                "support": n["support"],
-                "confidence": n["confidence"],
-                "mention_count": n["mention_count"],
-                "doc_count": n["doc_count"],
+                **{k: n[k] for k in NODE_FIELDS},
                 "aliases": n["aliases"],
                 "mentions": [{k: m.get(k) for k in MENTION_KEYS} for m in n["mentions"]],
             }

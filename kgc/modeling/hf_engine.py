@@ -46,6 +46,23 @@ def trained_weights(checkpoint: str | None) -> Path | None:
     return f if f.is_file() else None
 
 
+def resolve_engine_model(
+    model: ModelConfig | str | None,
+    adapter: str | None,
+    checkpoint: str | None,
+    chat: ChatFormat | None = None,
+) -> tuple[ModelConfig, str | None, ChatFormat | None]:
+    """What an engine loads: a model (config or path) + adapter, or a kgc checkpoint's base
+    model, adapter and chat format (an explicit `chat` wins)."""
+    if checkpoint:
+        model, adapter, ckpt_chat = resolve_checkpoint(checkpoint)
+        chat = chat or ckpt_chat
+    if model is None:
+        raise KgcError("engine.model (a model directory) or engine.checkpoint is required")
+    cfg = ModelConfig(path=model) if isinstance(model, str) else model
+    return cfg, adapter, chat
+
+
 class PromptEncoder:
     """Prompts → token ids exactly as in training (the kgc chat format, or the tokenizer's
     own chat template for message lists), and the token ids that end an answer. Shared by
@@ -91,12 +108,7 @@ class HFEngine:
     ):
         import torch
 
-        if checkpoint:
-            model, adapter, ckpt_chat = resolve_checkpoint(checkpoint)
-            chat = chat or ckpt_chat
-        if model is None:
-            raise KgcError("HFEngine needs a model path or a kgc checkpoint")
-        cfg = ModelConfig(path=model) if isinstance(model, str) else model
+        cfg, adapter, chat = resolve_engine_model(model, adapter, checkpoint, chat)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.prompts = PromptEncoder(cfg, chat)
         self.tok, self.chat, self.fmt = self.prompts.tok, self.prompts.chat, self.prompts.fmt

@@ -56,19 +56,14 @@ class VLLMEngine:
                 "engine.type=vllm needs vLLM on a CUDA machine: pip install vllm "
                 "(or use engine.type=hf)"
             ) from None
-        from kgc.modeling.hf_engine import PromptEncoder, resolve_checkpoint, trained_weights
+        from kgc.modeling.hf_engine import PromptEncoder, resolve_engine_model, trained_weights
 
-        chat = None
         if trained_weights(checkpoint) is not None:
             raise KgcError(
                 f"engine.checkpoint={checkpoint!r} is a full/freeze fine-tune: export it first "
                 "(kgc export --checkpoint … --out DIR) and set engine.model=DIR for vLLM"
             )
-        if checkpoint:
-            model, adapter, chat = resolve_checkpoint(checkpoint)
-        if model is None:
-            raise KgcError("engine.model (a model directory) or engine.checkpoint is required")
-        cfg = ModelConfig(path=model) if isinstance(model, str) else model
+        cfg, adapter, chat = resolve_engine_model(model, adapter, checkpoint)
         self.prompts = PromptEncoder(cfg, chat)
         self.lora = None
         extra: dict = {}
