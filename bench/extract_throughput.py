@@ -6,6 +6,7 @@
   (c) the kgc pipeline on Ray Data (`run_extract`), with 1 and with 2 actors;
 
     python bench/extract_throughput.py [--rows 256] [--a-rows 32] [--batch-size 32]
+    python bench/extract_throughput.py --model smollm2 --rows 64 --a-rows 8 [--batch-size 32]
 
 Model: a LLaMA-architecture model built locally (hidden 512, 8 layers ≈ 25M parameters) so
 compute, not Python overhead, dominates; greedy decoding of exactly `--new-tokens` (≥ 32)
@@ -21,6 +22,8 @@ import json
 import tempfile
 import time
 from pathlib import Path
+
+from _models import add_model_arg, bench_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,6 +59,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
+    add_model_arg(ap, "small")
     args = ap.parse_args()
 
     import ray
@@ -65,12 +69,11 @@ def main() -> None:
     from kgc.engine import GenerationConfig
     from kgc.extract import run_extract
     from kgc.modeling.hf_engine import HFEngine
-    from kgc.modeling.tiny import build_tiny_model
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
-        model = build_tiny_model(tmp / "model", "llama", "small")
+        model, label = bench_model(args.model, tmp)
         prompts, corpus = prompts_and_corpus(tmp, args.rows)
         # every path generates exactly new-tokens tokens: EOS is not a stop
         gen = GenerationConfig(max_new_tokens=args.new_tokens, ignore_eos=True)
@@ -116,7 +119,7 @@ def main() -> None:
 
     print(
         f"rows={args.rows} new_tokens={args.new_tokens} batch={args.batch_size} "
-        f"threads={args.threads} model=llama 512x8 (~25M)"
+        f"threads={args.threads} model={label}"
     )
     print(f"{'path':<46} {'rows/s':>8}")
     print(f"{'(a) one prompt at a time (DeepKE-style)':<46} {a:8.2f}")

@@ -7,7 +7,8 @@
 3. overload: a deployment with 2 ongoing + 2 queued requests under 64 clients answers
    503/429 for the excess instead of failing.
 
-  python bench/serve_load.py [--requests 1000] [--size tiny]
+  python bench/serve_load.py [--requests 1000] [--model tiny|small|smollm2]
+  python bench/serve_load.py --model smollm2 --requests 160 --phase-requests 64
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+
+from _models import add_model_arg, bench_model
 
 KEY = "sk-bench"
 
@@ -113,17 +116,17 @@ def deploy(model: str, batch: int, ongoing: int = 64, queued: int = 256) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=1000)
-    ap.add_argument("--size", choices=("tiny", "small"), default="tiny")
+    ap.add_argument("--phase-requests", type=int, default=200, help="requests per ratio phase")
+    add_model_arg(ap, "tiny")
     args = ap.parse_args()
 
     import ray
     from ray import serve
 
-    from kgc.modeling.tiny import build_tiny_model
-
     os.environ["KGC_BENCH_KEYS"] = KEY
     with tempfile.TemporaryDirectory() as t:
-        model = str(build_tiny_model(Path(t) / "m", "llama", args.size))
+        model, label = bench_model(args.model, Path(t))
+        print(f"model={label}", flush=True)
         ray.init(
             num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False
         )
@@ -133,11 +136,12 @@ def main() -> None:
 
         deploy(model, 16)
         load = asyncio.run(fire(url, args.requests, 32, 0.05))
-        batched = asyncio.run(fire(url, 200, 16, 0.0, seed=1))
+        n = args.phase_requests
+        batched = asyncio.run(fire(url, n, 16, 0.0, seed=1))
         deploy(model, 1)
-        unbatched = asyncio.run(fire(url, 200, 16, 0.0, seed=1))
+        unbatched = asyncio.run(fire(url, n, 16, 0.0, seed=1))
         deploy(model, 16, ongoing=2, queued=2)
-        over = asyncio.run(fire(url, 200, 64, 0.0, seed=2))
+        over = asyncio.run(fire(url, n, 64, 0.0, seed=2))
         serve.shutdown()
         ray.shutdown()
 

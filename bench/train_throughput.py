@@ -1,8 +1,9 @@
 """Training throughput: the kgc Ray Train step vs a bare peft loop; packing vs padding.
 
-    python bench/train_throughput.py [--size small] [--steps 12] [--threads 2]
+    python bench/train_throughput.py [--model tiny|small|smollm2] [--steps 12] [--threads 2]
 
-Same model (a tiny LLaMA built locally; `small` ≈ 25M parameters), same LoRA config, same
+Same model (`--model`: a random LLaMA built locally, `small` ≈ 25M parameters, or the real
+SmolLM2-135M-Instruct), same LoRA config, same
 records (IEPile NER/RE/EE train records converted from examples/iepile), same batch size and
 torch threads. Prints real (non-pad) tokens/s of:
   (a) a bare peft loop in this process (padding),
@@ -10,8 +11,11 @@ torch threads. Prints real (non-pad) tokens/s of:
   (c) kgc's Ray Train job, 1 worker with `--threads` CPUs (padding),
   (d) the same with packing,
   (e) the bare loop again while the local Ray (GCS, raylet, controller) idles beside it,
+  (f) kgc's Ray Train job with `train.shared_prefix` (the batch's common prompt prefix run
+      once; tokens/s counts every row's tokens, as in (c)),
 and the ratios c/a (Ray Train's cost), c/e (its cost net of Ray's background processes on
-the same cores) and b/a, d/c (what packing buys).
+the same cores), b/a (what packing buys) and f/c (what the shared prefix buys).
+`--model smollm2` runs it on the real 135M model (try --steps 6).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+
+from _models import add_model_arg, bench_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,7 +97,7 @@ def ray_job(cfg, name: str) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--size", choices=("tiny", "small"), default="small")
+    add_model_arg(ap, "small")
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=4)
@@ -101,15 +107,14 @@ def main() -> None:
     import torch
 
     from kgc.config import load_config
-    from kgc.modeling.tiny import build_tiny_model
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
-        model = build_tiny_model(tmp / "model", "llama", args.size)
+        model, label = bench_model(args.model, tmp)
         data = build_data(tmp)
 
-        def cfg(packing: bool):
+        def cfg(packing: bool, shared: bool = False):
             return load_config(
                 None,
                 [],
@@ -127,6 +132,7 @@ def main() -> None:
                         "save_every": 10**6,
                         "log_every": 10**6,
                         "lr": 1e-4,
+                        "shared_prefix": shared,
                     },
                     "distributed": {"num_workers": 1, "cpus_per_worker": args.threads},
                     "run": {"name": "bench", "storage_path": str(tmp / "runs")},
@@ -143,9 +149,10 @@ def main() -> None:
         )
         c = ray_job(cfg(False), "pad")
         d = ray_job(cfg(True), "pack")
+        f = ray_job(cfg(False, shared=True), "shared")
         e = bare_loop(cfg(False), args.steps, False)  # bare loop again, Ray idling beside it
         ray.shutdown()
-    print(f"model={args.size} steps={args.steps} batch={args.batch_size} threads={args.threads}")
+    print(f"model={label} steps={args.steps} batch={args.batch_size} threads={args.threads}")
     print(f"{'case':<38} {'tokens/s':>10}")
     for label, v in [
         ("(a) bare peft loop, padding", a),
@@ -153,11 +160,13 @@ def main() -> None:
         ("(c) kgc Ray Train, padding", c),
         ("(d) kgc Ray Train, packing", d),
         ("(e) bare loop, padding, Ray running", e),
+        ("(f) kgc Ray Train, shared prefix", f),
     ]:
         print(f"{label:<38} {v:10.0f}")
     print(f"c/a (Ray Train vs bare loop)  {c / a:.2f}")
     print(f"c/e (same, both beside Ray)   {c / e:.2f}")
     print(f"b/a (packing, bare loop)      {b / a:.2f}")
+    print(f"f/c (shared prefix vs padding) {f / c:.2f}")
     print(f"d/c (packing, kgc)            {d / c:.2f}")
 
 

@@ -1,5 +1,5 @@
 """The `kgc` command line: `kgc convert`, `kgc eval`, `kgc train`, `kgc export`,
-`kgc tiny-model`, `kgc extract`.
+`kgc tiny-model`, `kgc model prepare|list`, `kgc extract`.
 
 Exit status: 0 on success, 2 on bad input (every problem printed to stderr with file, line
 and fix), 1 on an unexpected internal error.
@@ -160,6 +160,18 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--arch", choices=("llama", "qwen2"), default="llama")
     m.add_argument("--size", choices=("tiny", "demo", "small"), default="tiny")
     m.add_argument("--out", required=True)
+
+    mo = sub.add_parser("model", help="prepare real models (GGUF → Hugging Face folder), list them")
+    mo_sub = mo.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    mp = mo_sub.add_parser(
+        "prepare",
+        help="a known model (smollm2-135m-instruct) or a .gguf file → a HF folder in the cache",
+    )
+    mp.add_argument("model", help="smollm2-135m-instruct, or a path to a .gguf file")
+    mp.add_argument("--out", help="folder to write (default: $KGC_HOME/models/<name>)")
+    mp.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    ml = mo_sub.add_parser("list", help="the prepared models")
+    ml.add_argument("--json", action="store_true", help="one JSON object per line")
     for module in _plugin_modules():
         module.add_commands(sub)
     return parser
@@ -350,6 +362,30 @@ def _cmd_tiny(args) -> int:
     return 0
 
 
+def _cmd_model(args) -> int:
+    from kgc.modeling import prepare
+
+    if args.model_command == "prepare":
+        print(prepare.prepare(args.model, args.out, args.dtype))
+        return 0
+    rows = prepare.list_models()
+    if args.json:
+        for r in rows:
+            print(json.dumps(r, ensure_ascii=False))
+        return 0
+    if not rows:
+        print(
+            f"no prepared models in {prepare.models_home()} (kgc model prepare {prepare.DEFAULT_MODEL})"
+        )
+        return 0
+    print(f"{'name':<28} {'parameters':>12} {'dtype':<6} {'path':<50} source")
+    for r in rows:
+        n = r["parameters"]
+        size = f"{n / 1e6:.1f}M" if isinstance(n, int) else "?"
+        print(f"{r['name']:<28} {size:>12} {r['dtype']!s:<6} {r['path']:<50} {r['source']}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {
@@ -360,6 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tiny-model": _cmd_tiny,
         "extract": _cmd_extract,
         "serve": _cmd_serve,
+        "model": _cmd_model,
     }
     handler = getattr(args, "handler", None) or handlers[args.command]
     try:

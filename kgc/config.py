@@ -44,6 +44,8 @@ class LoraConfig(_Strict):
     alpha: int = Field(16, ge=1)
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: list[str] | Literal["auto", "all"] = "auto"
+    # adapt only the last N decoder layers: backward stops below them (faster, less memory)
+    top_layers: int | None = Field(None, ge=1)
 
 
 class PTuningConfig(_Strict):
@@ -85,6 +87,9 @@ class TrainConfig(_Strict):
     save_every: int = Field(50, ge=1)  # steps between checkpoints
     log_every: int = Field(10, ge=1)
     seed: int = 42
+    # prefill the prompt prefix that every row of a batch shares (chat header, instruction,
+    # schema) once per batch instead of once per row: same loss and gradients, fewer tokens
+    shared_prefix: bool = False
 
 
 class DistributedConfig(_Strict):
@@ -132,6 +137,8 @@ class EngineConfig(_Strict):
     checkpoint: str | None = None  # a kgc training checkpoint: base + adapter + chat format
     batch_size: int = Field(16, ge=1)
     dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    # hf: prefill the prompt prefix a batch shares once (same greedy answers, less compute)
+    prefix_cache: bool = True
     base_url: str | None = None  # openai: http://127.0.0.1:8000/v1
     api_key_env: str = "OPENAI_API_KEY"  # the key is read from this environment variable
     timeout_s: float = Field(120.0, gt=0)  # openai: per request
@@ -163,7 +170,8 @@ class GenerationSettings(_Strict):
 
 class WorkersConfig(_Strict):
     num_actors: int = Field(1, ge=1)
-    cpus_per_actor: float = Field(1.0, gt=0)  # fractional is fine (leave CPUs for readers)
+    # fractional is fine (leave CPUs for readers); torch threads = the CPUs rounded up
+    cpus_per_actor: float = Field(1.0, gt=0)
     gpus_per_actor: float = Field(0.0, ge=0)
 
 

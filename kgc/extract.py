@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import threading
 import time
@@ -276,7 +277,13 @@ def build_engine(cfg: ExtractConfig):
         from kgc.modeling.hf_engine import HFEngine
 
         model = ModelConfig(path=e.model, dtype=e.dtype) if e.model else None
-        return HFEngine(model, adapter=e.adapter, checkpoint=e.checkpoint, batch_size=e.batch_size)
+        return HFEngine(
+            model,
+            adapter=e.adapter,
+            checkpoint=e.checkpoint,
+            batch_size=e.batch_size,
+            prefix_cache=e.prefix_cache,
+        )
     if e.type == "openai":
         from kgc.openai_engine import OpenAIEngine
 
@@ -335,8 +342,9 @@ class ExtractUDF:
         if self.cfg.workers.gpus_per_actor == 0:
             import torch
 
-            # intra-op threads = the CPUs Ray reserved for this actor
-            torch.set_num_threads(max(1, int(self.cfg.workers.cpus_per_actor)))
+            # intra-op threads = the CPUs Ray reserved for this actor, rounded up (1.5 CPUs
+            # leave half a core to Ray Data's read tasks and still compute on 2 threads)
+            torch.set_num_threads(max(1, math.ceil(self.cfg.workers.cpus_per_actor)))
         self.engine = build_engine(self.cfg)
         self.gen = generation_config(self.cfg)
         self.task = get(self.cfg.task)
@@ -503,6 +511,11 @@ def run_extract(cfg: ExtractConfig, *, progress: bool = True) -> dict:
 
     from kgc.schema import read_schema
 
+    if cfg.engine.type in ("hf", "vllm") and cfg.engine.model:
+        # a .gguf file or a prepared model's name → its HF folder, once, before any actor
+        from kgc.modeling.prepare import resolve_model_path
+
+        cfg.engine.model = resolve_model_path(cfg.engine.model)
     out_dir = Path(cfg.output.path)
     fmt = _detect_format(cfg)
     if fmt == "iepile":

@@ -39,13 +39,12 @@ def validate(cfg: FinetuneConfig) -> list[Problem]:
 
     probs: list[Problem] = []
     m, d = cfg.method, cfg.distributed
-    if not (Path(cfg.model.path) / "config.json").is_file():
-        probs.append(
-            Problem(
-                f"model.path {cfg.model.path!r} is not a Hugging Face model directory (no "
-                "config.json); point it at a local folder such as /models/Qwen2.5-7B-Instruct"
-            )
-        )
+    try:  # a .gguf file or a prepared model's name → its HF folder, once, in the driver
+        from kgc.modeling.loading import check_model_dir
+
+        cfg.model.path = check_model_dir(cfg.model.path)
+    except KgcError as e:
+        probs.extend(e.problems)
     if m.type == "qlora" and cfg.model.quantization is None:
         probs.append(
             Problem(
@@ -53,6 +52,18 @@ def validate(cfg: FinetuneConfig) -> list[Problem]:
                 "quant_type: nf4); or use method.type=lora"
             )
         )
+    if cfg.train.shared_prefix:
+        why = [
+            (m.type in ("ptuning", "ptuning_v2"), f"method.type={m.type} (prompt learning)"),
+            (d.strategy == "deepspeed", "distributed.strategy=deepspeed"),
+            (cfg.data.packing, "data.packing=true"),
+            (cfg.model.gradient_checkpointing, "model.gradient_checkpointing=true"),
+        ]
+        for bad, what in why:
+            if bad:
+                probs.append(
+                    Problem(f"train.shared_prefix=true does not work with {what}; drop one of them")
+                )
     if cfg.model.quantization is not None and m.type in ("full", "freeze"):
         probs.append(
             Problem(
@@ -240,7 +251,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     torch.manual_seed(cfg.train.seed)
     if not cfg.distributed.use_gpu:
         # use exactly the CPUs Ray reserved for this worker (intra-op threads)
-        torch.set_num_threads(max(1, int(cfg.distributed.cpus_per_worker)))
+        torch.set_num_threads(max(1, math.ceil(cfg.distributed.cpus_per_worker)))
     print(f"[kgc] rank {rank}/{world} torch threads {torch.get_num_threads()}", flush=True)
     use_ds = cfg.distributed.strategy == "deepspeed"
 
@@ -311,6 +322,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             start = _restore(Path(d), raw_model, optimizer, scheduler, engine)
 
     pad = tok.pad_token_id
+    trim = accepts_logits_to_keep(raw_model)
     micro = start * cfg.train.grad_accum
     last_loss = float("nan")
     tokens, busy = 0, 0.0  # real (non-pad) tokens trained on by this worker, step seconds
@@ -325,7 +337,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             micro += 1
             batch = {k: v.to(device) for k, v in collate([rows[i] for i in idx], pad).items()}
             tokens += sum(len(rows[i]["input_ids"]) for i in idx)
-            loss = net(**batch).loss
+            loss = model_loss(net, raw_model, batch, trim, cfg.train.shared_prefix)
             if engine is not None:
                 engine.backward(loss)
                 engine.step()
@@ -361,6 +373,84 @@ def train_loop_per_worker(loop_config: dict) -> None:
             )
         elif done % cfg.train.log_every == 0:
             ray.train.report(metrics)
+
+
+def accepts_logits_to_keep(model) -> bool:
+    """Whether the (unwrapped) model's forward takes `logits_to_keep` (transformers' own
+    causal LMs do; remote-code models may not)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def answer_logits_only(batch: dict, enabled: bool = True) -> dict:
+    """The same loss with the LM head applied only from the first answer position on.
+
+    Prompt positions carry no label, yet the head (vocab × hidden, a fifth of a small
+    model's compute) would score every one of them. Rows are right-padded and batched by
+    length, so the answers sit in the last columns: keep the logits from one position before
+    the earliest label (it predicts that label) and cut the labels to match; transformers'
+    causal-LM loss shifts them inside. Packed rows (labels scattered) are left as they are.
+    """
+    labels = batch.get("labels")
+    if not enabled or labels is None or "position_ids" in batch:
+        return batch
+    width = labels.shape[1]
+    cols = (labels != -100).any(0).nonzero()
+    if len(cols) == 0:
+        return batch
+    keep = width - int(cols[0]) + 1
+    if keep >= width:
+        return batch
+    return {**batch, "labels": labels[:, width - keep :], "logits_to_keep": keep}
+
+
+MIN_SHARED_PREFIX = 16  # tokens; below this the extra prefill is not worth it
+
+
+def shared_prefix_len(batch: dict) -> int:
+    """Leading tokens every row of a (right-padded) batch shares and that hold no label
+    (the prefix ends one position before the earliest label, which it must predict)."""
+    ids, labels = batch["input_ids"], batch["labels"]
+    if ids.shape[0] < 2 or "position_ids" in batch:
+        return 0
+    same = (ids == ids[:1]).all(0).long().cumprod(0)
+    cols = (labels != -100).any(0).nonzero()
+    n = min(int(same.sum()), int(cols[0]) - 1 if len(cols) else ids.shape[1] - 1)
+    return n if n >= MIN_SHARED_PREFIX else 0
+
+
+def model_loss(net, raw_model, batch: dict, trim: bool, shared_prefix: bool):
+    """The batch's causal-LM loss; with `shared_prefix`, the common prefix is run once.
+
+    The prefix goes through the unwrapped model (batch of 1, KV cache kept with its graph),
+    the cache is repeated for every row, and the rows' own tokens go through `net` (DDP sees
+    one forward) at positions after the prefix. Loss and gradients equal the plain forward's
+    (tests); only the prefix's repeated work is gone.
+    """
+    n = shared_prefix_len(batch) if shared_prefix else 0
+    if not n:
+        return net(**answer_logits_only(batch, trim)).loss
+    import torch
+
+    ids = batch["input_ids"]
+    rows, width = ids.shape
+    cache = raw_model(input_ids=ids[:1, :n], use_cache=True).past_key_values
+    cache.batch_repeat_interleave(rows)
+    own = {"input_ids": ids[:, n:], "labels": batch["labels"][:, n:]}
+    own = answer_logits_only(own, trim)
+    positions = torch.arange(n, width, device=ids.device).unsqueeze(0).expand(rows, -1)
+    return net(
+        **own,
+        attention_mask=batch["attention_mask"],
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+    ).loss
 
 
 def _disable_shm_comm(deepspeed) -> None:

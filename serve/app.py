@@ -259,9 +259,20 @@ class Api:
         }
 
 
+def resolved_settings(args: dict) -> dict:
+    """The settings, validated, with `model` as a local HF folder: a .gguf file or a prepared
+    model's name is prepared once here, before any replica starts."""
+    settings = ServeSettings.model_validate(args).model_dump(mode="json")
+    if settings.get("model") and settings.get("engine", "hf") in ("hf", "vllm"):
+        from kgc.modeling.prepare import resolve_model_path
+
+        settings["model"] = resolve_model_path(settings["model"])
+    return settings
+
+
 def build_app(args: dict) -> Any:
     """`serve run serve/config.yaml` entry: args are ServeSettings fields."""
-    settings = ServeSettings.model_validate(args).model_dump(mode="json")
+    settings = resolved_settings(args)
     s = ServeSettings.model_validate(settings)
     check_engine(s)  # before any replica starts
     actor: dict[str, Any] = {"num_cpus": s.replica_cpus}

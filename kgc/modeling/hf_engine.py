@@ -95,6 +95,44 @@ class PromptEncoder:
         return self.fmt.prompt_ids(user, system)
 
 
+MIN_SHARED_PREFIX = 16  # tokens; below this a separate prefill costs more than it saves
+
+
+def shared_prefix_len(batch: list[list[int]]) -> int:
+    """Tokens every prompt of the batch starts with (each keeps at least one of its own), or
+    0 when too few to be worth a separate prefill or the batch has one row."""
+    if len(batch) < 2:
+        return 0
+    first, n = batch[0], min(len(x) for x in batch) - 1
+    for x in batch[1:]:
+        i = 0
+        while i < n and x[i] == first[i]:
+            i += 1
+        n = i
+    return n if n >= MIN_SHARED_PREFIX else 0
+
+
+def pad_after_prefix(batch: list[list[int]], shared: int, pad: int):
+    """Token ids and attention mask, each row laid out as [shared prefix][pads][own tokens].
+
+    With shared=0 this is plain left padding. Positions come from the mask's running sum
+    (transformers' generate), so the pads in the middle shift nothing: each row sees the
+    positions it would see alone. Every row ends at the last column, where decoding goes on.
+    """
+    import torch
+
+    width = shared + max(len(x) - shared for x in batch)
+    ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for r, x in enumerate(batch):
+        own = len(x) - shared
+        ids[r, :shared] = torch.tensor(x[:shared], dtype=torch.long)
+        mask[r, :shared] = 1
+        ids[r, width - own :] = torch.tensor(x[shared:], dtype=torch.long)
+        mask[r, width - own :] = 1
+    return ids, mask
+
+
 class HFEngine:
     def __init__(
         self,
@@ -105,6 +143,7 @@ class HFEngine:
         batch_size: int = 16,
         device: str | None = None,
         chat: ChatFormat | None = None,
+        prefix_cache: bool = True,
     ):
         import torch
 
@@ -134,6 +173,9 @@ class HFEngine:
         self.max_loaded = 4
         self._lru: dict[str, str] = {}
         self.batch_size = batch_size
+        # the batch's common prompt prefix (chat header, instruction, schema) is prefilled once
+        # and its KV cache shared by every row (greedy answers unchanged: tests)
+        self.prefix_cache = prefix_cache
         self._grammar_cache = None  # compiled output grammars (constrained decoding)
         self.model_id = f"{cfg.path}" + (f"+{adapter}" if adapter else "")
 
@@ -207,13 +249,12 @@ class HFEngine:
     ) -> list[str]:
         import torch
 
-        width = max(len(x) for x in batch)
         pad = self.tok.pad_token_id
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for r, x in enumerate(batch):
-            ids[r, width - len(x) :] = torch.tensor(x)
-            mask[r, width - len(x) :] = 1
+        shared = 0
+        if self.prefix_cache and not self.prompt_learning and config.num_beams == 1:
+            shared = shared_prefix_len(batch)
+        ids, mask = pad_after_prefix(batch, shared, pad)
+        width = ids.shape[1]
         ids, mask = ids.to(self.device), mask.to(self.device)
         gen = None
         if config.seed is not None:
@@ -254,6 +295,11 @@ class HFEngine:
                     kwargs.update(temperature=config.temperature, top_p=config.top_p)
                 if constrain is not None:
                     kwargs["logits_processor"] = GrammarLogitsProcessor.as_hf(constrain)
+                if shared:
+                    # prefill the shared prefix once and give every row a copy of its cache
+                    cache = self.model(input_ids=ids[:1, :shared], use_cache=True).past_key_values
+                    cache.batch_repeat_interleave(len(batch))
+                    kwargs["past_key_values"] = cache
                 seqs = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
         new = seqs[:, width:]
         return [self.tok.decode(row, skip_special_tokens=True) for row in new]

@@ -28,7 +28,7 @@ def torch_dtype(name: str):
 def resolve_family(cfg: ModelConfig) -> Family | None:
     if cfg.family != "auto":
         return get_family(cfg.family)
-    return detect_family(cfg.path)
+    return detect_family(check_model_dir(cfg.path))
 
 
 @dataclass(frozen=True)
@@ -69,22 +69,28 @@ def resolve_chat_format(cfg: ModelConfig, tokenizer=None) -> ChatFormat:
     return ChatFormat(get_template(name), cfg.system_prompt)
 
 
-def check_model_dir(path: str) -> None:
-    p = Path(path)
+def check_model_dir(path: str) -> str:
+    """The local HF folder `path` names (a folder, a `.gguf` file or a prepared model's
+    name: see kgc.modeling.prepare), or a clear error."""
+    from kgc.modeling.prepare import resolve_model_path
+
+    p = Path(resolve_model_path(path))
     if not (p / "config.json").is_file():
         raise KgcError(
             Problem(
                 f"model.path {path!r} is not a Hugging Face model directory (no config.json); "
-                "point it at a local folder such as /models/Qwen2.5-7B-Instruct",
+                "point it at a local folder such as /models/Qwen2.5-7B-Instruct, a .gguf "
+                "file, or smollm2-135m-instruct (kgc model prepare)",
             )
         )
+    return str(p)
 
 
 def load_tokenizer(cfg: ModelConfig):
     from transformers import AutoTokenizer
 
-    check_model_dir(cfg.path)
-    tok = AutoTokenizer.from_pretrained(cfg.path, trust_remote_code=cfg.trust_remote_code)
+    path = check_model_dir(cfg.path)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
     if tok.pad_token_id is None:
         # batching needs a pad id; EOS is safe because padded positions are masked out
         tok.pad_token = tok.eos_token
@@ -110,7 +116,7 @@ def quantization_config(cfg: ModelConfig):
 def load_model(cfg: ModelConfig, *, device_map: Any = None, for_training: bool = True):
     from transformers import AutoModelForCausalLM
 
-    check_model_dir(cfg.path)
+    path = check_model_dir(cfg.path)
     kwargs: dict[str, Any] = {
         "dtype": torch_dtype(cfg.dtype),
         "trust_remote_code": cfg.trust_remote_code,
@@ -123,7 +129,7 @@ def load_model(cfg: ModelConfig, *, device_map: Any = None, for_training: bool =
         kwargs["device_map"] = device_map
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(cfg.path, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if for_training:
         model.config.use_cache = False  # the cache is useless (and memory-hungry) in training
         if cfg.gradient_checkpointing:
@@ -145,6 +151,8 @@ def meta_model(cfg: ModelConfig):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(cfg.path, trust_remote_code=cfg.trust_remote_code)
+    config = AutoConfig.from_pretrained(
+        check_model_dir(cfg.path), trust_remote_code=cfg.trust_remote_code
+    )
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code)

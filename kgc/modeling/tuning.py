@@ -70,7 +70,10 @@ def decoder_layers(model):
         if is_blocks and (best is None or len(module) > len(best)):
             best = module
     if best is None:
-        raise KgcError("could not find the model's decoder layers for method.type=freeze")
+        raise KgcError(
+            "could not find the model's decoder layers (for method.type=freeze or "
+            "method.lora.top_layers)"
+        )
     return best
 
 
@@ -107,12 +110,17 @@ def apply_method(
         return peft.PeftModel.from_pretrained(model, method.adapter_path, is_trainable=True)
     if kind in ("lora", "qlora"):
         targets = resolve_lora_targets(model, method, family)
+        layers = None
+        if method.lora.top_layers:
+            n = len(decoder_layers(model))
+            layers = list(range(max(0, n - method.lora.top_layers), n))
         config = peft.LoraConfig(
             task_type="CAUSAL_LM",
             r=method.lora.r,
             lora_alpha=method.lora.alpha,
             lora_dropout=method.lora.dropout,
             target_modules=targets,
+            layers_to_transform=layers,
         )
     elif kind == "ptuning_v2":
         config = peft.PrefixTuningConfig(
