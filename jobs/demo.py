@@ -8,7 +8,8 @@
 2. converts the bundled SPO documents (examples/demo/) into IEPile instructions: training
    documents, and held-out documents whose people, cities, organizations and sentence
    patterns never occur in training, with distractor entities (examples/demo/make_data.py);
-3. scores the model zero-shot on the held-out documents, free and schema-constrained;
+3. scores the model zero-shot on the held-out documents, free and schema-constrained
+   (grounded: every subject and object is a span of the document);
 4. fine-tunes it with LoRA on Ray Train (checkpointed, resumable);
 5. scores the tuned model on the held-out documents, free; then extracts the held-out
    documents as a raw corpus on a Ray Data actor pool (chunked, schema-constrained, merged
@@ -91,27 +92,29 @@ def _extract_config(out: Path, name: str, engine: dict, preset: dict, **data):
     return load_config(None, [], data={**base, **data}, schema=ExtractConfig)
 
 
-# Constrained answers are bounded so that they always close within max_new_constrained
-# tokens (names here are under 32 characters; a document has at most 2 facts of a kind).
+# Constrained answers are grounded (every subject/object a span of the document) and bounded
+# so that they always close within max_new_constrained tokens (a document has at most 2
+# facts of a kind).
 BOUNDS = {"max_text_chars": 32, "max_list_items": 2}
 
 
 def generate(engine, records: list[dict], preset: dict, constrained: bool) -> list[str]:
     """Answers for the held-out instructions from an engine in this process."""
-    from kgc.engine import GenerationConfig, bounded
+    from kgc.engine import GenerationConfig, bounded, grounded
     from kgc.tasks import get
 
     task = get("SPO")
     schemas = None
-    if constrained:  # every answer follows the SPO shape with the instruction's keys
-        schemas = [
-            bounded(
-                task.output_schema(json.loads(r["instruction"])["schema"]),
+    if constrained:  # the SPO shape with the instruction's keys; names copied from the text
+        schemas = []
+        for r in records:
+            inst = json.loads(r["instruction"])
+            shape = bounded(
+                task.output_schema(inst["schema"]),
                 BOUNDS["max_text_chars"],
                 BOUNDS["max_list_items"],
             )
-            for r in records
-        ]
+            schemas.append(grounded(shape, inst["input"]))
     limit = preset["max_new_constrained" if constrained else "max_new_tokens"]
     return engine.generate(
         [r["instruction"] for r in records], GenerationConfig(max_new_tokens=limit), schemas
@@ -275,6 +278,7 @@ def main(argv=None) -> int:
             # every answer follows the SPO shape with the schema's keys (xgrammar)
             generation={
                 "constrained": True,
+                "grounded": True,  # subjects and objects are spans of the document
                 "max_new_tokens": preset["max_new_constrained"],
                 **BOUNDS,
             },

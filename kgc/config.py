@@ -166,6 +166,10 @@ class GenerationSettings(_Strict):
     constrained: bool = False
     max_text_chars: int = Field(200, ge=1)
     max_list_items: int = Field(64, ge=1)
+    # with constrained: every string value must be a span of the input text (up to
+    # grounded_max_words words): the model can copy names, not invent them (NER, RE, SPO)
+    grounded: bool = False
+    grounded_max_words: int = Field(6, ge=1, le=16)
 
 
 class WorkersConfig(_Strict):

@@ -61,6 +61,41 @@ def as_messages(prompt: Prompt, system: str | None = None) -> list[Message]:
     return list(prompt)
 
 
+def text_spans(text: str, max_words: int = 6) -> list[str]:
+    """Every run of 1..max_words words of `text` as it is written there (words are letters
+    and digits; a run is kept only if the text contains it verbatim), in order, unique."""
+    import re
+
+    words = [m for m in re.finditer(r"[^\W_]+(?:['’][^\W_]+)*", text)]
+    out: dict[str, None] = {}
+    for i in range(len(words)):
+        for j in range(i, min(i + max_words, len(words))):
+            out.setdefault(text[words[i].start() : words[j].end()], None)
+    return list(out)
+
+
+def grounded(schema, text: str, max_words: int = 6):
+    """A copy of a JSON Schema where every string value must be a span of `text` (an enum
+    of its word runs): a constrained answer can copy names from the input, never invent
+    them. Object keys stay as they are (they are the schema's labels)."""
+    spans = text_spans(text, max_words)
+
+    def walk(node):
+        if isinstance(node, list):
+            return [walk(x) for x in node]
+        if not isinstance(node, dict):
+            return node
+        out = {k: walk(v) for k, v in node.items() if k != "properties"}
+        if "properties" in node:
+            out["properties"] = {k: walk(v) for k, v in node["properties"].items()}
+        if out.get("type") == "string":
+            out.pop("maxLength", None)
+            out["enum"] = spans or [""]
+        return out
+
+    return walk(schema)
+
+
 def bounded(schema: dict, max_text_chars: int | None, max_list_items: int | None) -> dict:
     """A copy of a JSON Schema with every string capped at `max_text_chars` and every array
     at `max_list_items`, so a constrained answer always closes within a bounded length."""

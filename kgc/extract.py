@@ -388,10 +388,16 @@ class ExtractUDF:
             return None
         from kgc.engine import bounded
 
-        return [
+        schemas = [
             bounded(self.task.output_schema(json.loads(s)), g.max_text_chars, g.max_list_items)
             for s in batch["schema"]
         ]
+        if g.grounded:  # strings must be spans of the row's input text
+            from kgc.engine import grounded
+
+            texts = [json.loads(i).get("input", "") for i in batch["instruction"]]
+            schemas = [grounded(s, t, g.grounded_max_words) for s, t in zip(schemas, texts)]
+        return schemas
 
     def _generate(
         self, prompts: list[str], schemas: list[dict] | None = None

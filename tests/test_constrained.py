@@ -171,3 +171,49 @@ def test_extract_udf_constrained(tiny_qwen2, tmp_path):
 
 def test_all_registered_tasks_have_answer_schemas():
     assert set(TASKS) <= set(names())
+
+
+def test_grounded_strings_are_spans_of_the_input(tiny_qwen2):
+    pytest.importorskip("xgrammar")
+    from kgc.engine import grounded, text_spans
+    from kgc.modeling.hf_engine import HFEngine
+
+    text = "Tucson-born Ezra Oduya joined Zephyr Shipping."
+    spans = text_spans(text, 3)
+    assert "Tucson" in spans and "Ezra Oduya" in spans and "Zephyr Shipping" in spans
+    assert "Tucson born" not in spans  # not written so in the text
+    assert all(s in text for s in spans) and len(spans) == len(set(spans))
+    task = get("SPO")
+    demo = json.loads(
+        '[{"subject_type": "person", "predicate": "born_in", "object_type": "city"},'
+        ' {"subject_type": "person", "predicate": "works_for", "object_type": "organization"}]'
+    )
+    schema = grounded(bounded(task.output_schema(demo), 32, 2), text, 3)
+    assert list(schema["properties"]) == ["born_in", "works_for"]  # keys untouched
+    texts = [text, "Nora Berg was born in Lyon.", "Atlas Freight is based in Graz."]
+    prompts = [task.instruction("en", demo, t) for t in texts]
+    schemas = [grounded(bounded(task.output_schema(demo), 32, 2), t, 3) for t in texts]
+    eng = HFEngine(str(tiny_qwen2), batch_size=3)
+    answers = eng.generate(prompts, GenerationConfig(max_new_tokens=WORST_CASE), schemas)
+    for t, a in zip(texts, answers):
+        value = json.loads(a)  # a random model still gives a parseable, grounded answer
+        for pairs in value.values():
+            for p in pairs:
+                assert p["subject"] in t and p["object"] in t, (t, a)
+
+
+def test_grammar_cache_is_bounded(tiny_qwen2):
+    pytest.importorskip("xgrammar")
+    from kgc.config import ModelConfig
+    from kgc.modeling.constrained import GrammarCache
+    from kgc.modeling.loading import load_tokenizer
+
+    tok = load_tokenizer(ModelConfig(path=str(tiny_qwen2)))
+    cache = GrammarCache(tok, len(tok), [tok.eos_token_id])
+    cache.MAX_ENTRIES = 3
+    schemas = [{"type": "string", "enum": [f"v{i}"]} for i in range(5)]
+    for s in schemas:
+        cache.get(s)
+    assert len(cache._compiled) == 3
+    first = cache.get(schemas[4])
+    assert cache.get(schemas[4]) is first  # a hit returns the compiled grammar

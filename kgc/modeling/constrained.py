@@ -34,6 +34,8 @@ class GrammarCache:
     """Compiled grammars per JSON Schema for one tokenizer (compiling costs milliseconds to
     a second; a job reuses a handful of schema chunks many times)."""
 
+    MAX_ENTRIES = 256  # compiled grammars kept (least recently used dropped beyond)
+
     def __init__(self, tokenizer, vocab_size: int, stop_token_ids: Sequence[int]):
         xgr = _xgrammar()
         info = xgr.TokenizerInfo.from_huggingface(
@@ -45,13 +47,17 @@ class GrammarCache:
 
     def get(self, schema: dict):
         key = json.dumps(schema, ensure_ascii=False, sort_keys=True)
-        if key not in self._compiled:
+        grammar = self._compiled.pop(key, None)
+        if grammar is None:
             # compact output (no free whitespace): fewer tokens, and the shape the
             # IEPile targets have
-            self._compiled[key] = self.compiler.compile_json_schema(
+            grammar = self.compiler.compile_json_schema(
                 json.dumps(schema, ensure_ascii=False), any_whitespace=False
             )
-        return self._compiled[key]
+        self._compiled[key] = grammar  # most recently used last
+        while len(self._compiled) > self.MAX_ENTRIES:
+            self._compiled.pop(next(iter(self._compiled)))
+        return grammar
 
 
 class GrammarLogitsProcessor:
