@@ -39,11 +39,10 @@ def _corpus() -> list[str]:
     from kgc.instructions import INSTRUCTIONS
 
     texts.extend(INSTRUCTIONS.values())
-    # the bundled samples when running from the repository; byte-level BPE encodes any text
-    # even without them (e.g. from an installed wheel)
-    demo = EXAMPLES.parent / "demo"
+    # the bundled IEPile samples when running from the repository; byte-level BPE encodes
+    # any text even without them (e.g. from an installed wheel). Not examples/demo: its
+    # generated documents change with the demo, and the tiny vocabulary must not.
     paths = sorted(EXAMPLES.glob("*/*.json")) if EXAMPLES.is_dir() else []
-    paths += sorted(demo.glob("*.json")) if demo.is_dir() else []
     for path in paths:
         for line in path.read_text(encoding="utf-8").splitlines():
             if line.strip():
