@@ -219,20 +219,13 @@ DISTRACTORS = {
 }
 
 
-def pick_name(rng: random.Random, pool: dict, used: set) -> str:
+def pick_unique(rng: random.Random, pool: dict, used: set, first: str, second: str) -> str:
+    """A "<first> <second>" name from the pool's two word lists not drawn before."""
     while True:
-        name = f"{rng.choice(pool['first'])} {rng.choice(pool['last'])}"
+        name = f"{rng.choice(pool[first])} {rng.choice(pool[second])}"
         if name not in used:
             used.add(name)
             return name
-
-
-def pick_org(rng: random.Random, pool: dict, used: set) -> str:
-    while True:
-        org = f"{rng.choice(pool['org_head'])} {rng.choice(pool['org_tail'])}"
-        if org not in used:
-            used.add(org)
-            return org
 
 
 # first names read as female (the rest as male), for "she"/"he" in the pronoun sentences
@@ -310,8 +303,8 @@ def document(rng: random.Random, split: str, cast: dict) -> dict:
 def make_cast(rng: random.Random, split: str, n_people: int, n_orgs: int) -> dict:
     """A consistent world: each person's birthplace and employer, each organization's city."""
     pool, used = POOLS[split], set()
-    people = [pick_name(rng, pool, used) for _ in range(n_people)]
-    orgs = [pick_org(rng, pool, used) for _ in range(n_orgs)]
+    people = [pick_unique(rng, pool, used, "first", "last") for _ in range(n_people)]
+    orgs = [pick_unique(rng, pool, used, "org_head", "org_tail") for _ in range(n_orgs)]
     return {
         "people": people,
         "orgs": orgs,
