@@ -548,7 +548,7 @@ def _restore(d: Path, model, optimizer, scheduler, engine) -> int:
     if engine is not None:
         _, client = engine.load_checkpoint(str(d / DS_DIR), tag="state")
         return int(client["step"])
-    state = torch.load(d / STATE_FILE, map_location="cpu", weights_only=False)
+    state = torch.load(d / STATE_FILE, map_location="cpu", weights_only=True)  # data, not code
     _load_weights(model, d / WEIGHTS_DIR)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
