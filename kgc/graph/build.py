@@ -22,7 +22,11 @@ a noisy-OR: 1 - (1 - prior) ** support.
 
 Strict mode drops a record (or one event argument) whose label is outside the schema the
 row asked for (and outside `schema`, when given); each drop is counted by reason.
-Model output is data: the rows' JSON is parsed, never evaluated.
+Model output is data: the rows' JSON is parsed, never evaluated. Every string a row gives
+the graph (names, labels, the chunk text its sentences come from, doc/row/model ids) is
+cleaned once as the row is read (`kgc.graph.clean`: control characters and lone surrogates
+become U+FFFD, one for one, so offsets hold) and each changed string is counted by field
+(`sanitized` in the summary); the exports then only escape by their own format's rules.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from kgc.graph.canonical import Canonicaliser, load_alias_file
+from kgc.graph.clean import clean, clean_value, json_line_safe
 from kgc.graph.config import GraphConfig
 
 SEP = "\x1f"
@@ -54,6 +59,8 @@ def canonicaliser(cfg: GraphConfig) -> Canonicaliser:
     c = cfg.canonical
     aliases = dict(load_alias_file(c.alias_file)) if c.alias_file else {}
     aliases.update(c.aliases)
+    # both sides meet cleaned names, and display names become node names: same rules as rows
+    aliases = {clean(a)[0]: clean(n)[0] for a, n in aliases.items()}
     return Canonicaliser(nfkc=c.nfkc, whitespace=c.whitespace, casefold=c.casefold, aliases=aliases)
 
 
@@ -182,11 +189,35 @@ class RowMapper:
         self.stats: Counter = Counter()
         self.dropped: Counter = Counter()
         self.by_task: Counter = Counter()
+        self.sanitized: Counter = Counter()  # strings with unsafe characters replaced, by field
+        self._file_allowed: dict[str, Any] = {}
+
+    def file_allowed(self, task: str) -> Any:
+        if task not in self._file_allowed:
+            self._file_allowed[task] = clean_value(_file_allowed(task, self.schema))
+        return self._file_allowed[task]
+
+    def _clean_row(self, row: dict) -> dict:
+        """The row with its identifying strings made safe (see `kgc.graph.clean`)."""
+        out = None
+        for k, field in _ROW_FIELDS:
+            v = row.get(k)
+            if v is None or isinstance(v, (bool, int, float)):
+                continue
+            changed: Counter = Counter()
+            c = clean_value(v, changed)
+            if changed:
+                self.sanitized[field] += sum(changed.values())
+                if out is None:
+                    out = dict(row)
+                out[k] = c
+        return row if out is None else out
 
     # --- public ------------------------------------------------------------------------------
     def items(self, row: dict) -> Iterator[dict]:
         st = self.stats
         st["rows"] += 1
+        row = self._clean_row(row)
         task = str(row.get("task") or "").upper()
         self.by_task[task] += 1
         records = _json_list(row.get("records"))
@@ -197,11 +228,18 @@ class RowMapper:
             st["rows_with_parse_errors"] += 1
         if not records:
             st["rows_without_records"] += 1
+        # every string the graph can take from the row is cleaned here, once: names, labels,
+        # the chunk text (sentences) and the schema labels strict mode compares them with
+        records = clean_value(records, self.sanitized)
         instr = _json_obj(row.get("instruction"))
         text = instr.get("input") if isinstance(instr.get("input"), str) else ""
+        text, n = clean(text)
+        if n:
+            self.sanitized["text"] += 1
         schema_chunk = instr.get("schema")
         if schema_chunk is None:
             schema_chunk = _json_list(row.get("schema"))
+        schema_chunk = clean_value(schema_chunk)
         ctx = _Ctx(self, row, task, text, schema_chunk, records)
         handler = _HANDLERS.get(task)
         for i, rec in enumerate(records):
@@ -222,6 +260,7 @@ class RowMapper:
             **{k: self.stats[k] for k in sorted(self.stats)},
             "rows_by_task": dict(sorted(self.by_task.items())),
             "dropped": dict(sorted(self.dropped.items())),
+            "sanitized": dict(sorted(self.sanitized.items())),
         }
 
     # --- node / edge items ------------------------------------------------------------------
@@ -232,6 +271,17 @@ class RowMapper:
         if self.cfg.merge_across_types:
             return SEP.join((ENTITY, canon))
         return SEP.join((ENTITY, etype or self.cfg.default_type, canon))
+
+
+# row fields cleaned as the row is read, and the field each is counted under
+_ROW_FIELDS = (
+    ("id", "row_id"),
+    ("doc_id", "doc_id"),
+    ("task", "task"),
+    ("schema", "schema"),
+    ("model_id", "model"),
+    ("source", "source"),
+)
 
 
 def _json_list(v: Any) -> list | None:
@@ -264,11 +314,12 @@ def _row_key(row: dict) -> str:
     """A stable id for a row that has none (mentions are de-duplicated by row id)."""
     from kgc.extract import row_id
 
+    parts = [str(row.get("task")), str(row.get("schema")), str(row.get("chunk_index"))]
     return row_id(
-        str(row.get("doc_id")),
+        clean(str(row.get("doc_id")))[0],
         _int(row.get("chunk_start")),
         _int(row.get("chunk_end")),
-        [str(row.get("task")), str(row.get("schema")), str(row.get("chunk_index"))],
+        [clean(p)[0] for p in parts],
     )
 
 
@@ -294,7 +345,7 @@ class _Ctx:
         self.model = str(row.get("model_id") or "")
         self.source = row.get("source") or ""
         self.row_allowed = _row_allowed(task, schema_chunk) if self.cfg.strict else None
-        self.file_allowed = _file_allowed(task, mapper.schema) if self.cfg.strict else None
+        self.file_allowed = mapper.file_allowed(task) if self.cfg.strict else None
         self.schema_chunk = schema_chunk
         self.loc = Locator(text, _surfaces(row_records))
 
@@ -647,6 +698,7 @@ class Merger:
         kept = self.mentions[: cfg.max_mentions] if cfg.max_mentions else self.mentions
         text = json.dumps(obj, ensure_ascii=False)
         line = text[:-1] + ', "mentions": [' + ", ".join(ms for _, ms in kept) + "]}"
+        line = json_line_safe(line)  # U+2028/U+2029 escaped: one node, one line
         return line, {"kind": obj["kind"], "type": obj["type"], "mentions": len(self.mentions)}
 
 
@@ -676,6 +728,7 @@ def build_in_memory(rows: Iterable[dict], cfg: GraphConfig) -> tuple[list, list,
         line, _ = merge_items(groups[(k, i)], cfg, mapper.canon, stats)
         (nodes if k == "n" else edges).append(json.loads(line))
     summary = mapper.summary()
+    summary["sanitized_total"] = sum(summary["sanitized"].values())
     summary["duplicate_mentions"] = stats["duplicate_mentions"]
     summary.update(graph_counts(nodes, edges))
     return nodes, edges, summary

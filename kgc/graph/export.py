@@ -13,7 +13,11 @@
   with their scalar attributes, not the mentions).
 - `graph.html`: the self-contained viewer (`kgc.graph.html`).
 
-Every file is written to a temporary name and renamed when complete.
+Every file is written to a temporary name and renamed when complete. Graph text was made
+safe when the graph was built (`kgc.graph.clean`); each export still escapes by its own
+rules: CSV quoting with names/labels on one line and JSON columns with U+2028/U+2029 escaped,
+Cypher literals as JSON strings, Turtle literals as escaped one-line strings (`turtle_string`,
+not rdflib's long strings), GraphML text with XML-forbidden characters replaced.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
+from kgc.graph.clean import clean_str, json_line_safe, turtle_string, xml_safe
 from kgc.graph.config import NODE_FIELDS, GraphConfig
 
 KGC_LABEL = "KgcNode"
@@ -103,7 +108,8 @@ REL_HEADER = [
 
 
 def _one_line(s: str) -> str:
-    return " ".join(str(s).splitlines()) if s else ""
+    """One line of safe text: line breaks (incl. U+2028/U+2029, NEL) become spaces."""
+    return " ".join(clean_str(str(s)).splitlines()) if s else ""
 
 
 def _label(s: str) -> str:
@@ -117,7 +123,8 @@ def node_labels(node: dict) -> list[str]:
 
 
 def _js(v) -> str:
-    return json.dumps(v, ensure_ascii=False)
+    """JSON text on one line (controls escaped by JSON, U+2028/U+2029 escaped too)."""
+    return json_line_safe(json.dumps(v, ensure_ascii=False))
 
 
 def export_neo4j(d: Path, cfg: GraphConfig) -> dict:
@@ -188,8 +195,9 @@ def export_neo4j(d: Path, cfg: GraphConfig) -> dict:
 
 def cypher_string(s: str) -> str:
     """A Cypher string literal (JSON's escapes are Cypher's: quote, backslash, newline and
-    \\u escapes such as \\u00e9)."""
-    return json.dumps(str(s), ensure_ascii=False)
+    \\u escapes such as \\u00e9), U+2028/U+2029 escaped too (one line); characters no
+    UTF-8 file can hold, and the other controls, are replaced first (`kgc.graph.clean`)."""
+    return json_line_safe(json.dumps(clean_str(str(s)), ensure_ascii=False))
 
 
 def cypher_name(s: str) -> str:
@@ -268,7 +276,7 @@ _IRI_SAFE = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-
 def iri_segment(s: str) -> str:
     """A string as one IRI path segment: letters/digits of any script kept, the rest %XX."""
     out = []
-    for ch in s:
+    for ch in clean_str(s):
         if ch in _IRI_SAFE or (ord(ch) > 127 and unicodedata.category(ch)[0] in "LMN"):
             out.append(ch)
         else:
@@ -276,8 +284,29 @@ def iri_segment(s: str) -> str:
     return "".join(out) or "_"
 
 
+def _text_literal_class():
+    """An rdflib Literal for plain strings that serialises as one escaped "..." string.
+
+    rdflib writes a string holding a newline as a triple-quoted string with only backslashes
+    and some quotes escaped, which is invalid Turtle when the text ends in a backslash and a
+    quote, and it leaves other control characters raw. This one writes every string as
+    `turtle_string` does: quote, backslash, tab and line breaks as escapes, other controls and
+    U+2028/U+2029 as \\uXXXX."""
+    from rdflib import Literal
+
+    class TextLiteral(Literal):
+        __slots__ = ()
+
+        def _quote_encode(self) -> str:
+            return turtle_string(str(self))
+
+    return TextLiteral
+
+
 def export_turtle(d: Path, cfg: GraphConfig) -> dict:
     from rdflib import RDF, RDFS, XSD, Graph, Literal, Namespace, URIRef
+
+    Text = _text_literal_class()  # strings; typed literals (numbers) as rdflib writes them
 
     ns = Namespace(cfg.rdf.namespace)
     declared: set = set()
@@ -294,7 +323,7 @@ def export_turtle(d: Path, cfg: GraphConfig) -> dict:
         if iri not in declared:
             declared.add(iri)
             g.add((iri, RDF.type, what))
-            g.add((iri, RDFS.label, Literal(label)))
+            g.add((iri, RDFS.label, Text(clean_str(label))))
 
     def measures(g: Graph, s: URIRef, obj: dict, prefix: str) -> None:
         g.add((s, ns.support, Literal(obj["support"], datatype=XSD.integer)))
@@ -304,13 +333,13 @@ def export_turtle(d: Path, cfg: GraphConfig) -> dict:
             mi = ns[f"mention/{prefix}/{i}"]
             g.add((s, ns.mention, mi))
             g.add((mi, RDF.type, ns.Mention))
-            g.add((mi, ns.docId, Literal(m["doc_id"])))
+            g.add((mi, ns.docId, Text(clean_str(str(m["doc_id"])))))
             if m.get("start") is not None:
                 g.add((mi, ns.start, Literal(m["start"], datatype=XSD.integer)))
                 g.add((mi, ns.end, Literal(m["end"], datatype=XSD.integer)))
             g.add((mi, ns.chunk, Literal(m["chunk"], datatype=XSD.integer)))
             if m.get("model"):
-                g.add((mi, ns.model, Literal(m["model"])))
+                g.add((mi, ns.model, Text(clean_str(str(m["model"])))))
 
     path = d / "graph.ttl"
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
@@ -330,9 +359,9 @@ def export_turtle(d: Path, cfg: GraphConfig) -> dict:
             declare(g, type_cls, RDFS.Class, n["type"])
             g.add((s, RDF.type, kind_cls))
             g.add((s, RDF.type, type_cls))
-            g.add((s, RDFS.label, Literal(n["name"])))
+            g.add((s, RDFS.label, Text(clean_str(n["name"]))))
             for a in n["aliases"]:
-                g.add((s, ns.alias, Literal(a)))
+                g.add((s, ns.alias, Text(clean_str(a))))
             measures(g, s, n, n["id"])
             k += 1
             if k % cfg.rdf.batch_nodes == 0:
@@ -361,18 +390,21 @@ def export_turtle(d: Path, cfg: GraphConfig) -> dict:
 def export_graphml(d: Path, cfg: GraphConfig) -> dict:
     import networkx as nx
 
+    def x(v):  # XML 1.0 cannot hold most C0 controls, even as references: replaced
+        return xml_safe(v) if isinstance(v, str) else v
+
     g = nx.MultiDiGraph()
     for n in _nodes(d):
-        attrs = {k: n[k] for k in NODE_FIELDS}
+        attrs = {k: x(n[k]) for k in NODE_FIELDS}
         attrs["confidence"] = float(attrs["confidence"])
-        g.add_node(n["id"], **attrs, aliases=_js(n["aliases"]))
+        g.add_node(n["id"], **attrs, aliases=x(_js(n["aliases"])))
     for e in _edges(d):
         g.add_edge(
             e["source"],
             e["target"],
             key=e["id"],
-            type=e["type"],
-            kind=e["kind"],
+            type=x(e["type"]),
+            kind=x(e["kind"]),
             support=e["support"],
             confidence=float(e["confidence"]),
             mention_count=e["mention_count"],

@@ -22,6 +22,7 @@ import html
 import json
 from pathlib import Path
 
+from kgc.graph.clean import clean_str, json_line_safe
 from kgc.graph.config import NODE_FIELDS, HtmlConfig
 
 PALETTE = [
@@ -97,14 +98,18 @@ def page_data(graph_dir: Path, cfg: HtmlConfig) -> dict:
 
 
 def render_html(data: dict) -> str:
-    blob = (
+    """The page with `data` embedded as JSON inside <script type="application/json">: `<`, `>`
+    and `&` escaped (no `</script>` or `<!--` can end or change the script element), the
+    line separators U+2028/U+2029 escaped too; text no UTF-8 file can hold was replaced
+    when the graph was built (`kgc.graph.clean`)."""
+    blob = json_line_safe(
         json.dumps(data, ensure_ascii=False)
         .replace("<", "\\u003c")
         .replace(">", "\\u003e")
         .replace("&", "\\u0026")
     )
     return (
-        TEMPLATE.replace("__TITLE__", html.escape(data["title"]))
+        TEMPLATE.replace("__TITLE__", html.escape(clean_str(data["title"])))
         .replace("__CSS__", CSS)
         .replace("__JS__", JS)
         .replace("__DATA__", blob)

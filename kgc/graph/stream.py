@@ -235,10 +235,14 @@ def run_build(cfg: GraphConfig, *, progress: bool = True, address: str | None = 
 
     summary = {
         "input": {"paths": list(cfg.input.paths), "files": len(files), "bytes": in_bytes},
-        **{k: v for k, v in read.items() if k not in ("rows_by_task", "dropped")},
+        **{k: v for k, v in read.items() if k not in ("rows_by_task", "dropped", "sanitized")},
         "rows_by_task": read.get("rows_by_task", {}),
         "dropped": read.get("dropped", {}),
         "dropped_total": sum(read.get("dropped", {}).values()),
+        # input strings whose unsafe characters (controls, lone surrogates) were replaced by
+        # U+FFFD, by field (kgc.graph.clean): nothing is changed without being counted
+        "sanitized": read.get("sanitized", {}),
+        "sanitized_total": sum(read.get("sanitized", {}).values()),
         "duplicate_mentions": red.get("duplicate_mentions", 0),
         "nodes": red.get("nodes", 0),
         "edges": red.get("edges", 0),
