@@ -9,6 +9,14 @@ Exactly-once rows: every row has a stable id (hash of doc id, chunk span and sch
 Each batch is written by the actor as one shard named after the hash of its row ids, via a
 temporary file and an atomic rename, so a retried batch (killed actor) rewrites the same
 shard, and a rerun (killed driver) skips every id already present in a complete shard.
+
+What a rerun finds that no run of this job writes is set aside, not trusted and not fatal
+(`scan_shards`, `settle_shards`): a shard that cannot be read (cut short, not UTF-8) moves
+to `<output>/quarantine/` and its rows are extracted again; a second copy of a row (a
+copied shard) loses to the copy in the first shard by name; a row whose id the current
+input no longer produces (a document removed) is not one of the job's rows. Each is named
+in a warning and counted in the summary, and the shards left in `rows/` hold every current
+id exactly once.
 """
 
 from __future__ import annotations
@@ -17,9 +25,11 @@ import hashlib
 import json
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +40,7 @@ SHARDS = "rows"
 SUMMARY = "summary.json"
 DOCUMENTS = "documents.jsonl"
 SCORES = "scores.json"
+QUARANTINE = "quarantine"  # shards set aside: unreadable, or holding rows not kept
 
 
 def row_id(doc_id: str, start: int, end: int, schema: list) -> str:
@@ -91,11 +102,29 @@ def _files(path: str, exts: tuple[str, ...]) -> list[str]:
 
 
 def _read_text(f: str) -> str:
-    if not is_uri(f):
-        return Path(f).read_text(encoding="utf-8")
+    """The file's text; bytes that are not UTF-8 are kept escaped (`kgc.io.decode_utf8`) so
+    that the caller reports them with their line instead of raising UnicodeDecodeError."""
+    from kgc.io import decode_utf8
+
+    if not is_uri(f):  # text mode as before: universal newlines
+        return Path(f).read_text(encoding="utf-8", errors="surrogateescape")
     fs, inner = _filesystem(f)
     with fs.open_input_stream(inner) as fh:
-        return fh.read().decode("utf-8")
+        return decode_utf8(fh.read())
+
+
+def _text_problems(text: str, f: str) -> list[Problem]:
+    """Each line of a text read by `_read_text` that was not valid UTF-8, as a problem."""
+    from kgc.io import undecodable
+
+    if undecodable(text) is None:
+        return []
+    out = []
+    for n, line in enumerate(text.split("\n"), 1):
+        msg = undecodable(line)
+        if msg is not None:
+            out.append(Problem(msg, f, n))
+    return out
 
 
 def _jsonl(f: str, problems: list[Problem]):
@@ -128,7 +157,12 @@ def _detect_format(cfg: ExtractConfig) -> str:
 
 
 def read_documents(cfg: ExtractConfig) -> list[dict]:
-    """Documents as {doc_id, text[, source, label]}; a bad one is an error, never skipped."""
+    """Documents as {doc_id, text[, source, label]}; a bad one is an error, never skipped.
+
+    Every problem is collected, then raised together as one `KgcError` naming file and line:
+    a JSONL line that is not JSON, not UTF-8, or has a string with a lone surrogate escape
+    (`"\\ud800"`: an error naming the field, never replaced), a record without text, a .txt
+    file that is empty or has bytes that are not UTF-8 (each such line is named)."""
     fmt = _detect_format(cfg)
     tf, idf = cfg.input.text_field, cfg.input.id_field
     docs: list[dict] = []
@@ -161,6 +195,10 @@ def read_documents(cfg: ExtractConfig) -> list[dict]:
     elif fmt == "txt":
         for f in _files(cfg.input.path, (".txt",)):
             text = _read_text(f)
+            bad = _text_problems(text, f)
+            if bad:
+                problems.extend(bad)
+                continue
             if not text.strip():
                 problems.append(Problem("the text file is empty", f))
                 continue
@@ -458,21 +496,208 @@ def write_shard(out: Path, rows: list[dict], fmt: str) -> Path:
 
 
 def read_rows(out_dir: str | os.PathLike, columns: list[str] | None = None) -> list[dict]:
-    """All rows written so far (complete shards only; temporary files are ignored)."""
-    d = Path(out_dir) / SHARDS
+    """All rows written so far (complete shards only; temporary files are ignored), as they
+    are on disk: a row written twice is returned twice. A shard that cannot be read is an
+    error naming the file and line (rerunning `kgc extract` sets it aside and redoes it)."""
     rows: list[dict] = []
-    if not d.is_dir():
-        return rows
-    for f in sorted(d.glob("part-*")):
-        if f.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            rows.extend(pq.read_table(f, columns=columns).to_pylist())
+    problems: list[Problem] = []
+    for f in shard_files(out_dir):
+        got, problem = read_shard(f, columns)
+        if problem is not None:
+            problems.append(problem)
         else:
-            for line in f.read_text(encoding="utf-8").splitlines():
-                r = json.loads(line)
-                rows.append({k: r[k] for k in columns} if columns else r)
+            rows.extend(got)
+    if problems:
+        raise KgcError(
+            [
+                Problem(
+                    f"{p.message}; rerun the same `kgc extract` command: it sets the shard "
+                    "aside and extracts its rows again",
+                    p.path,
+                    p.line,
+                )
+                for p in problems
+            ]
+        )
     return rows
+
+
+def shard_files(out_dir: str | os.PathLike) -> list[Path]:
+    """The complete shards, in name order (the order that decides which copy of a row wins)."""
+    d = Path(out_dir) / SHARDS
+    if not d.is_dir():
+        return []
+    return sorted(f for f in d.glob("part-*") if f.is_file() and f.suffix in (".jsonl", ".parquet"))
+
+
+# every field the merge, the scores and the graph read from a row
+ROW_FIELDS = (
+    "id",
+    "doc_id",
+    "chunk_index",
+    "chunk_start",
+    "task",
+    "instruction",
+    "output",
+    "records",
+    "errors",
+)
+
+
+def read_shard(f: Path, columns: list[str] | None = None) -> tuple[list[dict], Problem | None]:
+    """One shard's rows, or ([], the problem) if any part of it cannot be read: a line cut
+    short, bytes that are not UTF-8, a row that is not an object or lacks a field. A shard is
+    written whole by one atomic rename, so a damaged one is damage from outside (a disk, a
+    copy), and none of its rows is trusted."""
+    need = list(columns) if columns else list(ROW_FIELDS)
+    if f.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.read_table(f, columns=columns).to_pylist()
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises several types here
+            return [], Problem(f"unreadable Parquet shard ({type(exc).__name__}: {exc})", str(f))
+        lines: list[tuple[int, Any]] = list(enumerate(rows, 1))
+    else:
+        from kgc.io import decode_utf8, undecodable
+
+        data = f.read_bytes()
+        if not data.strip():
+            return [], Problem("the shard is empty (cut short before its first row)", str(f), 1)
+        lines = []
+        for n, raw in enumerate(decode_utf8(data).split("\n"), 1):
+            if not raw.strip():
+                continue
+            msg = undecodable(raw)
+            if msg is None:
+                try:
+                    lines.append((n, json.loads(raw)))
+                    continue
+                except json.JSONDecodeError as exc:
+                    msg = f"malformed JSON ({exc.msg} at column {exc.colno})"
+            if not data.endswith(b"\n") and n == data.count(b"\n") + 1:
+                msg += "; the last line is cut short"
+            return [], Problem(msg, str(f), n)
+    rows = []
+    for n, r in lines:
+        if not isinstance(r, dict):
+            return [], Problem("a row must be a JSON object", str(f), n)
+        missing = [k for k in need if k not in r]
+        if missing or not isinstance(r["id"], str):
+            what = f"lacks {missing}" if missing else f"has a non-string id {r['id']!r}"
+            return [], Problem(f"the row {what}; not a `kgc extract` row", str(f), n)
+        rows.append({k: r[k] for k in columns} if columns else r)
+    return rows, None
+
+
+@dataclass
+class ShardScan:
+    """What the shards hold for the current input: `rows`, one per id (the copy in the
+    first shard by name wins), and everything else, counted: shards that cannot be read
+    (`corrupt`), rows of an id already seen (`duplicates`), rows whose id the current input
+    no longer produces (`stale`). `rewrite` maps each readable shard holding any row not
+    kept to the rows of it that are kept."""
+
+    rows: list[dict] = field(default_factory=list)
+    corrupt: list[tuple[Path, Problem]] = field(default_factory=list)
+    duplicates: int = 0
+    stale: int = 0
+    rewrite: dict[Path, list[dict]] = field(default_factory=dict)
+    notes: dict[Path, str] = field(default_factory=dict)
+
+
+def scan_shards(out_dir: str | os.PathLike, expected: set[str] | None = None) -> ShardScan:
+    """Read every shard and resolve it against `expected` (the ids of the current input;
+    None keeps every id). Deterministic: shards are read in name order, so which copy of a
+    duplicated row is kept does not depend on timing or on the order of a listing."""
+    scan = ShardScan()
+    first: dict[str, str] = {}  # id → name of the shard whose row is kept
+    for f in shard_files(out_dir):
+        rows, problem = read_shard(f)
+        if problem is not None:
+            scan.corrupt.append((f, problem))
+            continue
+        kept, dup, stale, dup_of = [], 0, 0, set()
+        for r in rows:
+            if expected is not None and r["id"] not in expected:
+                stale += 1
+            elif r["id"] in first:
+                dup += 1
+                dup_of.add(first[r["id"]])
+            else:
+                first[r["id"]] = f.name
+                kept.append(r)
+        scan.rows.extend(kept)
+        if dup or stale:
+            scan.duplicates += dup
+            scan.stale += stale
+            scan.rewrite[f] = kept
+            parts = []
+            if dup:
+                was = ", ".join(sorted(dup_of)[:3]) + (" …" if len(dup_of) > 3 else "")
+                parts.append(f"{dup} row(s) whose id is already in {was} (a copied shard?)")
+            if stale:
+                parts.append(
+                    f"{stale} row(s) whose id the current input no longer produces (a "
+                    "document removed or changed, or other chunk/schema settings, since "
+                    "these rows were written)"
+                )
+            scan.notes[f] = " and ".join(parts)
+    return scan
+
+
+def settle_shards(out_dir: str | os.PathLike, scan: ShardScan) -> list[dict]:
+    """Make the shard folder hold exactly `scan.rows`: each corrupt shard, and each shard
+    with rows not kept, moves to `<output>/quarantine/` (renamed `<name>.corrupt-<n>` or
+    `<name>.superseded-<n>`, kept for inspection, never deleted); the kept rows of a
+    superseded shard are written back as a new shard. Later readers of `rows/` (the graph
+    stage, `read_rows`) see every current id exactly once. Each move is warned about on
+    stderr and returned as {shard, moved_to, reason, rows_kept}.
+
+    Originals move before their kept rows are rewritten (a new shard may take the name of
+    one being moved); a crash in between loses no row for good: the rerun redoes them."""
+    out = Path(out_dir)
+    moved = []
+    for f, problem in scan.corrupt:
+        dest = _quarantine(out, f, "corrupt")
+        moved.append(
+            {"shard": f.name, "moved_to": str(dest), "reason": str(problem), "rows_kept": 0}
+        )
+        _warn(
+            f"{problem}: the shard cannot be read; set aside as {dest}, its rows will be "
+            "extracted again"
+        )
+    dests = {f: _quarantine(out, f, "superseded") for f in sorted(scan.rewrite)}
+    for f, dest in dests.items():
+        kept = scan.rewrite[f]
+        new = write_shard(out / SHARDS, kept, f.suffix[1:]) if kept else None
+        moved.append(
+            {
+                "shard": f.name,
+                "moved_to": str(dest),
+                "reason": scan.notes[f],
+                "rows_kept": len(kept),
+            }
+        )
+        rest = f"the {len(kept)} row(s) kept rewritten as {new.name}" if new else "no row kept"
+        _warn(f"{f}: {scan.notes[f]}; set aside as {dest}, {rest}")
+    return moved
+
+
+def _quarantine(out: Path, f: Path, why: str) -> Path:
+    q = out / QUARANTINE
+    q.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while (q / f"{f.name}.{why}-{n}").exists():
+        n += 1
+    dest = q / f"{f.name}.{why}-{n}"
+    os.replace(f, dest)
+    return dest
+
+
+def _warn(msg: str) -> None:
+    """Warnings go to stderr (stdout carries the summary JSON), even with --quiet."""
+    print(f"kgc extract: warning: {msg}", file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------- merging
@@ -512,7 +737,10 @@ def _anchor(rec: dict) -> str:
 
 # ----------------------------------------------------------------------------- driver
 def run_extract(cfg: ExtractConfig, *, progress: bool = True) -> dict:
-    """Run (or resume) an extraction; returns the summary (also written next to the rows)."""
+    """Run (or resume) an extraction; returns the summary (also written next to the rows).
+
+    The summary counts what was set aside before and after generating: `shards_corrupt`,
+    `rows_duplicate`, `rows_not_in_input`, with each moved shard under `set_aside`."""
     import ray
 
     from kgc.schema import read_schema
@@ -544,11 +772,22 @@ def run_extract(cfg: ExtractConfig, *, progress: bool = True) -> dict:
     ids = [r["id"] for r in rows]
     if len(set(ids)) != len(ids):
         raise KgcError("two rows share an id (duplicate documents with the same doc id?)")
-    done = {r["id"] for r in read_rows(out_dir, ["id"])}
-    todo = [r for r in rows if r["id"] not in done]
     out_dir.mkdir(parents=True, exist_ok=True)
     for stray in (out_dir / SHARDS).glob(".part-*.tmp") if (out_dir / SHARDS).exists() else []:
         stray.unlink()  # a shard cut short by a crash; its rows are redone
+    # what earlier runs left: unreadable shards, copies of a row, rows of documents no longer
+    # in the input are set aside (counted, warned about), so that a rerun always converges
+    expected = set(ids)
+    scan = scan_shards(out_dir, expected)
+    setaside = settle_shards(out_dir, scan)
+    counts = {
+        "shards_corrupt": len(scan.corrupt),
+        "rows_duplicate": scan.duplicates,
+        "rows_not_in_input": scan.stale,
+    }
+    done = {r["id"] for r in scan.rows}
+    del scan
+    todo = [r for r in rows if r["id"] not in done]
     start = time.time()
     stats = {
         "rows_total": total,
@@ -574,13 +813,18 @@ def run_extract(cfg: ExtractConfig, *, progress: bool = True) -> dict:
         )
         _consume(ds, stats, len(todo), cfg.stall_timeout_s, progress)
     elapsed = time.time() - start
-    all_rows = read_rows(out_dir)
-    got = [r["id"] for r in all_rows]
-    if sorted(got) != sorted(ids):
-        missing = len(set(ids) - set(got))
+    # again after the run: a retried batch may have rewritten some rows under another name
+    final = scan_shards(out_dir, expected)
+    setaside += settle_shards(out_dir, final)
+    counts["shards_corrupt"] += len(final.corrupt)
+    counts["rows_duplicate"] += final.duplicates
+    counts["rows_not_in_input"] += final.stale
+    all_rows = final.rows
+    missing = expected - {r["id"] for r in all_rows}
+    if missing:
         raise KgcError(
-            f"output has {len(got)} rows for {total} expected ({missing} missing); "
-            "rerun the same command to finish them"
+            f"output has {len(all_rows)} of the {total} rows expected ({len(missing)} "
+            f"missing, e.g. id {min(missing)}); rerun the same command to finish them"
         )
     docs_out = merge_documents(all_rows)
     with open(out_dir / DOCUMENTS, "w", encoding="utf-8") as fh:
@@ -595,6 +839,10 @@ def run_extract(cfg: ExtractConfig, *, progress: bool = True) -> dict:
         "parse_error_rate": sum(bool(json.loads(r["errors"])) for r in all_rows) / max(1, total),
         "seconds": elapsed,
         "rows_per_s": len(todo) / elapsed if todo and elapsed else 0.0,
+        # set aside this run, each counted: unreadable shards (their rows redone), extra
+        # copies of a row (the first shard by name kept), rows of ids the input no longer has
+        **counts,
+        "set_aside": setaside,
         "output": str(out_dir),
     }
     if cfg.score and any(isinstance(r.get("label"), str) for r in all_rows):

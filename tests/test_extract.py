@@ -190,6 +190,8 @@ def test_killed_actor_loses_and_duplicates_nothing(local_ray, tiny_llama, tmp_pa
     cfg = ex_cfg(tmp_path, tiny_llama, corpus(tmp_path, 600), "engine.batch_size=16")
     summary = run_extract(cfg, progress=False)
     assert marker.exists(), "no actor was killed"
+    # nothing written twice or damaged had to be set aside by the post-run check
+    assert summary["rows_duplicate"] == 0 and summary["shards_corrupt"] == 0, summary
     counts = _ids_once(tmp_path / "out")
     assert len(counts) == summary["rows"] and set(counts.values()) == {1}
 
@@ -225,6 +227,7 @@ def test_killed_driver_then_rerun(tiny_llama, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(done.stdout.strip().splitlines()[0])
     assert summary["rows_skipped_resume"] >= n_before
+    assert summary["rows_duplicate"] == 0 and summary["shards_corrupt"] == 0, summary
     counts = _ids_once(tmp_path / "out")
     assert len(counts) == summary["rows"] and set(counts.values()) == {1}
 
