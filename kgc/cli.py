@@ -144,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="directory to write the merged model to")
     x.add_argument("--base", help="base model directory (default: the one training used)")
     x.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
+    x.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the base model's own Python code (only for models you trust)",
+    )
 
     ex = sub.add_parser(
         "extract",
@@ -350,7 +355,13 @@ def _cmd_serve(args) -> int:
 def _cmd_export(args) -> int:
     from kgc.modeling.export import export_model
 
-    out = export_model(args.checkpoint, args.out, base=args.base, dtype=args.dtype)
+    out = export_model(
+        args.checkpoint,
+        args.out,
+        base=args.base,
+        dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code,
+    )
     print(f"kgc export: wrote {out}", file=sys.stderr)
     return 0
 

@@ -7,11 +7,19 @@ and the fix, before any Ray worker starts (`validate_train_config`).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from kgc.errors import KgcError, Problem
 
@@ -102,11 +110,26 @@ class DistributedConfig(_Strict):
     cpus_per_worker: float = Field(1.0, gt=0)
 
 
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
 class RunConfig(_Strict):
+    # a folder created under storage_path (Ray's RunConfig(name)); resubmitting it resumes
     name: str = "kgc-finetune"
     storage_path: str = "./runs"
     max_failures: int = Field(2, ge=-1)
     keep_checkpoints: int = Field(2, ge=1)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        if not RUN_NAME.fullmatch(v) or ".." in v:
+            raise ValueError(
+                "must be a plain folder name (letters, digits, '.', '_', '-'; starts with a "
+                "letter or digit; no '/' or '..'; at most 128 characters), e.g. "
+                "run.name=ner-lora-r16; set run.storage_path to choose where it goes"
+            )
+        return v
 
 
 class FinetuneConfig(_Strict):
@@ -137,6 +160,9 @@ class EngineConfig(_Strict):
     checkpoint: str | None = None  # a kgc training checkpoint: base + adapter + chat format
     batch_size: int = Field(16, ge=1)
     dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    # run the model folder's own Python code (remote-code families); only the operator's
+    # config turns it on, never a checkpoint's saved config
+    trust_remote_code: bool = False
     # hf: prefill the prompt prefix a batch shares once (same greedy answers, less compute)
     prefix_cache: bool = True
     base_url: str | None = None  # openai: http://127.0.0.1:8000/v1
@@ -239,14 +265,65 @@ def _set_dotted(tree: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def _yaml_reason(exc: yaml.YAMLError) -> str:
+    """The one-line gist of a YAML error (its `problem`, without the multi-line context)."""
+    reason = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
+    return " ".join(str(reason).split())
+
+
 def apply_overrides(tree: dict, overrides: list[str]) -> dict:
-    """`train.lr=2e-4 method.lora.r=16` → nested dict updates (values parsed as YAML)."""
+    """`train.lr=2e-4 method.lora.r=16` → nested dict updates (values parsed as YAML, safely:
+    no tags that build objects). Every bad override is one line naming key and value."""
     for item in overrides:
         if "=" not in item:
             raise KgcError(f"override {item!r} must look like key.sub=value (e.g. train.lr=2e-4)")
         key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+        key = key.strip()
+        if not key or any(not part.strip() for part in key.split(".")):
+            raise KgcError(
+                f"override {item!r}: the key {key!r} has an empty part; write key.sub=value "
+                "(e.g. train.lr=2e-4)"
+            )
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise KgcError(
+                f"override {key}={raw}: not a valid YAML value ({_yaml_reason(exc)}); give a "
+                f"number, true/false or [a, b], or quote a string: {key}='\"...\"'"
+            ) from None
+        _set_dotted(tree, key, value)
     return tree
+
+
+def read_yaml_file(path: str | os.PathLike) -> Any:
+    """A YAML file's data (safe_load), or a KgcError naming the file, line and column."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise KgcError(
+            Problem(
+                f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                "save the file as UTF-8",
+                source,
+            )
+        ) from None
+    except OSError as exc:
+        raise KgcError(Problem(f"cannot read the file ({exc.strerror or exc})", source)) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        col = f" at column {mark.column + 1}" if mark is not None else ""
+        raise KgcError(
+            Problem(
+                f"not valid YAML{col}: {_yaml_reason(exc)}; fix the syntax there (quote "
+                "strings that contain ': ', ' #', or start with *, &, !, [, {)",
+                source,
+                line,
+            )
+        ) from None
 
 
 def _problems(exc: ValidationError, source: str) -> list[Problem]:
@@ -277,10 +354,7 @@ def load_config(
         p = Path(path)
         if not p.is_file():
             raise KgcError(Problem("config file does not exist", source))
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise KgcError(Problem(f"not valid YAML: {exc}", source)) from None
+        loaded = read_yaml_file(p) or {}
         if not isinstance(loaded, dict):
             raise KgcError(Problem("the config must be a YAML mapping", source))
         tree = loaded

@@ -9,10 +9,22 @@ it to `RunConfig(storage_path)`. A failed worker restarts the group from the lat
 checkpoint (`FailureConfig(max_failures)`); submitting the same `run.name` again resumes it.
 The batch order is a pure function of (seed, epoch, step), so a resumed run replays exactly
 the steps after its checkpoint.
+
+Every rank that writes checkpoint files writes, after them, a manifest of their sizes and
+sha256 (`kgc_manifest.json` on rank 0, which also lists the ranks whose manifests belong to
+the checkpoint; `kgc_manifest.rank<N>.json` on the others). A checkpoint is used only when
+every manifest is there and every file matches it, with no file added: a save cut short
+(manifest or files missing, whatever order storage copied them in), a truncated
+`trainer_state.pt` or a stale adapter copied in is skipped, with the reason printed, and the
+run resumes from the newest intact checkpoint in the run folder (storage_path/name/
+checkpoint_*). A run folder that holds checkpoints none of which is intact is an error (the
+driver checks before any worker starts, `kgc train --check` too): delete the folder to start
+over, or choose a new run.name. Checkpoints written before manifests existed count as broken.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -30,6 +42,8 @@ from kgc.raytools import ensure_ray, forwarded_env
 
 STATE_FILE = "trainer_state.pt"
 DS_DIR = "deepspeed"
+MANIFEST = "kgc_manifest.json"
+MANIFEST_FORMAT = 1
 
 
 # ----------------------------------------------------------------------------- validation
@@ -101,6 +115,10 @@ def validate(cfg: FinetuneConfig) -> list[Problem]:
                 "use fp32 or bf16 on CPU"
             )
         )
+    run_dir = Path(cfg.run.storage_path).resolve() / cfg.run.name
+    broken = resume_problem(run_dir)
+    if broken:
+        probs.append(broken)
     for key in ("train_file", "val_file"):
         path = getattr(cfg.data, key)
         if path is None:
@@ -318,8 +336,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     start = 0
     ckpt = ray.train.get_checkpoint()
     if ckpt:
-        with ckpt.as_directory() as d:
-            start = _restore(Path(d), raw_model, optimizer, scheduler, engine)
+        d = _checkpoint_to_restore(ckpt, rank, world, device)
+        if d is not None:
+            start = _restore(d, raw_model, optimizer, scheduler, engine)
 
     pad = tok.pad_token_id
     trim = accepts_logits_to_keep(raw_model)
@@ -514,6 +533,10 @@ def _save_and_report(cfg, chat, tok, model, optimizer, scheduler, engine, step, 
                 json.dumps(chat.to_dict(), ensure_ascii=False, indent=1), encoding="utf-8"
             )
         has_files = any(d.iterdir())
+        if has_files:  # last: it vouches for every file above
+            world = ray.train.get_context().get_world_size()
+            ranks = list(range(world)) if engine is not None else [0]  # who writes files
+            write_manifest(d, step=step, rank=rank, ranks=ranks)
         ckpt = ray.train.Checkpoint.from_directory(tmp) if has_files else None
         ray.train.report(metrics, checkpoint=ckpt)
 
@@ -542,29 +565,265 @@ def _save_weights(cfg, model, out: Path, rank: int, zero3: bool) -> None:
             ctx.__exit__(None, None, None)
 
 
-def _restore(d: Path, model, optimizer, scheduler, engine) -> int:
+def _unreadable(path: Path, exc: BaseException, what: str) -> KgcError:
+    """A checkpoint file that cannot be used, named, with the fix (never a bare OSError)."""
+    detail = " ".join(str(exc).split())[:200] or "no detail"
+    return KgcError(
+        Problem(
+            f"cannot {what} ({type(exc).__name__}: {detail}); the file is truncated, "
+            f"corrupt or from another run: delete its checkpoint folder ({path.parent}) to "
+            "resume from the one before, or use a new run.name",
+            str(path),
+        )
+    )
+
+
+def _torch_load(path: Path):
     import torch
 
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)  # data, not code
+    except Exception as exc:  # a cut file: OSError EINVAL, EOFError, RuntimeError (zip)
+        raise _unreadable(path, exc, "read this checkpoint file") from exc
+
+
+def _restore(d: Path, model, optimizer, scheduler, engine) -> int:
     if engine is not None:
-        _, client = engine.load_checkpoint(str(d / DS_DIR), tag="state")
+        try:
+            _, client = engine.load_checkpoint(str(d / DS_DIR), tag="state")
+        except Exception as exc:
+            raise _unreadable(d / DS_DIR, exc, "load the DeepSpeed state") from exc
+        if not client or "step" not in client:
+            raise _unreadable(
+                d / DS_DIR, FileNotFoundError("no state/ tag"), "load the DeepSpeed state"
+            )
         return int(client["step"])
-    state = torch.load(d / STATE_FILE, map_location="cpu", weights_only=True)  # data, not code
+    state = _torch_load(d / STATE_FILE)
     _load_weights(model, d / WEIGHTS_DIR)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    return int(state["step"])
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        return int(state["step"])
+    except Exception as exc:  # another run's state: missing keys, parameter groups differ
+        raise _unreadable(d / STATE_FILE, exc, "restore the optimizer/scheduler state") from exc
 
 
 def _load_weights(model, wdir: Path) -> None:
-    import torch
-
     if (wdir / "trainable.pt").exists():
-        model.load_state_dict(torch.load(wdir / "trainable.pt", map_location="cpu"), strict=False)
+        state = _torch_load(wdir / "trainable.pt")
+        try:
+            model.load_state_dict(state, strict=False)
+        except Exception as exc:
+            raise _unreadable(wdir / "trainable.pt", exc, "load the trained weights") from exc
         return
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    set_peft_model_state_dict(model, load_file(str(wdir / "adapter_model.safetensors")))
+    path = wdir / "adapter_model.safetensors"
+    try:
+        set_peft_model_state_dict(model, load_file(str(path)))
+    except Exception as exc:
+        raise _unreadable(path, exc, "load the adapter weights") from exc
+
+
+# ----------------------------------------------------------------------------- manifests
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _is_manifest(rel: str) -> bool:
+    return "/" not in rel and rel.startswith("kgc_manifest") and rel.endswith(".json")
+
+
+def rank_manifest_name(rank: int) -> str:
+    return MANIFEST if rank == 0 else f"kgc_manifest.rank{rank}.json"
+
+
+def _files(d: Path) -> dict[str, Path]:
+    """Regular files under d by their relative POSIX path; dotfiles (filesystem litter
+    such as NFS's .nfs*) and the manifests themselves left out."""
+    out = {}
+    for p in sorted(d.rglob("*")):
+        rel = p.relative_to(d).as_posix()
+        hidden = any(part.startswith(".") for part in rel.split("/"))
+        if p.is_file() and not hidden and not _is_manifest(rel):
+            out[rel] = p
+    return out
+
+
+def write_manifest(d: Path, *, step: int, rank: int = 0, ranks: list[int] | None = None) -> Path:
+    """Write this rank's manifest into checkpoint folder d, after all its other files:
+    size and sha256 of each. Rank 0's also names the ranks whose manifests must be there."""
+    body: dict[str, Any] = {"format": MANIFEST_FORMAT, "step": step, "rank": rank}
+    if rank == 0:
+        body["ranks"] = sorted(set(ranks or [0]) | {0})
+    body["files"] = {
+        rel: {"size": p.stat().st_size, "sha256": _sha256(p)} for rel, p in _files(d).items()
+    }
+    out = d / rank_manifest_name(rank)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(body, indent=1), encoding="utf-8")
+    os.replace(tmp, out)
+    return out
+
+
+def _read_manifest(path: Path) -> dict:
+    body = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(body, dict) or not isinstance(body.get("files"), dict):
+        raise ValueError("no `files` mapping")
+    return body
+
+
+def manifest_step(d: Path) -> int | None:
+    try:
+        return int(_read_manifest(d / MANIFEST)["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def checkpoint_problem(d: Path, *, hashes: bool = True) -> str | None:
+    """Why checkpoint folder d must not be used, or None when it is intact: every manifest
+    present and of the same step, every file listed there with its size (and, with
+    `hashes`, its sha256), no file that no manifest lists."""
+    if not d.is_dir():
+        return "the folder does not exist"
+    if not (d / MANIFEST).is_file():
+        return (
+            f"no {MANIFEST}: its save did not finish (or a kgc without checkpoint manifests "
+            "wrote it)"
+        )
+    try:
+        main = _read_manifest(d / MANIFEST)
+        manifests = [main]
+        for r in main.get("ranks", [0]):
+            if int(r) == 0:
+                continue
+            path = d / rank_manifest_name(int(r))
+            if not path.is_file():
+                return f"{path.name} is missing: rank {r}'s files did not all arrive"
+            other = _read_manifest(path)
+            if other.get("step") != main.get("step"):
+                return (
+                    f"{path.name} is from step {other.get('step')}, {MANIFEST} from step "
+                    f"{main.get('step')}: files of two saves are mixed"
+                )
+            manifests.append(other)
+        listed: dict[str, dict] = {}
+        for m in manifests:
+            for rel, info in m["files"].items():
+                if rel.startswith("/") or ".." in rel.split("/"):
+                    return f"the manifest names a path outside the checkpoint: {rel!r}"
+                if rel in listed and listed[rel] != info:
+                    return f"{rel} is listed twice with different contents"
+                listed[rel] = {"size": int(info["size"]), "sha256": str(info["sha256"])}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"its manifest is unreadable ({type(exc).__name__}: {exc})"
+    present = _files(d)
+    for rel, info in listed.items():
+        if rel not in present:
+            return f"{rel} is missing"
+        size = present[rel].stat().st_size
+        if size != info["size"]:
+            return (
+                f"{rel} has {size} bytes, the manifest says {info['size']} (truncated or replaced)"
+            )
+    extra = sorted(set(present) - set(listed))
+    if extra:
+        return f"{extra[0]} is not in the manifest (copied in after the save)"
+    if hashes:
+        for rel, info in listed.items():
+            if _sha256(present[rel]) != info["sha256"]:
+                return f"{rel} does not match its sha256 in the manifest (changed after the save)"
+    return None
+
+
+def _say(msg: str) -> None:
+    print(f"[kgc] {msg}", flush=True)
+
+
+def select_checkpoint(latest: Path | None, *, say=_say) -> Path | None:
+    """The checkpoint to resume from: `latest` (Ray's) when intact, else the newest intact
+    checkpoint_* beside it (its run folder), saying which and why; None (start at step 0)
+    when there is no checkpoint at all. Raises KgcError when checkpoints exist but none is
+    intact, naming each one's problem."""
+    if latest is None:
+        return None
+    why = checkpoint_problem(latest)
+    if why is None:
+        return latest
+    say(f"checkpoint {latest} is not used: {why}")
+    run_dir = latest.parent
+    others = [p for p in run_dir.glob("checkpoint_*") if p.is_dir() and p != latest]
+    # newest first: by the step its manifest records, then by name (Ray's timestamp)
+    others.sort(key=lambda p: (manifest_step(p) or -1, p.name), reverse=True)
+    bad = [(latest, why)]
+    for p in others:
+        w = checkpoint_problem(p)
+        if w is None:
+            say(f"resuming from {p} (step {manifest_step(p)}), the newest intact checkpoint")
+            return p
+        say(f"checkpoint {p} is not used: {w}")
+        bad.append((p, w))
+    if not latest.exists() and not others:
+        say(f"{latest} is gone and {run_dir} holds no other checkpoint: starting at step 0")
+        return None
+    raise KgcError(_none_intact(run_dir, bad))
+
+
+def _none_intact(run_dir: Path, bad: list[tuple[Path, str]]) -> Problem:
+    listed = "; ".join(f"{p.name}: {w}" for p, w in bad)
+    return Problem(
+        f"run.name={run_dir.name!r} would resume, but no checkpoint in {run_dir} is intact "
+        f"({listed}); delete {run_dir} to start the run over, or set run.name to a new name",
+    )
+
+
+def resume_problem(run_dir: Path) -> Problem | None:
+    """Driver-side check before any worker starts: a run folder that holds checkpoints of
+    which none is intact (sizes only; workers also check sha256)."""
+    ckpts = sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())
+    if not ckpts:
+        return None
+    bad = []
+    for p in ckpts:
+        w = checkpoint_problem(p, hashes=False)
+        if w is None:
+            return None
+        bad.append((p, w))
+    return _none_intact(run_dir, bad)
+
+
+def _checkpoint_to_restore(ckpt, rank: int, world: int, device) -> Path | None:
+    """Rank 0 picks the checkpoint (select_checkpoint) and every rank uses its choice, so
+    the ranks never resume from different steps; its error reaches every rank."""
+    import pyarrow.fs
+
+    choice: dict[str, Any] = {"path": None, "error": None}
+    if rank == 0:
+        try:
+            if not isinstance(ckpt.filesystem, pyarrow.fs.LocalFileSystem):
+                raise KgcError(
+                    f"checkpoint {ckpt.path}: only a local (or mounted) run.storage_path is "
+                    "supported for resuming; point run.storage_path at a shared folder"
+                )
+            chosen = select_checkpoint(Path(ckpt.path))
+            choice["path"] = str(chosen) if chosen else None
+        except KgcError as exc:
+            choice["error"] = str(exc)
+    if world > 1:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            box = [choice]
+            dist.broadcast_object_list(box, src=0, device=device)
+            choice = box[0]
+    if choice["error"]:
+        raise KgcError(choice["error"])
+    return Path(choice["path"]) if choice["path"] else None
 
 
 # ----------------------------------------------------------------------------- driver

@@ -3,6 +3,7 @@ env, and real `ray job submit` runs against a head started with `ray start` on 1
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import re
@@ -89,9 +90,59 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def head_processes(root_pid: int | None, temp_dir: str) -> list:
+    """The processes of the head that `ray start --head --block --temp-dir=temp_dir` (pid
+    root_pid) runs: that process and its descendants (workers rename themselves ray::…, so
+    they are found by parentage), plus any process whose command line names temp_dir (its
+    session lives there). Nothing else: another Ray on the host has another temp dir."""
+    import psutil
+
+    found: dict[int, psutil.Process] = {}
+    if root_pid is not None:
+        try:
+            root = psutil.Process(root_pid)
+            found[root.pid] = root
+            found.update((c.pid, c) for c in root.children(recursive=True))
+        except psutil.NoSuchProcess:
+            pass
+    exact = {f"--temp-dir={temp_dir}", f"--temp_dir={temp_dir}"}
+    inside = temp_dir.rstrip("/") + "/"
+    for proc in psutil.process_iter(["cmdline"]):
+        args = proc.info["cmdline"] or []
+        if any(a in exact or inside in a for a in args):
+            found.setdefault(proc.pid, proc)
+    return list(found.values())
+
+
+def stop_head(proc: subprocess.Popen, temp_dir, grace_s: float = 3) -> list[int]:
+    """Stop only the head this test started (never `ray stop`, which stops every Ray on
+    the host, a user's own cluster included): SIGTERM its processes, SIGKILL what is left
+    after grace_s (gcs_server and `ray start` itself linger on SIGTERM for 30 s and more;
+    the old teardown was `ray stop --force`, all SIGKILL). Returns the pids it stopped."""
+    import psutil
+
+    members = head_processes(proc.pid if proc.poll() is None else None, str(temp_dir))
+    for p in members:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()  # psutil checks the pid still is that process (no reuse)
+    _, alive = psutil.wait_procs(members, timeout=grace_s)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(alive, timeout=10)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+    return [p.pid for p in members]
+
+
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
-    """`ray start --head` on loopback (its own ports, auth off for local use); stopped after."""
+    """`ray start --head --block` on loopback (its own ports, temp dir and process group;
+    auth off for local use), run as a child of this test; stopped after by stop_head, which
+    touches no other Ray on the host."""
     env = dict(os.environ, RAY_AUTH_MODE="disabled", PATH=f"{BIN}:{os.environ['PATH']}")
     env.pop("RAY_ADDRESS", None)
     tmp = tmp_path_factory.mktemp("ray-head")
@@ -107,15 +158,21 @@ def head(tmp_path_factory):
     }
     cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1"]
     cmd += ["--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=2"]
-    cmd += [f"--temp-dir={tmp}", "--disable-usage-stats"]
+    cmd += [f"--temp-dir={tmp}", "--disable-usage-stats", "--block"]
     cmd += [f"{k}={v}" for k, v in ports.items()]
-    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=180)
+    log = tmp / "ray-start.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     address = f"http://127.0.0.1:{dash}"
     try:
         from ray.job_submission import JobSubmissionClient
 
-        deadline = time.monotonic() + 60
-        while True:  # the job server comes up a little after `ray start` returns
+        deadline = time.monotonic() + 240
+        while True:  # `ray start --block` never returns: wait for its job server
+            if proc.poll() is not None:
+                pytest.fail(f"ray start exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
             try:
                 JobSubmissionClient(address).list_jobs()
                 break
@@ -125,9 +182,7 @@ def head(tmp_path_factory):
                 time.sleep(1)
         yield {"address": address, "env": env}
     finally:
-        subprocess.run(
-            [str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120
-        )
+        stop_head(proc, tmp)
 
 
 def _wait(address: str, job_id: str, timeout: float = 420) -> str:

@@ -14,8 +14,6 @@ import json
 import shutil
 from pathlib import Path
 
-import yaml
-
 from kgc.errors import KgcError, Problem
 
 CONFIG_FILE = "kgc_config.yaml"
@@ -30,7 +28,13 @@ def load_trainable(model, path) -> None:
     """Load a full/freeze checkpoint's trained weights into its base model (in place)."""
     import torch
 
-    state = torch.load(path, map_location="cpu")
+    try:  # tensors only: a checkpoint file is data, never code
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise KgcError(
+            f"{path}: cannot be read as a weights file ({type(exc).__name__}: {exc}); "
+            "the checkpoint is damaged: use an earlier one or train again"
+        ) from None
     missing = [k for k in state if k not in dict(model.named_parameters())]
     if missing:
         raise KgcError(f"checkpoint weights do not fit the base model: {missing[:3]} …")
@@ -41,14 +45,24 @@ def _locate(checkpoint: Path) -> tuple[Path, dict | None]:
     """(weights dir, training config or None) for a kgc checkpoint or a bare adapter dir."""
     if (checkpoint / WEIGHTS_DIR).is_dir():
         cfg_path = checkpoint / CONFIG_FILE
-        cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) if cfg_path.exists() else None
+        from kgc.config import read_yaml_file
+
+        cfg = read_yaml_file(cfg_path) if cfg_path.exists() else None
         return checkpoint / WEIGHTS_DIR, cfg
     return checkpoint, None
 
 
 def export_model(
-    checkpoint: str, out: str, *, base: str | None = None, dtype: str = "fp32"
+    checkpoint: str,
+    out: str,
+    *,
+    base: str | None = None,
+    dtype: str = "fp32",
+    trust_remote_code: bool = False,
 ) -> Path:
+    """Merge a checkpoint into its base model. Remote code runs only when the operator asks
+    (`trust_remote_code`, `kgc export --trust-remote-code`), never because a checkpoint's
+    saved config says so."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from kgc.modeling.loading import torch_dtype
@@ -64,7 +78,7 @@ def export_model(
         )
     if not base_path or not (Path(base_path) / "config.json").is_file():
         raise KgcError(f"base model {base_path!r} not found; pass --base /path/to/base-model")
-    trust = bool((cfg or {}).get("model", {}).get("trust_remote_code", False))
+    trust = bool(trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         base_path, dtype=torch_dtype(dtype), trust_remote_code=trust
     )

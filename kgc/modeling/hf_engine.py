@@ -2,34 +2,71 @@
 
 Loads a plain model directory, a base model + peft adapter, or a kgc checkpoint (base model
 from its `kgc_config.yaml`, adapter from `model/`, prompt layout from `chat_format.json`, so
-prompts are formatted exactly as in training). Prompt-learning adapters (P-Tuning, P-Tuning
-v2) decode through `prompt_learning_generate` (see kgc.modeling.generation for why).
+prompts are formatted exactly as in training). `trust_remote_code` comes only from the
+caller (the operator's flag or config), never from a checkpoint's saved config: a checkpoint
+is data someone else may have written, and must not be able to switch on running the code
+that sits next to the model. Prompt-learning adapters (P-Tuning, P-Tuning v2) decode
+through `prompt_learning_generate` (see kgc.modeling.generation for why).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
+from pydantic import ValidationError
 
-from kgc.config import ModelConfig
+from kgc.config import ModelConfig, read_yaml_file
 from kgc.engine import GenerationConfig, Prompt, as_messages, cut_at_stop
-from kgc.errors import KgcError
+from kgc.errors import KgcError, Problem
 from kgc.modeling.export import CHAT_FILE, CONFIG_FILE, TRAINABLE_FILE, WEIGHTS_DIR, load_trainable
 from kgc.modeling.loading import ChatFormat, load_model, load_tokenizer, resolve_chat_format
 
+log = logging.getLogger("kgc")
 
-def resolve_checkpoint(checkpoint: str) -> tuple[ModelConfig, str | None, ChatFormat | None]:
+
+def resolve_checkpoint(
+    checkpoint: str, *, trust_remote_code: bool = False
+) -> tuple[ModelConfig, str | None, ChatFormat | None]:
     """(base model config, adapter dir or None, chat format) of a kgc checkpoint directory.
-    A full/freeze checkpoint has no adapter: its trained weights are `trained_weights()`."""
+    A full/freeze checkpoint has no adapter: its trained weights are `trained_weights()`.
+
+    The saved `model.trust_remote_code` is ignored: the returned config carries the
+    caller's `trust_remote_code` (False unless the operator asked for it)."""
     ckpt = Path(checkpoint)
     cfg_path = ckpt / CONFIG_FILE
     if not cfg_path.exists():
         raise KgcError(f"{ckpt} is not a kgc checkpoint (no {CONFIG_FILE})")
-    tree = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
-    model_cfg = ModelConfig.model_validate(tree["model"])
+    tree = read_yaml_file(cfg_path)
+    saved = tree.get("model") if isinstance(tree, dict) else None
+    if not isinstance(saved, dict):
+        raise KgcError(
+            Problem(
+                "has no `model:` mapping; point engine.checkpoint at a kgc checkpoint",
+                str(cfg_path),
+            )
+        )
+    saved = dict(saved)
+    if saved.pop("trust_remote_code", False) and not trust_remote_code:
+        log.warning(
+            "%s says model.trust_remote_code=true; ignored: a checkpoint cannot turn on "
+            "remote code, only the operator can (HFEngine(trust_remote_code=True))",
+            cfg_path,
+        )
+    try:
+        model_cfg = ModelConfig.model_validate({**saved, "trust_remote_code": trust_remote_code})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise KgcError(
+            Problem(
+                f"model.{where}: {first['msg']}; the checkpoint's config does not fit this kgc "
+                "version",
+                str(cfg_path),
+            )
+        ) from None
     wdir = ckpt / WEIGHTS_DIR
     adapter = str(wdir) if (wdir / "adapter_config.json").exists() else None
     chat = None
@@ -51,15 +88,26 @@ def resolve_engine_model(
     adapter: str | None,
     checkpoint: str | None,
     chat: ChatFormat | None = None,
+    *,
+    trust_remote_code: bool | None = None,
 ) -> tuple[ModelConfig, str | None, ChatFormat | None]:
     """What an engine loads: a model (config or path) + adapter, or a kgc checkpoint's base
-    model, adapter and chat format (an explicit `chat` wins)."""
+    model, adapter and chat format (an explicit `chat` wins).
+
+    `trust_remote_code`: the caller's decision; None = the caller's own ModelConfig's value
+    (False for a path). A checkpoint's saved config never decides it."""
+    if trust_remote_code is None:
+        trust_remote_code = isinstance(model, ModelConfig) and model.trust_remote_code
     if checkpoint:
-        model, adapter, ckpt_chat = resolve_checkpoint(checkpoint)
+        model, adapter, ckpt_chat = resolve_checkpoint(
+            checkpoint, trust_remote_code=trust_remote_code
+        )
         chat = chat or ckpt_chat
     if model is None:
         raise KgcError("engine.model (a model directory) or engine.checkpoint is required")
     cfg = ModelConfig(path=model) if isinstance(model, str) else model
+    if cfg.trust_remote_code != trust_remote_code:
+        cfg = cfg.model_copy(update={"trust_remote_code": trust_remote_code})
     return cfg, adapter, chat
 
 
@@ -87,8 +135,15 @@ class PromptEncoder:
             return self.fmt.prompt_ids(prompt)
         msgs = as_messages(prompt)
         if self.chat.template is None:
-            text = self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-            return self.tok(text, add_special_tokens=False)["input_ids"]
+            from kgc.modeling.data import encode_as_text
+
+            def render(texts: list[str]) -> str:
+                turns = [{**m, "content": t} for m, t in zip(msgs, texts)]
+                return self.tok.apply_chat_template(
+                    turns, tokenize=False, add_generation_prompt=True
+                )
+
+            return encode_as_text(self.tok, render, [m["content"] for m in msgs])
         # a single-turn kgc template: system text + the user turns joined
         system = next((m["content"] for m in msgs if m["role"] == "system"), None)
         user = "\n".join(m["content"] for m in msgs if m["role"] == "user")
@@ -144,10 +199,16 @@ class HFEngine:
         device: str | None = None,
         chat: ChatFormat | None = None,
         prefix_cache: bool = True,
+        trust_remote_code: bool | None = None,
     ):
+        """`trust_remote_code`: run the model folder's own Python code (the operator's
+        decision; None = `model.trust_remote_code` of a ModelConfig, else False). A
+        checkpoint's saved config cannot turn it on."""
         import torch
 
-        cfg, adapter, chat = resolve_engine_model(model, adapter, checkpoint, chat)
+        cfg, adapter, chat = resolve_engine_model(
+            model, adapter, checkpoint, chat, trust_remote_code=trust_remote_code
+        )
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.prompts = PromptEncoder(cfg, chat)
         self.tok, self.chat, self.fmt = self.prompts.tok, self.prompts.chat, self.prompts.fmt
@@ -234,15 +295,20 @@ class HFEngine:
                 out[i] = cut_at_stop(t, config.stop + tuple(self.fmt.stop_strings()))
         return out
 
-    def _grammars(self, schemas: Sequence[dict | None], config: GenerationConfig) -> list:
-        if config.num_beams > 1:
-            raise KgcError("constrained decoding supports greedy or sampling, not num_beams > 1")
+    def compile_schema(self, schema: dict):
+        """The compiled grammar of one answer schema (cached); a KgcError saying why when
+        xgrammar cannot compile it. Serve calls this per request, before batching."""
         if self._grammar_cache is None:
             from kgc.modeling.constrained import GrammarCache
 
             vocab = self.model.get_input_embeddings().weight.shape[0]
             self._grammar_cache = GrammarCache(self.tok, vocab, self.eos_ids)
-        return [self._grammar_cache.get(s) if s else None for s in schemas]
+        return self._grammar_cache.get(schema)
+
+    def _grammars(self, schemas: Sequence[dict | None], config: GenerationConfig) -> list:
+        if config.num_beams > 1:
+            raise KgcError("constrained decoding supports greedy or sampling, not num_beams > 1")
+        return [self.compile_schema(s) if s else None for s in schemas]
 
     def _generate_batch(
         self, batch: list[list[int]], config: GenerationConfig, grammars: list
