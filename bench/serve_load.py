@@ -7,8 +7,15 @@
 3. overload: a deployment with 2 ongoing + 2 queued requests under 64 clients answers
    503/429 for the excess instead of failing.
 
+`--hostile`: only a mixed load where 10 % of requests are the hostile kinds of issue 13
+(S1–S6: an invalid or uncompilable response schema, a lone surrogate, malformed fields, a
+schema beyond the size limit, JSON nested 10,000 deep, an extract needing 3,200 model calls,
+a 2 MB chunked body) and 5 % carry a valid response schema never seen before (grammar-cache
+churn): valid requests' statuses (target: 0 × 5xx) and the model replica's peak memory.
+
   python bench/serve_load.py [--requests 1000] [--model tiny|small|smollm2]
   python bench/serve_load.py --model smollm2 --requests 160 --phase-requests 64
+  python bench/serve_load.py --hostile [--requests 1000]
 """
 
 from __future__ import annotations
@@ -36,15 +43,95 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def fire(url: str, n: int, clients: int, malformed: float, seed: int = 0) -> dict:
+HOSTILE = (
+    "bad_schema",
+    "bad_pattern",
+    "surrogate",
+    "bad_fields",
+    "big_schema",
+    "deep",
+    "extract_calls",
+    "chunked_big",
+)
+
+
+def hostile_request(kind: str, i: int, rng: random.Random) -> tuple[str, object]:
+    """(path, body) of one hostile request; bytes bodies are sent as they are, a generator
+    goes out chunked (no Content-Length)."""
+    msg = [{"role": "user", "content": f"请抽取实体：样例文本{i}"}]
+
+    def fmt(schema):
+        return {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+
+    chat = "/v1/chat/completions"
+    if kind == "bad_schema":
+        body = {
+            "messages": msg,
+            "response_format": fmt({"type": "object", "properties": {"a": {"type": "?"}}}),
+        }
+    elif kind == "bad_pattern":
+        body = {"messages": msg, "response_format": fmt({"type": "string", "pattern": "("})}
+    elif kind == "surrogate":
+        return chat, b'{"messages": [{"role": "user", "content": "x\\ud800"}]}'
+    elif kind == "bad_fields":
+        body = rng.choice(
+            [
+                {"messages": []},
+                {"messages": [1]},
+                {"messages": msg, "max_tokens": "abc"},
+                {"messages": msg, "max_tokens": -5},
+                {"messages": msg, "temperature": float("nan")},
+                {"messages": msg, "n": 1000},
+                {"messages": msg, "stop": 5},
+                {"messages": msg, "model": 123},
+            ]
+        )
+    elif kind == "big_schema":
+        props = {f"k{j}": {"type": "string"} for j in range(3000)}
+        body = {"messages": msg, "response_format": fmt({"type": "object", "properties": props})}
+    elif kind == "deep":
+        return chat, b"[" * 10_000 + b"]" * 10_000
+    elif kind == "extract_calls":
+        labels = [f"类型{j}" for j in range(200)]
+        return "/v1/extract", json.dumps(
+            {"task": "NER", "schema": labels, "texts": ["张三。"] * 64}, ensure_ascii=False
+        ).encode()
+    elif kind == "chunked_big":
+
+        def chunks():
+            yield b'{"messages": [{"role": "user", "content": "'
+            for _ in range(2000):
+                yield b"x" * 1000
+            yield b'"}]}'
+
+        return chat, chunks()
+    else:
+        raise ValueError(kind)
+    return chat, json.dumps(body, ensure_ascii=False).encode()
+
+
+def fresh_schema(i: int) -> dict:
+    """A valid response schema no other request uses (≈ 2 KB): each one compiles anew."""
+    props = {f"r{i}_{j}": {"type": "string", "maxLength": 4} for j in range(40)}
+    return {"type": "object", "properties": props, "required": list(props)[:1]}
+
+
+async def fire(
+    url: str, n: int, clients: int, malformed: float, seed: int = 0, hostile: float = 0.0
+) -> dict:
     import httpx
 
     rng = random.Random(seed)
     jobs = []
     for i in range(n):
         kind = "ok"
-        if rng.random() < malformed:
+        x = rng.random()
+        if x < malformed:
             kind = rng.choice(["bad_json", "no_messages", "unknown_model"])
+        elif x < malformed + hostile:
+            kind = rng.choice(HOSTILE)
+        elif hostile and x < malformed + 1.5 * hostile:
+            kind = "ok_schema"
         jobs.append((i, kind))
     sem = asyncio.Semaphore(clients)
     results: list[tuple[str, int, float, str]] = []
@@ -54,7 +141,18 @@ async def fire(url: str, n: int, clients: int, malformed: float, seed: int = 0) 
         async def one(i: int, kind: str) -> None:
             body: bytes
             msg = {"role": "user", "content": f"请抽取实体：样例文本{i}"}
-            if kind == "bad_json":
+            path = "/v1/chat/completions"
+            if kind in HOSTILE:
+                path, body = hostile_request(kind, i, rng)
+            elif kind == "ok_schema":
+                schema = {
+                    "type": "json_schema",
+                    "json_schema": {"name": "s", "schema": fresh_schema(i)},
+                }
+                body = json.dumps(
+                    {"model": "kgc", "max_tokens": 16, "messages": [msg], "response_format": schema}
+                ).encode()
+            elif kind == "bad_json":
                 body = b'{"messages": [oops'
             elif kind == "no_messages":
                 body = json.dumps({"model": "kgc"}).encode()
@@ -67,7 +165,7 @@ async def fire(url: str, n: int, clients: int, malformed: float, seed: int = 0) 
             async with sem:
                 t0 = time.perf_counter()
                 try:
-                    r = await c.post("/v1/chat/completions", content=body)
+                    r = await c.post(path, content=body)
                     status, text = r.status_code, r.text
                 except httpx.HTTPError as exc:
                     status, text = -1, str(exc)
@@ -76,11 +174,12 @@ async def fire(url: str, n: int, clients: int, malformed: float, seed: int = 0) 
         t0 = time.perf_counter()
         await asyncio.gather(*(one(i, k) for i, k in jobs))
         wall = time.perf_counter() - t0
-    ok = [r for r in results if r[0] == "ok"]
-    bad = [r for r in results if r[0] != "ok"]
+    ok = [r for r in results if r[0] in ("ok", "ok_schema")]
+    bad = [r for r in results if r[0] not in ("ok", "ok_schema")]
     lat = sorted(r[2] for r in ok if r[1] == 200)
     return {
         "statuses": Counter(f"{k}:{s}" for k, s, _, _ in results),
+        "valid_statuses": Counter(s for k, s, _, _ in results if k in ("ok", "ok_schema")),
         "valid_5xx": sum(1 for r in ok if r[1] >= 500 or r[1] < 0),
         "malformed_4xx_with_message": sum(1 for r in bad if 400 <= r[1] < 500 and r[3]),
         "malformed": len(bad),
@@ -113,10 +212,48 @@ def deploy(model: str, batch: int, ongoing: int = 64, queued: int = 256) -> str:
     return "ok"
 
 
+def replica_pid() -> int:
+    from ray.util.state import list_actors
+
+    for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
+        if a.class_name.endswith(":Generator"):
+            return int(a.pid)
+    raise RuntimeError("no Generator replica found")
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def hostile(url: str, n: int) -> None:
+    """The hostile mixed load (10 % hostile kinds, 5 % fresh valid schemas) at 32 clients."""
+    pid = replica_pid()
+    before = rss_mb(pid)
+    load = asyncio.run(fire(url, n, 32, 0.0, seed=3, hostile=0.10))
+    peak, after = rss_mb(pid, "VmHWM"), rss_mb(pid)
+    kinds = Counter(k.split(":")[0] for k in load["statuses"])
+    print(f"hostile load: {n} requests, 32 clients; kinds {dict(sorted(kinds.items()))}")
+    print(f"   statuses {dict(sorted(load['statuses'].items()))}")
+    print(f"   valid requests' statuses: {dict(sorted(load['valid_statuses'].items()))}")
+    print(f"   valid requests answered 5xx: {load['valid_5xx']}  (target 0)")
+    print(
+        f"   hostile requests answered 4xx with a message: {load['malformed_4xx_with_message']}"
+        f" / {load['malformed']}"
+    )
+    print(
+        f"   model replica memory: {before:.0f} MB before, peak {peak:.0f} MB, {after:.0f} MB after"
+    )
+    print(f"   valid p50 {load['p50'] * 1000:.0f} ms  p99 {load['p99'] * 1000:.0f} ms")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--phase-requests", type=int, default=200, help="requests per ratio phase")
+    ap.add_argument("--hostile", action="store_true", help="the hostile mixed load only")
     add_model_arg(ap, "tiny")
     args = ap.parse_args()
 
@@ -135,6 +272,11 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}"
 
         deploy(model, 16)
+        if args.hostile:
+            hostile(url, args.requests)
+            serve.shutdown()
+            ray.shutdown()
+            return
         load = asyncio.run(fire(url, args.requests, 32, 0.05))
         n = args.phase_requests
         batched = asyncio.run(fire(url, n, 16, 0.0, seed=1))

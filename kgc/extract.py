@@ -314,13 +314,17 @@ def build_engine(cfg: ExtractConfig):
         from kgc.config import ModelConfig
         from kgc.modeling.hf_engine import HFEngine
 
-        model = ModelConfig(path=e.model, dtype=e.dtype) if e.model else None
+        trust = e.trust_remote_code
+        model = (
+            ModelConfig(path=e.model, dtype=e.dtype, trust_remote_code=trust) if e.model else None
+        )
         return HFEngine(
             model,
             adapter=e.adapter,
             checkpoint=e.checkpoint,
             batch_size=e.batch_size,
             prefix_cache=e.prefix_cache,
+            trust_remote_code=trust,
         )
     if e.type == "openai":
         from kgc.openai_engine import OpenAIEngine
@@ -342,7 +346,9 @@ def build_engine(cfg: ExtractConfig):
         from kgc.modeling.vllm_engine import VLLMEngine
 
         return VLLMEngine(
-            ModelConfig(path=e.model, dtype=e.dtype) if e.model else None,
+            ModelConfig(path=e.model, dtype=e.dtype, trust_remote_code=e.trust_remote_code)
+            if e.model
+            else None,
             adapter=e.adapter,
             checkpoint=e.checkpoint,
             tensor_parallel_size=e.tensor_parallel_size,

@@ -8,12 +8,15 @@ type → roles (EE, EEA event roles; KG attributes).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import math
 import os
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from kgc.errors import KgcError
 from kgc.schema import Schema
@@ -28,6 +31,17 @@ class Limits(BaseModel):
     max_texts: int = 64
     max_schema_items: int = 200
     max_new_tokens: int = 1024
+    # model calls one /v1/extract request may make (texts × schema splits): beyond this the
+    # request could only time out or be shed, so it is refused up front (413)
+    max_model_calls: int = Field(128, ge=1)
+    max_messages: int = Field(256, ge=1)  # chat messages per request
+    # a response_format JSON Schema: its size, nesting and property count bound the cost of
+    # compiling its grammar (a 1 MB schema blocked the model for minutes)
+    max_schema_bytes: int = Field(32_000, ge=64)
+    max_schema_depth: int = Field(24, ge=2)
+    max_schema_properties: int = Field(512, ge=1)
+    max_json_depth: int = Field(64, ge=4)  # any request body
+    grammar_timeout_s: float = Field(10.0, gt=0)  # compiling one schema's grammar
 
 
 class Autoscaling(BaseModel):
@@ -50,6 +64,7 @@ class ServeSettings(BaseModel):
     model: str | None = None  # base model directory
     checkpoint: str | None = None  # or a kgc checkpoint (base + adapter + chat format)
     adapter: str | None = None  # an adapter always applied to the base (P-Tuning works here)
+    trust_remote_code: bool = False  # the operator's decision; never taken from a checkpoint
     name: str = "kgc"  # model name clients use for the base model
     adapters: dict[str, str] = {}  # name → adapter directory
     adapter_dir: str | None = None  # more adapters by folder name, loaded on first use
@@ -59,6 +74,9 @@ class ServeSettings(BaseModel):
     max_new_tokens: int = Field(256, ge=1)
     limits: Limits = Limits()
     api_keys_env: str = "KGC_API_KEYS"  # comma-separated keys in this environment variable
+    # sha256 of the keys, filled in by build_app from api_keys_env: the replicas (and Ray's
+    # dashboard, which shows deployment arguments) never see a key itself
+    api_key_sha256: list[str] = []
     auth_disabled: bool = False  # only for local use
     replica_cpus: float = Field(1.0, gt=0)  # CPUs per replica (fractional is fine)
     replica_gpus: float = Field(0.0, ge=0)  # GPUs per model replica (vllm needs ≥ 1)
@@ -92,9 +110,18 @@ class ExtractRequest(BaseModel):
     texts: list[str] | None = None
     language: Literal["zh", "en"] = "zh"
     model: str | None = None
-    split_num: int = Field(4, ge=-1)
+    split_num: int = Field(4, ge=-1)  # labels per instruction; -1: all in one
     max_new_tokens: int | None = Field(None, ge=1)
     constrained: bool = False  # schema-constrained decoding: every answer parses
+
+    @field_validator("split_num")
+    @classmethod
+    def _split(cls, v):
+        if v == 0:
+            raise ValueError(
+                "split_num 0 is not allowed: labels per instruction (≥ 1), or -1 for all"
+            )
+        return v
 
 
 class RequestTooLarge(KgcError):
@@ -213,6 +240,19 @@ def api_keys(env: str) -> set[str]:
     return {k.strip() for k in os.environ.get(env, "").split(",") if k.strip()}
 
 
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def key_matches(token: str, hashes: set[str] | list[str]) -> bool:
+    """Constant-time check of a bearer token against the keys' hashes (every hash compared)."""
+    h = key_hash(token)
+    ok = False
+    for k in hashes:
+        ok |= hmac.compare_digest(h, k)
+    return ok
+
+
 def resolve_adapter(name: str, settings: ServeSettings) -> str | None:
     """Directory of adapter `name`, or None when unknown. Names are plain folder names: no
     path separators or '..', so a request cannot reach outside the adapter directory."""
@@ -254,11 +294,179 @@ def split_model_name(model: str | None, settings: ServeSettings) -> str | None:
     return adapter
 
 
-def chat_prompt(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
-    out = []
-    for m in messages:
-        content = m.get("content")
-        if isinstance(content, list):  # OpenAI content parts: keep the text parts
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        out.append({"role": str(m.get("role", "user")), "content": str(content or "")})
-    return out
+# ------------------------------------------------------------------ request checks (ingress)
+class BadRequest(KgcError):
+    """Maps to HTTP 422; `field` names the offending field."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def json_depth(value: Any, limit: int) -> int:
+    """Nesting depth of a parsed JSON value; stops counting past `limit` (iterative: a
+    10,000-deep body cannot exhaust the stack)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        deepest = max(deepest, d)
+        if deepest > limit:
+            return deepest
+        if isinstance(v, dict):
+            stack.extend((x, d + 1) for x in v.values())
+        elif isinstance(v, list):
+            stack.extend((x, d + 1) for x in v)
+    return deepest
+
+
+def check_text(field: str, value: str) -> None:
+    """Text must be encodable as UTF-8: a lone surrogate (a JSON "\\ud800" escape) is not."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = value[exc.start : exc.end].encode("unicode_escape").decode()
+        raise BadRequest(
+            field,
+            f"contains {bad} at character {exc.start}, which is not valid Unicode text "
+            "(a lone surrogate); send the text as valid UTF-8",
+        ) from None
+
+
+def check_strings(field: str, value: Any) -> None:
+    """check_text for every string (keys included) inside a JSON value."""
+    stack = [(field, value)]
+    while stack:
+        where, v = stack.pop()
+        if isinstance(v, str):
+            check_text(where, v)
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                check_text(where, k)
+                stack.append((f"{where}.{k}", x))
+        elif isinstance(v, list):
+            stack.extend((f"{where}[{i}]", x) for i, x in enumerate(v))
+
+
+def check_json_schema(field: str, schema: dict, limits: Limits) -> None:
+    """Size, nesting and property count of a response_format schema (RequestTooLarge), and
+    its strings (BadRequest). Whether xgrammar accepts it is checked when it is compiled."""
+    size = len(json.dumps(schema, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    if size > limits.max_schema_bytes:
+        raise RequestTooLarge(
+            f"{field} has {size} bytes; at most {limits.max_schema_bytes} (limits.max_schema_bytes)"
+        )
+    depth = json_depth(schema, limits.max_schema_depth)
+    if depth > limits.max_schema_depth:
+        raise RequestTooLarge(
+            f"{field} is nested more than {limits.max_schema_depth} levels deep "
+            "(limits.max_schema_depth)"
+        )
+    props, stack = 0, [schema]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            if isinstance(v.get("properties"), dict):
+                props += len(v["properties"])
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    if props > limits.max_schema_properties:
+        raise RequestTooLarge(
+            f"{field} declares {props} properties; at most {limits.max_schema_properties} "
+            "(limits.max_schema_properties)"
+        )
+    check_strings(field, schema)
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    # a string, or OpenAI content parts ({"type": "text", "text": ...}; text parts are kept)
+    content: str | list[dict[str, Any]] | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _text_parts(cls, v):
+        if isinstance(v, list):
+            for i, part in enumerate(v):
+                if part.get("type", "text") != "text" or not isinstance(part.get("text"), str):
+                    raise ValueError(
+                        f"content[{i}] must be a text part {{'type': 'text', 'text': '...'}}"
+                    )
+        return v
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(p["text"] for p in self.content)
+        return self.content or ""
+
+
+def _finite(name: str, v: float | None) -> float | None:
+    if v is not None and not math.isfinite(v):
+        raise ValueError(f"{name} must be a finite number")
+    return v
+
+
+class ChatRequest(BaseModel):
+    """The OpenAI chat-completions request, typed: a malformed field is a 422 naming it.
+    Fields of the OpenAI API that kgc does not implement are ignored, except values it would
+    silently get wrong (n > 1, tools), which are refused."""
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1, strict=True)
+    max_completion_tokens: int | None = Field(None, ge=1, strict=True)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    n: int | None = Field(None, strict=True)
+    stop: str | list[str] | None = None
+    stream: bool = False
+    response_format: dict[str, Any] | None = None
+    tools: list | None = None  # refused: kgc does not call tools
+    seed: int | None = None
+    user: str | None = None
+
+    @field_validator("temperature", "top_p", mode="before")
+    @classmethod
+    def _no_nan(cls, v, info):
+        if isinstance(v, bool) or (v is not None and not isinstance(v, (int, float))):
+            raise ValueError(f"{info.field_name} must be a number")
+        return _finite(info.field_name, v)
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, v):
+        if v is not None and v != 1:
+            raise ValueError(f"n={v} is not supported: kgc returns one choice per request (n=1)")
+        return v
+
+    @field_validator("tools")
+    @classmethod
+    def _no_tools(cls, v):
+        if v:
+            raise ValueError("tools are not supported by kgc's chat endpoint")
+        return v
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v):
+        if isinstance(v, list) and len(v) > 4:
+            raise ValueError("at most 4 stop strings")
+        return v
+
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+
+_UNION_TAG = re.compile(r"^(str|int|float|bool|none|[a-z-]+\[.*\])$")
+
+
+def validation_fields(exc) -> list[dict]:
+    """A pydantic ValidationError as [{field, message}] (the input value is not echoed);
+    union-member tags ("stop.list[str]") are dropped and the same field's messages joined."""
+    out: dict[str, list[str]] = {}
+    for e in exc.errors(include_input=False, include_url=False):
+        parts = [str(x) for x in e["loc"] if not (isinstance(x, str) and _UNION_TAG.match(x))]
+        out.setdefault(".".join(parts) or "body", []).append(e["msg"])
+    return [{"field": f, "message": "; or ".join(dict.fromkeys(m))} for f, m in out.items()]

@@ -13,7 +13,6 @@ batches concurrent requests with `@serve.batch`; the `Api` deployment is the Fas
 import asyncio
 import contextlib
 import json
-import os
 import time
 import uuid
 from typing import Any
@@ -27,13 +26,19 @@ from ray.serve.config import BackpressureConfig
 from kgc.engine import cut_at_stop
 from kgc.errors import KgcError
 from kgc.serving import (
+    BadRequest,
+    ChatRequest,
     ExtractRequest,
     RequestTooLarge,
     ServeSettings,
     api_keys,
     build_instructions,
-    chat_prompt,
     check_engine,
+    check_json_schema,
+    check_strings,
+    json_depth,
+    key_hash,
+    key_matches,
     known_models,
     merge_outputs,
     request_schema,
@@ -41,21 +46,35 @@ from kgc.serving import (
     resolve_adapter,
     response_schema,
     split_model_name,
+    validation_fields,
 )
 
 app = FastAPI(title="kgc extractors", version="0.1.0")
 
 
+def _failure(exc: BaseException) -> dict:
+    """One item's failure as its own result (the rest of its batch is unaffected)."""
+    status = 422 if isinstance(exc, KgcError) else 500
+    return {"error": str(exc) or type(exc).__name__, "status": status}
+
+
 @serve.deployment
 class Generator:
-    """The model: one HF engine, named LoRA adapters, dynamic request batching."""
+    """The model: one HF engine, named LoRA adapters, dynamic request batching.
+
+    Isolation: `generate` checks and compiles a request's answer schema on its own (in a
+    worker thread, with a time limit) before the request joins a batch; inside a batch, a
+    group whose engine call fails is retried item by item, so one bad item fails alone. A
+    result is {"text": ...} or {"error": ..., "status": ...}, never an exception that would
+    fail the whole batch."""
 
     def __init__(self, settings: dict):
         from kgc.config import ModelConfig
 
         self.s = ServeSettings.model_validate(settings)
         check_engine(self.s)
-        model = ModelConfig(path=self.s.model) if self.s.model else None
+        trust = self.s.trust_remote_code
+        model = ModelConfig(path=self.s.model, trust_remote_code=trust) if self.s.model else None
         if self.s.engine == "vllm":
             from kgc.modeling.vllm_engine import VLLMEngine
 
@@ -68,38 +87,70 @@ class Generator:
                 adapter=self.s.adapter,
                 checkpoint=self.s.checkpoint,
                 batch_size=self.s.batch_size,
+                trust_remote_code=trust,
             )
             self.engine.max_loaded = self.s.max_loaded_adapters
         self.generate_batched.set_max_batch_size(self.s.batch_size)
         self.generate_batched.set_batch_wait_timeout_s(self.s.batch_wait_s)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
-    async def generate_batched(self, items: list[tuple]) -> list[str]:
-        """items: (adapter or None, prompt, max_new_tokens, answer schema or None); grouped
-        so each group is one engine call on one adapter."""
+    def _run(self, adapter: str | None, items: list[tuple]) -> list[str]:
         from kgc.engine import GenerationConfig
 
-        out: list[str] = [""] * len(items)
+        path = resolve_adapter(adapter, self.s) if adapter else None
+        schemas = [it[3] for it in items]
+        use = getattr(self.engine, "use_adapter", None)  # vLLM: no named adapters
+        with use(adapter, path) if use else contextlib.nullcontext():
+            return self.engine.generate(
+                [it[1] for it in items],
+                GenerationConfig(max_new_tokens=items[0][2]),
+                schemas if any(schemas) else None,
+            )
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
+    async def generate_batched(self, items: list[tuple]) -> list[dict]:
+        """items: (adapter or None, prompt, max_new_tokens, answer schema or None); grouped
+        so each group is one engine call on one adapter."""
+        out: list[dict] = [{}] * len(items)
         groups: dict[tuple, list[int]] = {}
         for i, (adapter, _prompt, max_new, _schema) in enumerate(items):
             groups.setdefault((adapter, max_new), []).append(i)
-        for (adapter, max_new), idx in groups.items():
-            path = resolve_adapter(adapter, self.s) if adapter else None
-            schemas = [items[i][3] for i in idx]
-            use = getattr(self.engine, "use_adapter", None)  # vLLM: no named adapters
-            with use(adapter, path) if use else contextlib.nullcontext():
-                texts = self.engine.generate(
-                    [items[i][1] for i in idx],
-                    GenerationConfig(max_new_tokens=max_new),
-                    schemas if any(schemas) else None,
-                )
-            for i, t in zip(idx, texts):
-                out[i] = t
+        for (adapter, _max_new), idx in groups.items():
+            try:
+                texts = self._run(adapter, [items[i] for i in idx])
+                for i, t in zip(idx, texts):
+                    out[i] = {"text": t}
+            except Exception as exc:
+                if len(idx) == 1:
+                    out[idx[0]] = _failure(exc)
+                    continue
+                for i in idx:  # the group failed: each item alone, so only the bad one fails
+                    try:
+                        out[i] = {"text": self._run(adapter, [items[i]])[0]}
+                    except Exception as one:
+                        out[i] = _failure(one)
         return out
 
     async def generate(
         self, adapter: str | None, prompt: Any, max_new_tokens: int, schema: dict | None = None
-    ) -> str:
+    ) -> dict:
+        if schema is not None:
+            compile_schema = getattr(self.engine, "compile_schema", None)
+            if compile_schema is not None:
+                # off the event loop (batches keep decoding), with a time limit
+                try:
+                    await asyncio.wait_for(
+                        asyncio.to_thread(compile_schema, schema),
+                        timeout=self.s.limits.grammar_timeout_s,
+                    )
+                except TimeoutError:
+                    return {
+                        "error": "response schema: its grammar did not compile within "
+                        f"{self.s.limits.grammar_timeout_s} s (limits.grammar_timeout_s); "
+                        "send a smaller schema",
+                        "status": 413,
+                    }
+                except KgcError as exc:
+                    return {"error": f"response schema: {exc}", "status": 422}
         return await self.generate_batched((adapter, prompt, max_new_tokens, schema))
 
 
@@ -122,38 +173,109 @@ def _error(status: int, message: str, **extra) -> JSONResponse:
     return JSONResponse({"error": {"message": message, **extra}}, status_code=status)
 
 
+def _replica_lost(exc: BaseException) -> bool:
+    """The model replica died or became unreachable while holding the request."""
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+    return isinstance(exc, (RayActorError, ActorDiedError, ActorUnavailableError))
+
+
+async def _gather_or_cancel(responses: list) -> list:
+    """Await Serve responses together; if one fails or this request is cancelled (the client
+    went away), cancel the rest so no orphaned model calls keep running."""
+    try:
+        return await asyncio.gather(*responses)
+    except BaseException:
+        for r in responses:
+            with contextlib.suppress(Exception):
+                r.cancel()
+        raise
+
+
+async def call_model(gen, calls: list[tuple], retry_after_s: int) -> list[str]:
+    """Model calls (adapter, prompt, max_new, schema) on the Generator handle → texts; an
+    item's failure → its 4xx; a lost replica → 503 with Retry-After (never a 500)."""
+    try:
+        results = await _gather_or_cancel([gen.generate.remote(*c) for c in calls])
+    except Exception as exc:
+        if _replica_lost(exc):
+            raise HTTPException(
+                503,
+                "the model replica was lost; retry shortly",
+                headers={"Retry-After": str(max(retry_after_s, 1))},
+            ) from None
+        raise
+    for r in results:
+        if "error" in r:
+            raise HTTPException(r["status"], r["error"])
+    return [r["text"] for r in results]
+
+
 @serve.deployment
 @serve.ingress(app)
 class Api:
     def __init__(self, generator, settings: dict):
         self.gen = generator
         self.s = ServeSettings.model_validate(settings)
-        self.keys = api_keys(self.s.api_keys_env)
-        if not self.s.auth_disabled and not self.keys:
+        # only hashes are held (and shown in Ray's dashboard); keys set in this replica's
+        # own environment count too
+        self.key_hashes = set(self.s.api_key_sha256) | {
+            key_hash(k) for k in api_keys(self.s.api_keys_env)
+        }
+        if not self.s.auth_disabled and not self.key_hashes:
             raise KgcError(
                 f"no API keys: set {self.s.api_keys_env}=key1,key2 in the environment, or "
                 "auth_disabled: true for local use only"
             )
 
     def _check(self, request: Request) -> None:
-        """Auth and body size, before the body is read or validated."""
+        """Auth and declared body size, before the body is read or validated."""
         if not self.s.auth_disabled:
             auth = request.headers.get("authorization", "")
             token = auth[7:] if auth.lower().startswith("bearer ") else ""
-            if token not in self.keys:
+            if not key_matches(token, self.key_hashes):
                 raise HTTPException(401, "missing or wrong API key (Authorization: Bearer …)")
-        size = int(request.headers.get("content-length") or 0)
-        if size > self.s.limits.max_body_bytes:
-            raise HTTPException(
-                413, f"request body has {size} bytes; at most {self.s.limits.max_body_bytes}"
-            )
+        declared = request.headers.get("content-length")
+        limit = self.s.limits.max_body_bytes
+        if declared is not None:
+            if not declared.isdigit():
+                raise HTTPException(400, f"Content-Length {declared[:20]!r} is not a number")
+            if int(declared) > limit:
+                raise HTTPException(
+                    413,
+                    f"request body has {declared} bytes; at most {limit} (limits.max_body_bytes)",
+                )
 
     async def _json(self, request: Request) -> Any:
+        """The body parsed as JSON: auth first; the byte limit is enforced on the bytes read
+        (chunked bodies too), and the nesting depth and text are checked."""
         self._check(request)
+        limit = self.s.limits.max_body_bytes
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise HTTPException(
+                    413, f"request body exceeds {limit} bytes (limits.max_body_bytes)"
+                )
         try:
-            return await request.json()
-        except ValueError:
-            raise HTTPException(422, "the body is not valid JSON") from None
+            value = json.loads(body)
+        except RecursionError:
+            value = None
+            depth = self.s.limits.max_json_depth + 1
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise HTTPException(422, f"the body is not valid JSON: {exc}") from None
+        else:
+            depth = json_depth(value, self.s.limits.max_json_depth)
+        if depth > self.s.limits.max_json_depth:
+            raise HTTPException(
+                422, f"the body is nested deeper than {self.s.limits.max_json_depth} levels"
+            )
+        try:
+            check_strings("body", value)
+        except BadRequest as exc:
+            raise HTTPException(422, {"message": str(exc), "field": exc.field}) from None
+        return value
 
     def _adapter(self, model: str | None) -> str | None:
         try:
@@ -162,6 +284,9 @@ class Api:
             raise HTTPException(
                 404, {"message": f"unknown model {model!r}", "models": known_models(self.s)}
             ) from None
+
+    async def _generate(self, calls: list[tuple]) -> list[str]:
+        return await call_model(self.gen, calls, self.s.retry_after_s)
 
     @app.get("/healthz")
     async def healthz(self) -> dict:
@@ -191,10 +316,7 @@ class Api:
         try:
             body = ExtractRequest.model_validate(raw)
         except ValidationError as exc:
-            fields = [
-                {"field": ".".join(str(x) for x in e["loc"]), "message": e["msg"]}
-                for e in exc.errors()
-            ]
+            fields = validation_fields(exc)
             raise HTTPException(422, {"message": "invalid request", "fields": fields}) from None
         adapter = self._adapter(body.model)
         try:
@@ -207,10 +329,17 @@ class Api:
         max_new = min(body.max_new_tokens or self.s.max_new_tokens, self.s.limits.max_new_tokens)
         # every schema split of every text at once, so the model deployment batches them
         prompts = [build_instructions(body, text, schema, self.s) for text in texts]
-        calls = [
-            self.gen.generate.remote(adapter, p, max_new, a) for per in prompts for p, a in per
-        ]
-        outputs = iter(await asyncio.gather(*calls))
+        n_calls = sum(len(per) for per in prompts)
+        if n_calls > self.s.limits.max_model_calls:
+            raise HTTPException(
+                413,
+                f"this request needs {n_calls} model calls ({len(texts)} texts × their schema "
+                f"splits); at most {self.s.limits.max_model_calls} (limits.max_model_calls): "
+                "send fewer texts per request or a larger split_num",
+            )
+        outputs = iter(
+            await self._generate([(adapter, p, max_new, a) for per in prompts for p, a in per])
+        )
         results = []
         for text, per in zip(texts, prompts):
             mine = [next(outputs) for _ in per]
@@ -219,31 +348,47 @@ class Api:
 
     @app.post("/v1/chat/completions")
     async def chat(self, request: Request) -> Any:
-        body = await self._json(request)
-        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+        raw = await self._json(request)
+        try:
+            body = ChatRequest.model_validate(raw)
+        except ValidationError as exc:
+            fields = validation_fields(exc)
+            first = fields[0]
             return _error(
-                422, "field 'messages' (a list of {role, content}) is required", field="messages"
+                422, f"{first['field']}: {first['message']}", field=first["field"], fields=fields
             )
-        adapter = self._adapter(body.get("model"))
-        max_new = int(body.get("max_tokens") or self.s.max_new_tokens)
-        max_new = min(max_new, self.s.limits.max_new_tokens)
-        messages = chat_prompt(body["messages"])
-        if sum(len(m["content"]) for m in messages) > self.s.limits.max_text_chars:
-            return _error(413, f"messages exceed {self.s.limits.max_text_chars} characters")
+        limits = self.s.limits
+        if len(body.messages) > limits.max_messages:
+            return _error(
+                413,
+                f"{len(body.messages)} messages; at most {limits.max_messages}",
+                field="messages",
+            )
+        adapter = self._adapter(body.model)
+        asked = body.max_tokens or body.max_completion_tokens or self.s.max_new_tokens
+        max_new = min(asked, limits.max_new_tokens)
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        if sum(len(m["content"]) for m in messages) > limits.max_text_chars:
+            return _error(
+                413, f"messages exceed {limits.max_text_chars} characters", field="messages"
+            )
         prompt: Any = messages if len(messages) > 1 else messages[0]["content"]
         try:
-            schema = response_schema(body)
+            schema = response_schema(body.model_dump())
+            if schema is not None:
+                check_json_schema("response_format.json_schema.schema", schema, limits)
+        except RequestTooLarge as exc:
+            return _error(413, str(exc), field="response_format")
         except KgcError as exc:
             return _error(422, str(exc), field="response_format")
-        text = await self.gen.generate.remote(adapter, prompt, max_new, schema)
-        stops = body.get("stop") or []
-        text = cut_at_stop(text, [stops] if isinstance(stops, str) else stops)
+        text = (await self._generate([(adapter, prompt, max_new, schema)]))[0]
+        text = cut_at_stop(text, body.stops())
         head = {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
             "created": int(time.time()),
-            "model": body.get("model") or self.s.name,
+            "model": body.model or self.s.name,
         }
-        if body.get("stream"):
+        if body.stream:
             return StreamingResponse(_sse(head, text), media_type="text/event-stream")
         return {
             **head,
@@ -277,10 +422,10 @@ def build_app(args: dict) -> Any:
     check_engine(s)  # before any replica starts
     actor: dict[str, Any] = {"num_cpus": s.replica_cpus}
     model_actor = dict(actor, num_gpus=s.replica_gpus) if s.replica_gpus else actor
-    if os.environ.get(s.api_keys_env):
-        # keys set where `serve run` (or build_app) runs reach the replicas, which do not
-        # inherit this process's environment
-        actor["runtime_env"] = {"env_vars": {s.api_keys_env: os.environ[s.api_keys_env]}}
+    # keys set where `serve run` (or build_app) runs reach the replicas as sha256 hashes
+    # (replicas do not inherit this environment; Ray's dashboard shows deployment arguments)
+    hashes = sorted(set(s.api_key_sha256) | {key_hash(k) for k in api_keys(s.api_keys_env)})
+    settings["api_key_sha256"] = hashes
     # Overload: a request beyond a deployment's running + queued limits is rejected by Serve
     # with 429 and Retry-After (never a crash or a 5xx). The ingress only awaits the model,
     # so it admits as many requests as the model can hold; the model's queue is the limit.

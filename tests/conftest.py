@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,102 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# ----------------------------------------------------------------------------- Serve
+# One Serve app for tests/test_serve.py and tests/test_serve_hostile.py (started once).
+SERVE_KEY = "sk-kgc-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _adapter(base, out, seed):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    m = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base),
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
+    )
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    m.save_pretrained(out)
+    return str(out)
+
+
+def _ptuning_adapter(base, out):
+    import torch
+    from peft import PrefixTuningConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(3)
+    m = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base),
+        PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=8),
+    )
+    with torch.no_grad():
+        for p in m.prompt_encoder.parameters():
+            p.normal_(0, 1.0)
+    m.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def serve_app(
+    local_ray,
+    tiny_llama,
+    tmp_path_factory,
+):
+    import os
+
+    from ray import serve
+
+    from serve.app import build_app
+
+    tmp = tmp_path_factory.mktemp("adapters")
+    adapters = {
+        "ner": _adapter(tiny_llama, tmp / "ner", 1),
+        "re": _adapter(tiny_llama, tmp / "re", 2),
+    }
+    os.environ["KGC_TEST_API_KEYS"] = SERVE_KEY
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = {
+        "model": str(tiny_llama),
+        "adapters": adapters,
+        "api_keys_env": "KGC_TEST_API_KEYS",
+        "max_new_tokens": 12,
+        "replica_cpus": 0.25,
+        "limits": {"max_body_bytes": 20_000, "max_text_chars": 2000},
+        "constrained_max_text_chars": 8,
+        "constrained_max_list_items": 2,
+    }
+    serve.run(build_app(args), name="kgc", route_prefix="/")
+    # a deliberately small one: one request at a time, one waiting; the rest get 429
+    small = {**args, "adapters": {}, "batch_size": 1, "max_ongoing_requests": 1}
+    small.update(max_queued_requests=1, retry_after_s=3, max_new_tokens=48)
+    serve.run(build_app(small), name="kgc-small", route_prefix="/small")
+    pt = _ptuning_adapter(tiny_llama, tmp / "pt")
+    serve.run(build_app({**args, "adapters": {}, "adapter": pt}), name="kgc-pt", route_prefix="/pt")
+    yield {
+        "url": f"http://127.0.0.1:{port}",
+        "model": str(tiny_llama),
+        "adapters": adapters,
+        "ptuning": pt,
+    }
+    serve.shutdown()
+
+
+def serve_client(server, key=SERVE_KEY):
+    import httpx
+
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.Client(base_url=server["url"], headers=headers, timeout=120)

@@ -217,3 +217,29 @@ def test_grammar_cache_is_bounded(tiny_qwen2):
     assert len(cache._compiled) == 3
     first = cache.get(schemas[4])
     assert cache.get(schemas[4]) is first  # a hit returns the compiled grammar
+
+
+def test_grammar_cache_is_bounded_by_bytes_and_names_bad_schemas(tiny_qwen2):
+    """The cache also drops grammars beyond a byte budget (a 500-schema flood cannot grow
+    the replica without bound), and a schema xgrammar cannot compile is a KgcError naming the
+    reason, without the C++ source location."""
+    pytest.importorskip("xgrammar")
+    from kgc.config import ModelConfig
+    from kgc.errors import KgcError
+    from kgc.modeling.constrained import GrammarCache
+    from kgc.modeling.loading import load_tokenizer
+
+    tok = load_tokenizer(ModelConfig(path=str(tiny_qwen2)))
+    cache = GrammarCache(tok, len(tok), [tok.eos_token_id])
+    one = {"type": "object", "properties": {f"k{i}": {"type": "string"} for i in range(20)}}
+    cache.get(one)
+    size = cache.bytes
+    assert size > 0
+    cache.MAX_BYTES = int(2.5 * size)
+    for n in range(6):
+        cache.get({**one, "title": f"schema {n}"})
+        assert cache.bytes <= cache.MAX_BYTES
+    assert len(cache._compiled) == 2
+    with pytest.raises(KgcError, match=r"cannot be compiled into a grammar: .*parenthesis") as err:
+        cache.get({"type": "string", "pattern": "("})
+    assert ".cc:" not in str(err.value)

@@ -4,17 +4,18 @@ with the `openai` client."""
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 
 pytest.importorskip("ray")
 httpx = pytest.importorskip("httpx")
 
+from conftest import SERVE_KEY as KEY  # noqa: E402
+from conftest import serve_client as client  # noqa: E402
+
 from kgc.serving import merge_outputs  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)
-KEY = "sk-kgc-test"
 
 
 def test_merge_outputs_dedupes_and_reports_errors():
@@ -28,105 +29,13 @@ def test_merge_outputs_dedupes_and_reports_errors():
     assert out["errors"] == ["no JSON object in output"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _adapter(base, out, seed):
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    m = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(base),
-        LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
-    )
-    with torch.no_grad():
-        for n, p in m.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.5)
-    m.save_pretrained(out)
-    return str(out)
-
-
-def _ptuning_adapter(base, out):
-    import torch
-    from peft import PrefixTuningConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(3)
-    m = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(base),
-        PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=8),
-    )
-    with torch.no_grad():
-        for p in m.prompt_encoder.parameters():
-            p.normal_(0, 1.0)
-    m.save_pretrained(out)
-    return str(out)
-
-
-@pytest.fixture(scope="module")
-def server(
-    local_ray,
-    tiny_llama,
-    tmp_path_factory,
-):
-    import os
-
-    from ray import serve
-
-    from serve.app import build_app
-
-    tmp = tmp_path_factory.mktemp("adapters")
-    adapters = {
-        "ner": _adapter(tiny_llama, tmp / "ner", 1),
-        "re": _adapter(tiny_llama, tmp / "re", 2),
-    }
-    os.environ["KGC_TEST_API_KEYS"] = KEY
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    args = {
-        "model": str(tiny_llama),
-        "adapters": adapters,
-        "api_keys_env": "KGC_TEST_API_KEYS",
-        "max_new_tokens": 12,
-        "replica_cpus": 0.25,
-        "limits": {"max_body_bytes": 20_000, "max_text_chars": 2000},
-        "constrained_max_text_chars": 8,
-        "constrained_max_list_items": 2,
-    }
-    serve.run(build_app(args), name="kgc", route_prefix="/")
-    # a deliberately small one: one request at a time, one waiting; the rest get 429
-    small = {**args, "adapters": {}, "batch_size": 1, "max_ongoing_requests": 1}
-    small.update(max_queued_requests=1, retry_after_s=3, max_new_tokens=48)
-    serve.run(build_app(small), name="kgc-small", route_prefix="/small")
-    pt = _ptuning_adapter(tiny_llama, tmp / "pt")
-    serve.run(build_app({**args, "adapters": {}, "adapter": pt}), name="kgc-pt", route_prefix="/pt")
-    yield {
-        "url": f"http://127.0.0.1:{port}",
-        "model": str(tiny_llama),
-        "adapters": adapters,
-        "ptuning": pt,
-    }
-    serve.shutdown()
-
-
-def client(server, key=KEY):
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return httpx.Client(base_url=server["url"], headers=headers, timeout=120)
-
-
-def test_health_models_and_auth(server):
-    with client(server, key=None) as c:
+def test_health_models_and_auth(serve_app):
+    with client(serve_app, key=None) as c:
         assert c.get("/healthz").json() == {"status": "ok"}
         assert c.get("/v1/models").status_code == 401
-    with client(server, key="wrong") as c:
+    with client(serve_app, key="wrong") as c:
         assert c.post("/v1/extract", json={}).status_code == 401
-    with client(server) as c:
+    with client(serve_app) as c:
         ids = [m["id"] for m in c.get("/v1/models").json()["data"]]
         assert ids == ["kgc", "kgc:ner", "kgc:re"]
 
@@ -135,9 +44,9 @@ def test_health_models_and_auth(server):
     "task, schema",
     [("NER", ["人物", "地点", "组织"]), ("RE", ["创始人", "作者", "主演", "导演", "妻子"])],
 )
-def test_extract_endpoint(server, task, schema):
+def test_extract_endpoint(serve_app, task, schema):
     texts = ["张三在北京创办了星辰公司。", "《喜剧之王》由周星驰主演。"]
-    with client(server) as c:
+    with client(serve_app) as c:
         r = c.post(
             "/v1/extract", json={"task": task, "schema": schema, "texts": texts, "model": "kgc:ner"}
         )
@@ -148,18 +57,18 @@ def test_extract_endpoint(server, task, schema):
         assert isinstance(x["records"], list) and isinstance(x["errors"], list)
 
 
-def test_chat_completions_match_the_engine(server):
+def test_chat_completions_match_the_engine(serve_app):
     from openai import OpenAI
 
     from kgc.engine import GenerationConfig
     from kgc.modeling.hf_engine import HFEngine
 
     prompt = '{"instruction": "抽取实体", "schema": ["人物"], "input": "张三在北京。"}'
-    api = OpenAI(base_url=server["url"] + "/v1", api_key=KEY)
+    api = OpenAI(base_url=serve_app["url"] + "/v1", api_key=KEY)
     got = api.chat.completions.create(
         model="kgc", max_tokens=12, messages=[{"role": "user", "content": prompt}]
     )
-    direct = HFEngine(server["model"]).generate([prompt], GenerationConfig(max_new_tokens=12))
+    direct = HFEngine(serve_app["model"]).generate([prompt], GenerationConfig(max_new_tokens=12))
     assert got.choices[0].message.content == direct[0]
     a = api.chat.completions.create(
         model="kgc:ner", max_tokens=12, messages=[{"role": "user", "content": prompt}]
@@ -168,14 +77,14 @@ def test_chat_completions_match_the_engine(server):
         model="kgc:re", max_tokens=12, messages=[{"role": "user", "content": prompt}]
     )
     assert a.choices[0].message.content != b.choices[0].message.content
-    with_adapter = HFEngine(server["model"], adapter=server["adapters"]["ner"]).generate(
+    with_adapter = HFEngine(serve_app["model"], adapter=serve_app["adapters"]["ner"]).generate(
         [prompt], GenerationConfig(max_new_tokens=12)
     )
     assert a.choices[0].message.content == with_adapter[0]
 
 
-def test_errors(server):
-    with client(server) as c:
+def test_errors(serve_app):
+    with client(serve_app) as c:
         r = c.post(
             "/v1/chat/completions",
             json={"model": "kgc:nope", "messages": [{"role": "user", "content": "x"}]},
@@ -199,7 +108,7 @@ def test_errors(server):
         assert r.status_code == 413
 
 
-def test_ptuning_model_is_served(server):
+def test_ptuning_model_is_served(serve_app):
     """A P-Tuning v2 (prefix) model behind the same API, decoding like the engine does."""
     from openai import OpenAI
 
@@ -207,22 +116,22 @@ def test_ptuning_model_is_served(server):
     from kgc.modeling.hf_engine import HFEngine
 
     prompt = '{"instruction": "抽取实体", "schema": ["人物"], "input": "李四在上海。"}'
-    api = OpenAI(base_url=server["url"] + "/pt/v1", api_key=KEY)
+    api = OpenAI(base_url=serve_app["url"] + "/pt/v1", api_key=KEY)
     got = api.chat.completions.create(
         model="kgc", max_tokens=12, messages=[{"role": "user", "content": prompt}]
     )
     gen = GenerationConfig(max_new_tokens=12)
-    direct = HFEngine(server["model"], adapter=server["ptuning"]).generate([prompt], gen)
-    base = HFEngine(server["model"]).generate([prompt], gen)
+    direct = HFEngine(serve_app["model"], adapter=serve_app["ptuning"]).generate([prompt], gen)
+    base = HFEngine(serve_app["model"]).generate([prompt], gen)
     assert got.choices[0].message.content == direct[0]
     assert direct[0] != base[0]
 
 
-def test_constrained_extract_always_parses(server):
+def test_constrained_extract_always_parses(serve_app):
     """Schema-constrained decoding through the task API: a random model's answers parse."""
     texts = ["张三在北京工作。", "李四是上海人。", "王五去了广州。"]
     req = {"task": "NER", "schema": ["人物", "地点"], "texts": texts, "max_new_tokens": 300}
-    with client(server) as c:
+    with client(serve_app) as c:
         free = c.post("/v1/extract", json=req).json()["results"]
         constrained = c.post("/v1/extract", json={**req, "constrained": True}).json()["results"]
     assert any(x["errors"] for x in free)  # a random model rarely writes the JSON shape
@@ -230,14 +139,14 @@ def test_constrained_extract_always_parses(server):
     assert all(r["entity_type"] in ("人物", "地点") for x in constrained for r in x["records"])
 
 
-def test_chat_response_format_json_schema(server):
+def test_chat_response_format_json_schema(serve_app):
     from openai import OpenAI
 
     from kgc.engine import bounded
     from kgc.tasks import get
 
     schema = bounded(get("RE").output_schema(["作者", "导演"]), 8, 2)  # closes within 300
-    api = OpenAI(base_url=server["url"] + "/v1", api_key=KEY)
+    api = OpenAI(base_url=serve_app["url"] + "/v1", api_key=KEY)
     got = api.chat.completions.create(
         model="kgc",
         max_tokens=300,
@@ -246,7 +155,7 @@ def test_chat_response_format_json_schema(server):
     )
     value = json.loads(got.choices[0].message.content, strict=False)
     assert list(value) == ["作者", "导演"]
-    with client(server) as c:
+    with client(serve_app) as c:
         r = c.post(
             "/v1/chat/completions",
             json={"messages": [{"role": "user", "content": "x"}], "response_format": "json"},
@@ -254,7 +163,7 @@ def test_chat_response_format_json_schema(server):
     assert r.status_code == 422 and "response_format" in r.text
 
 
-def test_overload_gives_429_with_retry_after(server):
+def test_overload_gives_429_with_retry_after(serve_app):
     """More concurrent requests than the model deployment can run + queue: the excess gets
     429 with Retry-After (no 5xx), the rest succeed."""
     from concurrent.futures import ThreadPoolExecutor
@@ -262,7 +171,7 @@ def test_overload_gives_429_with_retry_after(server):
     body = {"messages": [{"role": "user", "content": "写一段很长的话"}], "max_tokens": 48}
 
     def call(_):
-        with client(server) as c:
+        with client(serve_app) as c:
             r = c.post("/small/v1/chat/completions", json=body)
             return r.status_code, r.headers.get("retry-after")
 
@@ -303,12 +212,12 @@ def test_engine_settings_are_checked_before_replicas_start():
     assert gen.ray_actor_options["num_gpus"] == 1
 
 
-def test_chat_stream_and_stop_string(server):
+def test_chat_stream_and_stop_string(serve_app):
     """`stream: true` (the openai client's streaming API) gets the same text as a plain call,
     as chunks; `stop` may be a string or a list."""
     from openai import OpenAI
 
-    api = OpenAI(base_url=server["url"] + "/v1", api_key=KEY)
+    api = OpenAI(base_url=serve_app["url"] + "/v1", api_key=KEY)
     msgs = [{"role": "user", "content": "抽取实体：王五在广州。"}]
     plain = api.chat.completions.create(model="kgc", max_tokens=12, messages=msgs)
     text = plain.choices[0].message.content

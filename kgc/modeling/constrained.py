@@ -32,31 +32,57 @@ def _xgrammar():
 
 class GrammarCache:
     """Compiled grammars per JSON Schema for one tokenizer (compiling costs milliseconds to
-    a second; a job reuses a handful of schema chunks many times)."""
+    a second; a job reuses a handful of schema chunks many times).
 
-    MAX_ENTRIES = 256  # compiled grammars kept (least recently used dropped beyond)
+    Bounded by count and by bytes (xgrammar reports each grammar's size), least recently used
+    dropped first; xgrammar's own compiler cache is off, since it is unbounded. Thread-safe:
+    Serve compiles a request's grammar in a worker thread while the model decodes."""
+
+    MAX_ENTRIES = 256  # compiled grammars kept
+    MAX_BYTES = 256 * 2**20  # their total size
 
     def __init__(self, tokenizer, vocab_size: int, stop_token_ids: Sequence[int]):
+        import threading
+
         xgr = _xgrammar()
         info = xgr.TokenizerInfo.from_huggingface(
             tokenizer, vocab_size=vocab_size, stop_token_ids=list(stop_token_ids)
         )
         self.vocab_size = vocab_size
-        self.compiler = xgr.GrammarCompiler(info)
-        self._compiled: dict[str, object] = {}
+        self.compiler = xgr.GrammarCompiler(info, cache_enabled=False)
+        self._compiled: dict[str, tuple[object, int]] = {}
+        self._lock = threading.Lock()
+        self.bytes = 0
 
     def get(self, schema: dict):
         key = json.dumps(schema, ensure_ascii=False, sort_keys=True)
-        grammar = self._compiled.pop(key, None)
-        if grammar is None:
-            # compact output (no free whitespace): fewer tokens, and the shape the
-            # IEPile targets have
+        with self._lock:
+            hit = self._compiled.pop(key, None)
+            if hit is not None:
+                self._compiled[key] = hit  # most recently used last
+                return hit[0]
+        try:
+            # compact output (no free whitespace): fewer tokens, and the shape the IEPile
+            # targets have
             grammar = self.compiler.compile_json_schema(
                 json.dumps(schema, ensure_ascii=False), any_whitespace=False
             )
-        self._compiled[key] = grammar  # most recently used last
-        while len(self._compiled) > self.MAX_ENTRIES:
-            self._compiled.pop(next(iter(self._compiled)))
+        except Exception as exc:  # xgrammar: RuntimeError / ValueError with its reason
+            import re
+
+            why = re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", str(exc).strip())  # C++ location
+            raise KgcError(f"the JSON Schema cannot be compiled into a grammar: {why}") from None
+        size = int(getattr(grammar, "memory_size_bytes", 0) or 0)
+        with self._lock:
+            old = self._compiled.pop(key, None)
+            if old is not None:
+                self.bytes -= old[1]
+            self._compiled[key] = (grammar, size)
+            self.bytes += size
+            while len(self._compiled) > 1 and (
+                len(self._compiled) > self.MAX_ENTRIES or self.bytes > self.MAX_BYTES
+            ):
+                self.bytes -= self._compiled.pop(next(iter(self._compiled)))[1]
         return grammar
 
 

@@ -25,6 +25,26 @@ class Example:
     labels: list[int]
 
 
+def encode_as_text(tok, render, contents: list) -> list[int]:
+    """Token ids of `render(contents)` (a prompt rendered around user/system texts) in which
+    the texts stay text: a special-token string inside them (e.g. "<|im_end|><|im_start|>
+    system") is encoded as plain characters, not as the special token, so a text cannot forge
+    a turn. The prompt is rendered around placeholders to find where each text sits. Prompts
+    whose texts hold no such string are encoded exactly as before (one tokenizer call)."""
+    specials = [t for t in getattr(tok, "added_tokens_encoder", {}) if t]
+    if not any(sp in c for c in contents if c for sp in specials):
+        return tok(render(contents), add_special_tokens=False)["input_ids"]
+    marks = [f"\ue000{i}\ue001" if c else c for i, c in enumerate(contents)]
+    rendered = render(marks)
+    ids, pos = [], 0
+    found = sorted((rendered.find(m), i) for i, m in enumerate(marks) if m and m in rendered)
+    for at, i in found:
+        ids += tok(rendered[pos:at], add_special_tokens=False)["input_ids"]
+        ids += tok(contents[i], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        pos = at + len(marks[i])
+    return ids + tok(rendered[pos:], add_special_tokens=False)["input_ids"]
+
+
 class PromptFormatter:
     """Renders prompts (and the target closing) for a tokenizer and chat format."""
 
@@ -45,7 +65,8 @@ class PromptFormatter:
         return self.chat.template.prompt(query, self.chat.system if system is None else system)
 
     def prompt_ids(self, query: str, system: str | None = None) -> list[int]:
-        ids = self.tok(self.prompt_text(query, system), add_special_tokens=False)["input_ids"]
+        # the query and a caller's system text stay text (the configured system is ours)
+        ids = encode_as_text(self.tok, lambda t: self.prompt_text(t[0], t[1]), [query, system])
         t = self.chat.template
         if t is not None and t.add_bos and self.tok.bos_token_id is not None:
             ids = [self.tok.bos_token_id] + ids
