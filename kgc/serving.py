@@ -276,10 +276,11 @@ def known_models(settings: ServeSettings) -> list[str]:
 
         root = Path(settings.adapter_dir)
         if root.is_dir():
+            # only what a request could load: resolve_adapter refuses symlinks out of the folder
             names += sorted(
                 f"{settings.name}:{p.name}"
                 for p in root.iterdir()
-                if (p / "adapter_config.json").is_file() and p.name not in settings.adapters
+                if p.name not in settings.adapters and resolve_adapter(p.name, settings)
             )
     return names
 

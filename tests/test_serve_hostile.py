@@ -240,3 +240,18 @@ def test_lost_replica_is_503_and_failures_cancel_the_rest():
     with pytest.raises(HTTPException) as err:
         asyncio.run(call_model(Gen(), [(None, "x", 4, None)], retry_after_s=2))
     assert err.value.status_code == 503 and err.value.headers["Retry-After"] == "2"
+
+
+def test_adapters_listed_are_exactly_those_a_request_can_load(tmp_path):
+    """An adapter folder that is a symlink out of adapter_dir is refused when requested, and
+    not listed in /v1/models either."""
+    from kgc.serving import ServeSettings, known_models, resolve_adapter
+
+    root, outside = tmp_path / "adapters", tmp_path / "elsewhere"
+    for d in (root / "good", outside / "evil"):
+        d.mkdir(parents=True)
+        (d / "adapter_config.json").write_text("{}")
+    (root / "link").symlink_to(outside / "evil")
+    s = ServeSettings(adapter_dir=str(root), auth_disabled=True)
+    assert resolve_adapter("link", s) is None
+    assert known_models(s) == ["kgc", "kgc:good"]
