@@ -1,33 +1,25 @@
 """Engine over any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM's server, our
-Ray Serve app). Standard library only: usable from Ray Data actors without extra packages.
+Ray Serve app): a thin adapter over the shared client `kgc.icl.client.ChatClient`, which
+owns the HTTP call (standard library only: usable from Ray Data actors without extra
+packages), the retries with backoff on 429/408/409/5xx, timeouts and connection errors, and
+the `Retry-After` parsing (seconds, HTTP date, `retry-after-ms`).
 
-Requests run concurrently (a thread pool), are retried with exponential backoff on 429 and
-5xx, and keep the prompts' order. The API key comes from an environment variable, never from
-a config file.
+This module turns prompts into chat requests (a JSON Schema per prompt goes out as
+`response_format`), runs them `concurrency` at a time in the prompts' order, and turns the
+answers into texts; a request that still fails raises `EngineRequestError`. The API key comes
+from an environment variable, never from a config file. No response cache: extraction has its
+own resume.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 from kgc.engine import GenerationConfig, Prompt, as_messages, cut_at_stop
 from kgc.errors import KgcError
-
-RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
-
-
-def retry_after_s(value: str | None) -> float | None:
-    """Seconds from a Retry-After header given in seconds (HTTP dates are ignored)."""
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None
+from kgc.icl.client import ChatClient, ChatParams
+from kgc.icl.config import ClientConfig
 
 
 class EngineRequestError(RuntimeError):
@@ -53,54 +45,54 @@ class OpenAIEngine:
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.model_id = f"openai:{model}@{base_url}"
-        self.api_key = os.environ.get(api_key_env, "")
-        self.concurrency = concurrency
-        self.timeout_s = timeout_s
-        self.max_retries = max_retries
         self.system = system
+        cfg = ClientConfig(
+            base_url=base_url,
+            model=model,
+            api_key_env=api_key_env,
+            allow_no_key=True,  # a local server without auth; no Authorization header then
+            timeout_s=timeout_s,
+            max_retries=max_retries,
+            backoff_s=1.0,
+            max_backoff_s=60.0,  # also the cap on a server's Retry-After
+            concurrency=max(1, concurrency),
+            cache_dir=None,
+        )
+        self.client = ChatClient(cfg, section="engine")
 
-    def _body(self, prompt: Prompt, cfg: GenerationConfig) -> dict:
-        body = {
-            "model": self.model,
-            "messages": as_messages(prompt, self.system),
-            "max_tokens": cfg.max_new_tokens,
-            "temperature": cfg.temperature if cfg.do_sample else 0.0,
-            "top_p": cfg.top_p if cfg.do_sample else 1.0,
-        }
-        if cfg.stop:
-            body["stop"] = list(cfg.stop)[:4]  # the API accepts at most four
-        if cfg.seed is not None:
-            body["seed"] = cfg.seed
-        return body
+    # the client's settings, adjustable after construction (as the attributes always were)
+    @property
+    def concurrency(self) -> int:
+        return self.client.cfg.concurrency
 
-    def _post(self, body: dict) -> str:
-        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        delay = 1.0
-        for attempt in range(self.max_retries + 1):
-            req = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                    payload = json.loads(resp.read().decode("utf-8"))
-                return payload["choices"][0]["message"]["content"] or ""
-            except urllib.error.HTTPError as exc:
-                if exc.code not in RETRY_STATUS or attempt == self.max_retries:
-                    detail = exc.read().decode("utf-8", "replace")[:300]
-                    raise EngineRequestError(f"HTTP {exc.code} from {self.url}: {detail}") from None
-                wait = retry_after_s(exc.headers.get("Retry-After"))
-                if wait is not None:  # the server says when; wait that long (capped)
-                    time.sleep(min(wait, 60.0))
-                    continue
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-                if attempt == self.max_retries:
-                    raise EngineRequestError(f"{self.url} unreachable: {exc}") from None
-            except (KeyError, IndexError, json.JSONDecodeError) as exc:
-                raise EngineRequestError(f"unexpected response from {self.url}: {exc}") from None
-            time.sleep(delay)
-            delay = min(delay * 2, 30.0)
-        raise EngineRequestError("unreachable")  # pragma: no cover
+    @concurrency.setter
+    def concurrency(self, n: int) -> None:
+        self.client.cfg.concurrency = max(1, int(n))
+
+    @property
+    def timeout_s(self) -> float:
+        return self.client.cfg.timeout_s
+
+    @timeout_s.setter
+    def timeout_s(self, seconds: float) -> None:
+        self.client.cfg.timeout_s = float(seconds)
+
+    @property
+    def max_retries(self) -> int:
+        return self.client.cfg.max_retries
+
+    @max_retries.setter
+    def max_retries(self, n: int) -> None:
+        self.client.cfg.max_retries = max(0, int(n))
+
+    def _params(self, cfg: GenerationConfig) -> ChatParams:
+        return ChatParams(
+            max_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature if cfg.do_sample else 0.0,
+            top_p=cfg.top_p if cfg.do_sample else 1.0,
+            stop=tuple(cfg.stop)[:4],  # the API accepts at most four
+            seed=cfg.seed,
+        )
 
     def generate(
         self,
@@ -108,13 +100,23 @@ class OpenAIEngine:
         config: GenerationConfig,
         schemas: Sequence[dict | None] | None = None,
     ) -> list[str]:
-        bodies = [self._body(p, config) for p in prompts]
-        for body, schema in zip(bodies, schemas or ()):
+        base = self._params(config)
+        params = [base] * len(prompts)
+        for i, schema in enumerate(list(schemas or ())[: len(prompts)]):
             if schema:  # structured output (OpenAI, vLLM's server, the kgc Serve app)
-                body["response_format"] = {
-                    "type": "json_schema",
-                    "json_schema": {"name": "answer", "schema": schema, "strict": True},
-                }
-        with ThreadPoolExecutor(max_workers=max(1, self.concurrency)) as pool:
-            texts = list(pool.map(self._post, bodies))
-        return [cut_at_stop(t, config.stop) for t in texts]
+                params[i] = replace(
+                    base,
+                    response_format={
+                        "type": "json_schema",
+                        "json_schema": {"name": "answer", "schema": schema, "strict": True},
+                    },
+                )
+        messages = [as_messages(p, self.system) for p in prompts]
+        try:
+            comps = self.client.chat_many(messages, params)
+        except KgcError as exc:  # 401/403/404: every request would fail the same way
+            raise EngineRequestError(str(exc)) from None
+        for c in comps:
+            if c.error is not None:
+                raise EngineRequestError(c.error)
+        return [cut_at_stop(c.text, config.stop) for c in comps]

@@ -1,17 +1,16 @@
-"""The ICL client layer against a replaying OpenAI-compatible server on 127.0.0.1 (real HTTP,
-the official openai client): retries, Retry-After, fatal errors, timeouts, the disk cache,
-the API key from the environment, rate limits, order under concurrency."""
+"""The shared client layer against a replaying OpenAI-compatible server on 127.0.0.1 (real
+HTTP, standard library): retries, Retry-After, fatal errors, timeouts, the disk cache, the API
+key from the environment, rate limits, order under concurrency."""
 
 from __future__ import annotations
 
 import json
+from email.utils import formatdate
 
 import pytest
 
-pytest.importorskip("openai")
-
-from kgc.errors import KgcError  # noqa: E402
-from kgc.icl.client import (  # noqa: E402
+from kgc.errors import KgcError
+from kgc.icl.client import (
     ChatClient,
     ChatParams,
     Pacer,
@@ -19,8 +18,8 @@ from kgc.icl.client import (  # noqa: E402
     request_key,
     retry_after,
 )
-from kgc.icl.config import ClientConfig  # noqa: E402
-from kgc.icl.replay import ReplayServer  # noqa: E402
+from kgc.icl.config import ClientConfig
+from kgc.icl.replay import ReplayServer
 
 pytestmark = pytest.mark.timeout(60)
 MSGS = [{"role": "user", "content": "Text: Ada went to Paris."}]
@@ -64,6 +63,50 @@ def test_retry_after_is_capped_and_parsed():
     assert retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0  # in the past
     assert retry_after({"retry-after": "soon"}) is None
     assert retry_after({}) is None
+
+
+def test_retry_after_http_date_and_header_case():
+    now = 1_700_000_000.0
+    date = formatdate(now + 30, usegmt=True)  # e.g. "Tue, 14 Nov 2023 22:13:50 GMT"
+    assert retry_after({"Retry-After": date}, now=lambda: now) == pytest.approx(30.0)
+    assert retry_after({"Retry-After": "7"}) == 7.0  # a plain dict with the header's own case
+    assert retry_after({"Retry-After": "7", "retry-after-ms": "1500"}) == 1.5  # ms wins
+    assert retry_after({"retry-after-ms": "x", "retry-after": "2"}) == 2.0
+    assert retry_after({"retry-after": "-3"}) == 0.0
+    assert retry_after(None) is None
+
+
+def test_no_key_sends_no_authorization_header(srv):
+    make(srv).chat(MSGS, ChatParams())
+    assert srv.requests[0]["auth"] is None
+
+
+def test_unexpected_answer_is_an_error_not_retried(srv):
+    srv.fail(200, body={"choices": []})
+    c = make(srv, sleeps=[]).chat(MSGS, ChatParams())
+    assert c.error == "the response has no choices[0].message" and c.attempts == 1
+    assert srv.count() == 1
+
+
+def test_connection_refused_is_retried_then_reported():
+    with ReplayServer() as s:
+        url = s.base_url
+    client = ChatClient(
+        ClientConfig(base_url=url, model="m", allow_no_key=True, cache_dir=None, max_retries=2),
+        sleep=lambda _s: None,
+    )
+    c = client.chat(MSGS, ChatParams())
+    assert c.attempts == 3 and c.error.startswith(f"cannot reach {url}")
+
+
+def test_response_format_is_sent_and_keyed(srv):
+    fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": {}}}
+    client = make(srv)
+    client.chat(MSGS, ChatParams(response_format=fmt))
+    assert srv.requests[0]["body"]["response_format"] == fmt
+    plain = ChatParams()
+    assert client.chat_key(MSGS, plain) != client.chat_key(MSGS, ChatParams(response_format=fmt))
+    hash(ChatParams(response_format=fmt))  # still usable as a dict key
 
 
 def test_server_errors_back_off_then_succeed(srv):

@@ -103,8 +103,12 @@ def test_extraction_udf_marks_failed_rows(server, tmp_path):
     )
     udf = ExtractUDF(cfg.model_dump(mode="json", by_alias=True), str(tmp_path / "out"))
     udf.engine.max_retries = 0
-    batch = {
+    batch = {  # the columns `kgc extract` rows carry (read_rows checks them)
         "id": np.array(["a", "b"], dtype=object),
+        "doc_id": np.array(["d", "d"], dtype=object),
+        "chunk_index": np.array([0, 1]),
+        "chunk_start": np.array([0, 1]),
+        "task": np.array(["NER", "NER"], dtype=object),
         "instruction": np.array(['{"人物": []}', "bad"], dtype=object),
         "label": np.array([None, None], dtype=object),
     }
@@ -179,3 +183,57 @@ def test_answer_schemas_go_out_as_response_format(server):
     fmt = by_prompt["a"]["response_format"]
     assert fmt["type"] == "json_schema" and fmt["json_schema"]["schema"] == schema
     assert "response_format" not in by_prompt["b"]
+
+
+def test_engine_and_icl_honour_an_http_date_retry_after_through_one_parser(monkeypatch):
+    """A 429/503 whose Retry-After is an HTTP date: the engine and the ICL client both wait
+    until that date (not their own backoff), and both read it with `kgc.icl.client.retry_after`."""
+    import time
+    from email.utils import formatdate
+
+    import kgc.icl.client as shared
+    from kgc.icl.config import ClientConfig
+    from kgc.icl.replay import ReplayServer
+
+    parsed: list[float | None] = []
+    real = shared.retry_after
+
+    def spy(headers, *args, **kw):
+        parsed.append(real(headers, *args, **kw))
+        return parsed[-1]
+
+    monkeypatch.setattr(shared, "retry_after", spy)
+    with ReplayServer([{"match": "Ada", "reply": "ok"}]) as srv:
+        srv.fail(429, {"Retry-After": formatdate(time.time() + 30, usegmt=True)})
+        eng = OpenAIEngine(srv.base_url, "replay", concurrency=1)
+        eng_sleeps: list[float] = []
+        eng.client.sleep = eng_sleeps.append
+        assert eng.generate(["Ada"], GenerationConfig()) == ["ok"]
+
+        srv.fail(503, {"Retry-After": formatdate(time.time() + 30, usegmt=True)})
+        cfg = ClientConfig(
+            base_url=srv.base_url,
+            model="replay",
+            allow_no_key=True,
+            cache_dir=None,
+            max_backoff_s=120.0,
+        )
+        icl_sleeps: list[float] = []
+        icl = shared.ChatClient(cfg, sleep=icl_sleeps.append)
+        c = icl.chat([{"role": "user", "content": "Ada"}], shared.ChatParams())
+        assert c.text == "ok" and c.attempts == 2
+        assert srv.count() == 4
+    for sleeps in (eng_sleeps, icl_sleeps):  # the date (30 s away, 1 s resolution), not 1 s
+        assert len(sleeps) == 1 and 28.0 <= sleeps[0] <= 30.0, sleeps
+    assert len(parsed) == 2 and all(p is not None and 28.0 <= p <= 30.0 for p in parsed)
+
+
+def test_engine_auth_failure_is_an_engine_error(monkeypatch):
+    from kgc.icl.replay import ReplayServer
+
+    with ReplayServer(api_key="right") as srv:
+        monkeypatch.setenv("KGC_TEST_KEY", "wrong")
+        eng = OpenAIEngine(srv.base_url, "m", api_key_env="KGC_TEST_KEY", max_retries=3)
+        with pytest.raises(EngineRequestError, match=r"HTTP 401.*engine\.base_url"):
+            eng.generate(["x"], GenerationConfig())
+        assert srv.count() == 1  # not retried

@@ -1,7 +1,11 @@
-"""The client layer: chat completions and embeddings on any OpenAI-compatible endpoint.
+"""The one client for OpenAI-compatible endpoints: chat completions and embeddings.
 
-- the official `openai` client (imported when the first request is made), built with
-  `max_retries=0`: retries are ours, so they are counted and testable;
+Both `kgc icl` (through `ChatClient`) and the extraction engine `kgc.openai_engine.OpenAIEngine`
+(a thin adapter over `ChatClient`) send their requests here, so there is one HTTP call, one
+retry policy and one `Retry-After` parser:
+
+- standard-library HTTP (`urllib`, proxies from the environment honoured): no extra package,
+  usable from Ray Data actors and Serve replicas;
 - retries with exponential backoff and jitter on 429, 408/409, 5xx, timeouts and
   connection errors; a server's `Retry-After` (seconds, HTTP date or `retry-after-ms`) is
   honoured, capped at `max_backoff_s`; 401/403/404 stop the run at once (every request
@@ -13,7 +17,7 @@
   is in `kgc.icl.runner`).
 
 The API key comes from the environment variable `api_key_env`, never from a file, and is
-neither logged nor written to the cache.
+neither logged nor written to the cache; without a key no Authorization header is sent.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import hashlib
+import http.client
 import json
 import os
 import random
@@ -28,17 +33,20 @@ import re
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timezone
 from pathlib import Path
 from typing import Any
 
 from kgc.errors import KgcError
 from kgc.icl.config import ClientConfig
 
-RETRY_STATUS = frozenset({408, 409, 429})
+RETRY_STATUS = frozenset({408, 409, 429})  # and every 5xx
 FATAL_STATUS = {
     401: "the server refused the API key",
     403: "the API key may not use this model or endpoint",
@@ -58,6 +66,8 @@ class ChatParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     salt: str = ""  # distinguishes deliberate repeats of one prompt (sampling rounds)
+    # structured output, e.g. {"type": "json_schema", ...} (the extraction engine's schemas)
+    response_format: dict | None = field(default=None, hash=False)
 
     def request_fields(self) -> dict:
         out: dict[str, Any] = {
@@ -69,6 +79,8 @@ class ChatParams:
             out["stop"] = list(self.stop)
         if self.seed is not None:
             out["seed"] = self.seed
+        if self.response_format:
+            out["response_format"] = self.response_format
         return out
 
 
@@ -89,6 +101,10 @@ class _Attempt:
     message: str
     retry_after: float | None = None
     fatal: bool = False
+
+
+class BadResponse(Exception):
+    """A 200 answer that is not the JSON the endpoint should send (never retried)."""
 
 
 def estimate_tokens(text: str) -> int:
@@ -176,7 +192,11 @@ class Pacer:
 
 
 class ChatClient:
-    """Chat completions and embeddings with retries, rate limits and a disk cache."""
+    """Chat completions and embeddings with retries, rate limits and a disk cache.
+
+    `section` names the configuration section in error messages (`client` for `kgc icl`,
+    `engine` when `OpenAIEngine` drives this client).
+    """
 
     def __init__(
         self,
@@ -186,17 +206,19 @@ class ChatClient:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        section: str = "client",
     ):
         self.cfg = cfg
+        self.section = section
         self.base_url = cfg.base_url.rstrip("/")
         key = os.environ.get(cfg.api_key_env, "")
         if not key and not cfg.allow_no_key:
             raise KgcError(
-                f"environment variable {cfg.api_key_env} (client.api_key_env) is not set; "
+                f"environment variable {cfg.api_key_env} ({section}.api_key_env) is not set; "
                 f"export {cfg.api_key_env}=<your key> (keys never go in config files), or set "
-                "client.allow_no_key=true for a local server without authentication"
+                f"{section}.allow_no_key=true for a local server without authentication"
             )
-        self._api_key = key or "no-key"
+        self._api_key = key
         self.sleep = sleep
         self.rng = rng or random.Random()
         self.cache = ResponseCache(cfg.cache_dir) if cfg.cache_dir else None
@@ -207,30 +229,31 @@ class ChatClient:
         self.tpm = Pacer(cfg.tokens_per_minute * share, clock) if cfg.tokens_per_minute else None
         self.stats: Counter = Counter()
         self._stats_lock = threading.Lock()
-        self._client = None
-        self._client_lock = threading.Lock()
 
     # ------------------------------------------------------------------ plumbing
     def _count(self, name: str, n: int = 1) -> None:
         with self._stats_lock:
             self.stats[name] += n
 
-    def _openai(self):
-        with self._client_lock:
-            if self._client is None:
-                try:
-                    import openai
-                except ImportError:
-                    raise KgcError(
-                        "kgc icl needs the openai package: pip install 'kgc[icl]'"
-                    ) from None
-                self._client = openai.OpenAI(
-                    base_url=self.base_url,
-                    api_key=self._api_key,
-                    max_retries=0,
-                    timeout=self.cfg.timeout_s,
-                )
-            return self._client
+    def _post(self, path: str, payload: dict) -> dict:
+        """One HTTP attempt: POST JSON to `base_url + path`, the decoded JSON answer back.
+        Raises urllib/socket errors (classified by `_classify`) or `BadResponse`."""
+        data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        req = urllib.request.Request(self.base_url + path, data=data, headers=headers)
+        with urllib.request.urlopen(req, timeout=self.cfg.timeout_s) as resp:
+            raw = resp.read()
+        try:
+            out = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise BadResponse(
+                f"the answer from {self.base_url}{path} is not JSON: {raw[:200]!r}"
+            ) from None
+        if not isinstance(out, dict):
+            raise BadResponse(f"the answer from {self.base_url}{path} is not a JSON object")
+        return out
 
     def _pace(self, tokens: int) -> None:
         wait = 0.0
@@ -243,21 +266,21 @@ class ChatClient:
             self.sleep(wait)
 
     def _classify(self, exc: Exception) -> _Attempt:
-        import openai
-
-        if isinstance(exc, openai.APIStatusError):
-            status = exc.status_code
-            detail = _detail(exc)
-            msg = f"HTTP {status} from {self.base_url}: {detail}"
+        if isinstance(exc, urllib.error.HTTPError):  # before URLError: it is one
+            status = exc.code
+            msg = f"HTTP {status} from {self.base_url}: {_detail(exc)}"
             if status in FATAL_STATUS:
                 return _Attempt(False, f"{msg} ({FATAL_STATUS[status]})", fatal=True)
             if status in RETRY_STATUS or status >= 500:
-                return _Attempt(True, msg, retry_after(exc.response.headers))
+                return _Attempt(True, msg, retry_after(exc.headers))
             return _Attempt(False, msg)
-        if isinstance(exc, openai.APITimeoutError):
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        if isinstance(reason, TimeoutError):  # socket.timeout is TimeoutError
             return _Attempt(True, f"timed out after {self.cfg.timeout_s} s ({self.base_url})")
-        if isinstance(exc, openai.APIConnectionError):
-            return _Attempt(True, f"cannot reach {self.base_url}: {exc.__cause__ or exc}")
+        if isinstance(exc, (urllib.error.URLError, http.client.HTTPException, OSError)):
+            return _Attempt(True, f"cannot reach {self.base_url}: {reason}")
+        if isinstance(exc, BadResponse):
+            return _Attempt(False, str(exc)[:500])
         return _Attempt(False, f"{type(exc).__name__}: {exc}"[:500])
 
     def _with_retries(self, call: Callable[[], Any], tokens: int) -> tuple[Any, int, str | None]:
@@ -274,9 +297,10 @@ class ChatClient:
                 info = self._classify(exc)
             last = info.message
             if info.fatal:
+                sec = self.section
                 raise KgcError(
-                    f"{info.message}. Check {self.cfg.api_key_env}, client.base_url "
-                    f"({self.base_url}) and client.model ({self.cfg.model!r})."
+                    f"{info.message}. Check {self.cfg.api_key_env}, {sec}.base_url "
+                    f"({self.base_url}) and {sec}.model ({self.cfg.model!r})."
                 )
             if not info.retry or attempt == self.cfg.max_retries:
                 break
@@ -309,17 +333,17 @@ class ChatClient:
                 return Completion(hit["text"], cached=True, usage=hit.get("usage"))
         tokens = messages_tokens(messages) + params.max_tokens
 
-        def call():
-            return self._openai().chat.completions.create(
-                model=self.cfg.model, messages=messages, **params.request_fields()
-            )
-
-        resp, attempts, error = self._with_retries(call, tokens)
+        body = {"model": self.cfg.model, "messages": messages, **params.request_fields()}
+        resp, attempts, error = self._with_retries(
+            lambda: self._post("/chat/completions", body), tokens
+        )
         if error is not None:
             return Completion("", error=error, attempts=attempts)
         try:
-            text = resp.choices[0].message.content or ""
-        except (AttributeError, IndexError, TypeError):
+            text = resp["choices"][0]["message"]["content"] or ""
+            if not isinstance(text, str):
+                raise TypeError(text)
+        except (KeyError, IndexError, TypeError):
             self._count("failures")
             return Completion("", error="the response has no choices[0].message", attempts=attempts)
         usage = _usage(resp)
@@ -386,66 +410,85 @@ class ChatClient:
             idx = todo[start : start + 128]
             batch = [texts[i] for i in idx]
 
-            def call(batch=batch):
-                return self._openai().embeddings.create(
-                    model=model, input=batch, encoding_format="float"
-                )
-
+            body = {"model": model, "input": batch, "encoding_format": "float"}
             resp, _attempts, error = self._with_retries(
-                call, sum(estimate_tokens(t) for t in batch)
+                lambda body=body: self._post("/embeddings", body),
+                sum(estimate_tokens(t) for t in batch),
             )
             if error is not None:
                 raise KgcError(f"embeddings with client.embedding_model={model!r}: {error}")
-            data = sorted(resp.data, key=lambda d: d.index)
-            if len(data) != len(idx):
+            try:
+                data = sorted(resp["data"], key=lambda d: d["index"])
+                vectors = [[float(x) for x in d["embedding"]] for d in data]
+            except (KeyError, TypeError, ValueError) as exc:
                 raise KgcError(
-                    f"the embeddings endpoint returned {len(data)} vectors for {len(idx)} texts"
+                    f"the embeddings endpoint at {self.base_url} sent an unexpected answer: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from None
+            if len(vectors) != len(idx):
+                raise KgcError(
+                    f"the embeddings endpoint returned {len(vectors)} vectors for {len(idx)} texts"
                 )
-            for i, d in zip(idx, data):
-                vec = [float(x) for x in d.embedding]
+            for i, vec in zip(idx, vectors):
                 out[i] = vec
                 if self.cache is not None:
                     self.cache.put(keys[i], {"kind": "embedding", "model": model, "vector": vec})
         return [v if v is not None else [] for v in out]
 
 
-def _detail(exc: Exception) -> str:
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict):
-        err = body.get("error", body)
-        msg = err.get("message") if isinstance(err, dict) else err
-        return str(msg)[:300]
-    resp = getattr(exc, "response", None)
+def _detail(exc: urllib.error.HTTPError) -> str:
+    """The server's error message from an error response (at most 300 characters)."""
     try:
-        return resp.text[:300] if resp is not None else str(exc)[:300]
+        raw = exc.read()
     except Exception:  # noqa: BLE001 - a body we cannot read
-        return str(exc)[:300]
+        raw = b""
+    finally:
+        with contextlib.suppress(Exception):
+            exc.close()
+    text = raw.decode("utf-8", "replace")
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return (text or str(exc.reason or ""))[:300]
+    err = body.get("error", body) if isinstance(body, dict) else body
+    msg = err.get("message", err) if isinstance(err, dict) else err
+    return (msg if isinstance(msg, str) else json.dumps(msg, ensure_ascii=False))[:300]
 
 
-def _usage(resp: Any) -> dict | None:
-    u = getattr(resp, "usage", None)
-    if u is None:
+def _usage(resp: dict) -> dict | None:
+    u = resp.get("usage")
+    if not isinstance(u, dict):
         return None
     try:
         return {
-            k: int(getattr(u, k) or 0)
-            for k in ("prompt_tokens", "completion_tokens", "total_tokens")
+            k: int(u.get(k) or 0) for k in ("prompt_tokens", "completion_tokens", "total_tokens")
         }
     except (TypeError, ValueError):
         return None
 
 
-def retry_after(headers: Any) -> float | None:
-    """Seconds a server asks us to wait: `retry-after-ms`, `Retry-After` (seconds or date)."""
+def _header(headers: Any, name: str) -> str | None:
+    """A header's value, whatever the case of its name (HTTPMessage, httpx or a plain dict)."""
+    value = headers.get(name)
+    if value is None and isinstance(headers, dict):
+        value = next((v for k, v in headers.items() if str(k).lower() == name), None)
+    return None if value is None else str(value).strip()
+
+
+def retry_after(headers: Any, now: Callable[[], float] = time.time) -> float | None:
+    """Seconds a server asks us to wait: `retry-after-ms`, or `Retry-After` in seconds or as
+    an HTTP date (a date in the past means now). None when absent or unreadable.
+
+    The only Retry-After parser of kgc's clients (`ChatClient`, hence `OpenAIEngine` too)."""
     if headers is None:
         return None
-    ms = headers.get("retry-after-ms")
+    ms = _header(headers, "retry-after-ms")
     if ms:
         try:
             return max(0.0, float(ms) / 1000.0)
         except ValueError:
             pass
-    value = headers.get("retry-after")
+    value = _header(headers, "retry-after")
     if not value:
         return None
     try:
@@ -454,14 +497,17 @@ def retry_after(headers: Any) -> float | None:
         pass
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError):
         return None
     if when is None:
         return None
-    return max(0.0, when.timestamp() - time.time())
+    if when.tzinfo is None:  # "-0000": HTTP dates are GMT
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, when.timestamp() - now())
 
 
 __all__ = [
+    "BadResponse",
     "ChatClient",
     "ChatParams",
     "Completion",
