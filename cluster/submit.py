@@ -24,7 +24,14 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-JOBS = ("finetune", "extract", "icl", "build_graph", "evaluate", "pipeline")
+
+
+def job_names() -> tuple[str, ...]:
+    """The jobs that exist: the modules jobs/<name>.py (`python -m jobs.<name>`)."""
+    return tuple(sorted(p.stem for p in (ROOT / "jobs").glob("*.py") if not p.stem.startswith("_")))
+
+
+JOBS = job_names()
 
 
 def runtime_env(env_names: list[str]) -> dict:
@@ -39,7 +46,7 @@ def runtime_env(env_names: list[str]) -> dict:
 
 def check_job(module: str, rest: list[str]) -> None:
     name = module.removeprefix("jobs.")
-    if not module.startswith("jobs.") or not (ROOT / "jobs" / f"{name}.py").is_file():
+    if not module.startswith("jobs.") or name not in JOBS:
         raise SystemExit(f"unknown job {module!r}; choose one of jobs.{', jobs.'.join(JOBS)}")
     if "--config" in rest:
         i = rest.index("--config")

@@ -14,15 +14,14 @@ from collections.abc import Sequence
 
 from kgc import __version__
 from kgc.errors import KgcError
-
-TASK_CHOICES = ("NER", "RE", "SPO", "EE", "EET", "EEA", "KG")
+from kgc.tasks.registry import TASK_NAMES
 
 
 def _task(value: str) -> str:
     v = value.upper()
-    if v not in TASK_CHOICES:
+    if v not in TASK_NAMES:
         raise argparse.ArgumentTypeError(
-            f"unknown task {value!r}; choose one of {', '.join(TASK_CHOICES)}"
+            f"unknown task {value!r}; choose one of {', '.join(TASK_NAMES)}"
         )
     return v
 
@@ -56,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="raw annotated JSONL + schema → IEPile instruction JSONL",
         description="Convert raw annotations into IEPile/OneKE instruction records.",
     )
-    c.add_argument("--task", required=True, type=_task, help=", ".join(TASK_CHOICES))
+    c.add_argument("--task", required=True, type=_task, help=", ".join(TASK_NAMES))
     c.add_argument("--input", required=True, help="raw JSONL: {text, entity|relation|event}")
     c.add_argument("--schema", help="3-line schema file (required for --format iepile)")
     c.add_argument("--output", required=True, help="instruction JSONL to write")
@@ -105,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score model outputs (field `output`) against test records' labels.",
     )
     e.add_argument("--config", help="YAML with these options instead (jobs/configs/eval_*.yaml)")
-    e.add_argument("--task", type=_task, help=", ".join(TASK_CHOICES))
+    e.add_argument("--task", type=_task, help=", ".join(TASK_NAMES))
     e.add_argument("--input", help="test records with the model's `output`")
     e.add_argument("--report", help="also write the report as JSON to this file")
     e.add_argument("overrides", nargs="*", help="with --config: key=value overrides")

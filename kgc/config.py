@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from kgc.errors import KgcError, Problem
+from kgc.tasks.registry import TaskName
 
 
 class _Strict(BaseModel):
@@ -243,7 +244,7 @@ class ExtractConfig(_Strict):
 class EvalConfig(_Strict):
     """`kgc eval --config` / `python -m jobs.evaluate --config`: score model outputs."""
 
-    task: Literal["NER", "RE", "SPO", "EE", "EET", "EEA", "KG"]
+    task: TaskName
     input: str  # test records (JSONL) whose `output` holds the model's answer
     format: Literal["iepile", "ccks2023"] = "iepile"
     by_source: bool = False

@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 import re
-import tempfile
+import secrets
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -140,21 +140,39 @@ def _find_surrogate(value: Any, path: str) -> tuple[str, str] | None:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike) -> Iterator[Any]:
-    """A text file handle whose contents replace ``path`` only when the block completes;
-    on an error the temporary file is removed and ``path`` is left as it was."""
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A new, empty temporary file next to ``path`` (same folder, so the rename is atomic),
+    renamed over ``path`` when the block completes; on an error it is removed and ``path``
+    is left as it was. For writers that want a path (csv, rdflib, networkx, binary files);
+    `atomic_file` gives a text handle on top of it.
+
+    The folder is created if missing. The temporary name is ``.<name>.<pid>.<random>.tmp``,
+    created exclusively (no two writers share one), with the permissions any new file gets
+    (the umask), which the final file keeps."""
     p = Path(path)
-    if p.parent and not p.parent.exists():
-        p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.parent or "."))
+    p.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            yield fh
+        yield tmp
         os.replace(tmp, p)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Any]:
+    """A UTF-8 text file handle whose contents replace ``path`` only when the block
+    completes; on an error the temporary file is removed and ``path`` is left as it was."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        yield fh
 
 
 def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[Any]) -> int:
@@ -175,3 +193,8 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[Any]) -> int:
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_file(path) as fh:
         fh.write(text)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> None:
+    """``obj`` as one JSON document (UTF-8 text kept as is), written atomically."""
+    write_text_atomic(path, json.dumps(obj, ensure_ascii=False, indent=indent))

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from kgc.errors import KgcError
 from kgc.schema import Schema
+from kgc.tasks.registry import TaskName
 
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -104,7 +105,7 @@ def check_engine(s: ServeSettings) -> None:
 
 class ExtractRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    task: Literal["NER", "RE", "SPO", "EE", "EET", "EEA", "KG"]
+    task: TaskName
     schema_: list[str] | dict[str, list[str]] = Field(alias="schema")
     text: str | None = None
     texts: list[str] | None = None

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from kgc.tasks import TASK_NAMES
+
 IEPILE = Path(__file__).resolve().parent.parent / "examples" / "iepile"
-TASKS = ("NER", "RE", "SPO", "EE", "EET", "EEA", "KG")
+TASKS = TASK_NAMES  # every built-in task (test_tasks.py pins the list itself)
 
 
 def read_jsonl(path) -> list:

@@ -84,6 +84,28 @@ def test_runtime_env_leaves_heavy_folders_behind():
         runtime_env(["KGC_TEST_SURELY_UNSET"])
 
 
+def test_submit_names_only_jobs_that_exist():
+    sys.path.insert(0, str(ROOT))
+    from cluster.submit import JOBS, check_job
+
+    assert {"finetune", "extract", "icl", "build_graph", "evaluate"} <= set(JOBS)
+    for name in JOBS:  # every job it offers is a module `python -m jobs.<name>` runs
+        assert (ROOT / "jobs" / f"{name}.py").is_file(), name
+        check_job(f"jobs.{name}", [])
+    for bad in ("jobs.pipeline", "jobs.__init__", "extract", "jobs.nope"):
+        with pytest.raises(SystemExit, match="unknown job"):
+            check_job(bad, [])
+    # the documented submit lines name existing jobs and configs
+    docs = (ROOT / "cluster" / "README.md").read_text(encoding="utf-8")
+    lines = re.findall(r"python -m cluster\.submit .*?(jobs\.\w+) --config (\S+)", docs)
+    assert len(lines) >= 3
+    for job, cfg in lines:
+        check_job(job, ["--config", cfg])
+    # and every job in jobs/README.md's table is one
+    table = re.findall(r"^\| `(\w+)` \|", (ROOT / "jobs" / "README.md").read_text("utf-8"), re.M)
+    assert table and set(table) <= set(JOBS)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

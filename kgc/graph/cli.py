@@ -83,7 +83,7 @@ def _export_cfg(args, **extra):
     from pathlib import Path
 
     from kgc.graph.config import GraphConfig
-    from kgc.graph.stream import EDGES, NODES
+    from kgc.graph.files import EDGES, NODES
 
     d = Path(args.graph)
     for f in (NODES, EDGES):

@@ -13,7 +13,7 @@
   with their scalar attributes, not the mentions).
 - `graph.html`: the self-contained viewer (`kgc.graph.html`).
 
-Every file is written to a temporary name and renamed when complete. Graph text was made
+Every file is written to a temporary name and renamed when complete (`kgc.io.atomic_path`). Graph text was made
 safe when the graph was built (`kgc.graph.clean`); each export still escapes by its own
 rules: CSV quoting with names/labels on one line and JSON columns with U+2028/U+2029 escaped,
 Cypher literals as JSON strings, Turtle literals as escaped one-line strings (`turtle_string`,
@@ -22,51 +22,25 @@ not rdflib's long strings), GraphML text with XML-forbidden characters replaced.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
-import os
 import sys
-import threading
 import unicodedata
-from collections.abc import Iterator
 from pathlib import Path
 
 from kgc.graph.clean import clean_str, json_line_safe, turtle_string, xml_safe
 from kgc.graph.config import NODE_FIELDS, GraphConfig
+from kgc.graph.files import EDGES, NODES, iter_jsonl
+from kgc.io import atomic_path
 
 KGC_LABEL = "KgcNode"
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path next to `path`, renamed over it when the block succeeds."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        yield Path(tmp)
-        os.replace(tmp, p)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=1), encoding="utf-8")
-
-
 def _nodes(d: Path):
-    from kgc.graph.stream import NODES, iter_jsonl
-
     return iter_jsonl(d / NODES)
 
 
 def _edges(d: Path):
-    from kgc.graph.stream import EDGES, iter_jsonl
-
     return iter_jsonl(d / EDGES)
 
 

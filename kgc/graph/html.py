@@ -24,6 +24,8 @@ from pathlib import Path
 
 from kgc.graph.clean import clean_str, json_line_safe
 from kgc.graph.config import NODE_FIELDS, HtmlConfig
+from kgc.graph.files import EDGES, NODES, iter_jsonl
+from kgc.io import atomic_path
 
 PALETTE = [
     "#4e79a7",
@@ -50,8 +52,6 @@ def _colour(i: int, name: str) -> str:
 
 
 def page_data(graph_dir: Path, cfg: HtmlConfig) -> dict:
-    from kgc.graph.stream import EDGES, NODES, iter_jsonl
-
     total_nodes = 0
 
     def ranked():
@@ -117,8 +117,6 @@ def render_html(data: dict) -> str:
 
 
 def write_html(graph_dir: Path, path: Path, cfg: HtmlConfig) -> dict:
-    from kgc.graph.export import atomic_path
-
     data = page_data(Path(graph_dir), cfg)
     with atomic_path(path) as tmp:
         tmp.write_text(render_html(data), encoding="utf-8")

@@ -65,8 +65,8 @@ def plan(cfg: PipelineConfig) -> tuple[list[ExtractConfig], GraphConfig]:
 
 def run_pipeline(cfg: PipelineConfig, *, progress: bool = True, address: str | None = None) -> dict:
     from kgc.extract import run_extract
-    from kgc.graph.export import write_json_atomic
     from kgc.graph.stream import run_build
+    from kgc.io import write_json_atomic
     from kgc.raytools import ensure_ray
 
     runs, gcfg = plan(cfg)

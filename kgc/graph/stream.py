@@ -30,8 +30,11 @@ from pathlib import Path
 
 from kgc.errors import KgcError
 from kgc.graph.config import GraphConfig
+from kgc.graph.files import EDGES, NODES, SUMMARY, iter_jsonl, read_graph
+from kgc.io import atomic_file, atomic_path, write_json_atomic
 
-NODES, EDGES, SUMMARY = "nodes.jsonl", "edges.jsonl", "summary.json"
+__all__ = ["EDGES", "NODES", "SUMMARY", "iter_jsonl", "read_graph", "run_build"]
+
 WORK = ".graph-work"
 FLUSH_CHARS = 4 << 20
 
@@ -113,8 +116,7 @@ def reduce_task(b: int, cfg_json: dict, work: str) -> dict:
                     for line in fh:
                         i, _, item = line.partition("\t")
                         groups.setdefault(i, []).append(item)
-        tmp = w / f".red-{b:05d}.{name}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as out:
+        with atomic_file(w / f"red-{b:05d}.{name}.jsonl") as out:
             for i in sorted(groups):
                 items = groups.pop(i)
                 line, info = merge_items((json.loads(x) for x in items), cfg, canon, counts)
@@ -123,7 +125,6 @@ def reduce_task(b: int, cfg_json: dict, work: str) -> dict:
                 counts[f"{name[:-1]}_mentions"] += info["mentions"]
                 counts[f"{name}_by_kind:{info['kind']}"] += 1
                 counts[f"{name}_by_type:{info['type']}"] += 1
-        os.replace(tmp, w / f"red-{b:05d}.{name}.jsonl")
     return dict(counts)
 
 
@@ -160,12 +161,10 @@ def _merge_counts(parts: list[dict]) -> dict:
 
 
 def _concat(parts: list[Path], dest: Path) -> None:
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as out:
+    with atomic_path(dest) as tmp, open(tmp, "wb") as out:
         for p in parts:
             with open(p, "rb") as fh:
                 shutil.copyfileobj(fh, out)
-    os.replace(tmp, dest)
 
 
 def _map_reduce(cfg, groups, cfg_json, work: Path, n_buckets: int, progress, address):
@@ -258,30 +257,9 @@ def run_build(cfg: GraphConfig, *, progress: bool = True, address: str | None = 
         "output": str(out),
         "files": {"nodes": str(out / NODES), "edges": str(out / EDGES)},
     }
-    from kgc.graph.export import run_exports, write_json_atomic
+    from kgc.graph.export import run_exports
 
     summary["exports"] = run_exports(out, cfg, progress=progress)
     summary["seconds"] = round(time.time() - t0, 3)
     write_json_atomic(out / SUMMARY, summary)
     return summary
-
-
-def read_graph(graph_dir: str | os.PathLike) -> tuple[list[dict], list[dict]]:
-    """A built graph's nodes and edges (in memory: for tests and small graphs)."""
-    d = Path(graph_dir)
-    for f in (NODES, EDGES):
-        if not (d / f).is_file():
-            raise KgcError(f"{d / f} does not exist; build the graph first (kgc graph build)")
-    return _read(d / NODES), _read(d / EDGES)
-
-
-def _read(p: Path) -> list[dict]:
-    with open(p, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
-def iter_jsonl(p: str | os.PathLike):
-    with open(p, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                yield json.loads(line)

@@ -13,6 +13,10 @@ response cache on disk, thread-pool or Ray Data concurrency):
   against a whitelist, never executed (`kgc.icl.codekgc`).
 
 Importing this package loads no openai, ray or torch.
+
+`MODES` is the one list of mode names: mode `m` is the module `kgc.icl.<m>` (its
+`plan(cfg, client, single)` makes the requests, `kgc.icl.modes`) and the config section
+`IclConfig.<m>` (`kgc.icl.config`, whose `mode:` accepts exactly these names).
 """
 
 MODES = ("llmicl", "augment", "fewshot_re", "codekgc")

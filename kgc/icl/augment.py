@@ -341,15 +341,13 @@ def plan(cfg: IclConfig, client, single: dict | None) -> Plan:
         return rows, summary
 
     def write_generated(out: Path) -> Path:
-        from kgc.io import write_jsonl_atomic
+        from kgc.io import write_jsonl_atomic, write_text_atomic
 
         acc = state.get("accepted", [])
         path = out / ("generated.json" if kind != "line" else "generated.jsonl")
         if kind != "line":
-            tmp = path.with_suffix(".tmp")
             body = ",\n".join(json.dumps(r, ensure_ascii=False) for r in acc)
-            tmp.write_text(f"[\n{body}\n]\n" if acc else "[]\n", encoding="utf-8")
-            tmp.replace(path)
+            write_text_atomic(path, f"[\n{body}\n]\n" if acc else "[]\n")
         else:
             write_jsonl_atomic(path, acc)
         return path

@@ -11,8 +11,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from kgc.errors import KgcError, Problem
+from kgc.icl import MODES
 
-Mode = Literal["llmicl", "augment", "fewshot_re", "codekgc"]
+Mode = Literal[MODES]  # each mode also has its section below (IclConfig.<mode>)
 
 
 class _Strict(BaseModel):
@@ -121,9 +122,7 @@ def load_icl_config(
     from kgc.config import load_config
 
     cfg = load_config(path, overrides, data=data, schema=IclConfig)
-    stray = sorted(
-        ({"llmicl", "augment", "fewshot_re", "codekgc"} - {cfg.mode}) & cfg.model_fields_set
-    )
+    stray = sorted((set(MODES) - {cfg.mode}) & cfg.model_fields_set)
     if stray:
         raise KgcError(
             Problem(

@@ -243,13 +243,11 @@ def run_icl(
     if write and cfg.output and single is None:
         out = Path(cfg.output)
         out.mkdir(parents=True, exist_ok=True)
-        from kgc.io import write_jsonl_atomic
+        from kgc.io import write_json_atomic, write_jsonl_atomic
 
         write_jsonl_atomic(out / PREDICTIONS, rows)
         for name, writer in plan.files.items():
             summary.setdefault("files", {})[name] = str(writer(out))
         summary.setdefault("files", {})["predictions"] = str(out / PREDICTIONS)
-        tmp = out / f".{SUMMARY}.tmp"
-        tmp.write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
-        os.replace(tmp, out / SUMMARY)
+        write_json_atomic(out / SUMMARY, summary)
     return IclResult(rows, summary)

@@ -1,13 +1,21 @@
-"""Task registry: `register` a task class once, `get("NER")` its instance."""
+"""Task registry: the built-in task names, and `register` for task classes.
+
+`TASK_NAMES` is the one list of the built-in task names (in their display order); config
+models, the CLI and the HTTP API take their choices from it (`TaskName`) without importing
+any task module. Each built-in module registers its class with `@register`; `kgc.tasks.get`
+loads them on first use.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from kgc.errors import KgcError
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from kgc.tasks.base import Task
+
+TASK_NAMES = ("NER", "RE", "SPO", "EE", "EET", "EEA", "KG")
+# a pydantic field of this type accepts exactly the built-in task names
+TaskName = Literal[TASK_NAMES]
 
 _TASKS: dict[str, Task] = {}
 
@@ -20,23 +28,6 @@ def register(cls):
     return cls
 
 
-def get(name: str) -> Task:
-    _load_builtin()
-    try:
-        return _TASKS[name.upper()]
-    except (KeyError, AttributeError):
-        raise KgcError(f"unknown task {name!r}; choose one of {', '.join(names())}") from None
-
-
-_ORDER = ("NER", "RE", "SPO", "EE", "EET", "EEA", "KG")
-
-
-def names() -> list[str]:
-    _load_builtin()
-    return sorted(_TASKS, key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n))
-
-
-def _load_builtin() -> None:
-    # Importing the modules runs their @register decorators; done lazily so that
-    # `import kgc.tasks.registry` alone stays cheap and cycle-free.
-    from kgc.tasks import ee, eea, eet, kg, ner, relation, spo  # noqa: F401
+def registered() -> dict[str, Task]:
+    """The tasks registered so far (built-in ones only once `kgc.tasks` has loaded them)."""
+    return _TASKS
