@@ -112,6 +112,13 @@ FACTS = {
             "Although {p} was born in {c}, SHE rarely goes back.",
             "{p}, born in {c} in 1990, is a keen cyclist.",
             "Like many people born in {c}, {p} loves the sea.",
+            "{p} is originally from {c}, where SHE was born.",
+            "{p} was born at a small hospital in {c}.",
+            "Born and bred in {c}, {p} knows every street there.",
+            "{p} has lived in many places but was born in {c}.",
+            "{p} (born in {c}) chairs the committee.",
+            "{p}'s parents lived in {c} when SHE was born.",
+            "In {c}, where {p} was born, the winters are long.",
         ],
         "works_for": [
             "{p} works for {o}.",
@@ -134,6 +141,14 @@ FACTS = {
             "{p} is part of the research team at {o}.",
             "{p} started working at {o} in 2012.",
             "The new marketing head of {o}, {p}, presented the plan.",
+            "{p} is a manager at {o}.",
+            "{p} serves as head of research at {o}.",
+            "{p}'s employer is {o}.",
+            "The newest engineer at {o}, {p}, fixed the bug.",
+            "Working for {o}, {p} travels a lot.",
+            "{p} writes software for {o}.",
+            "{p} has a job with {o}.",
+            "{p} recently became a partner at {o}.",
         ],
         "located_in": [
             "{o} is based in {c}.",
@@ -151,6 +166,11 @@ FACTS = {
             "The headquarters of {o} are in {c}.",
             "From its base in {c}, {o} serves clients worldwide.",
             "{o}, headquartered in {c}, reported record profits.",
+            "{o} is located in {c}.",
+            "{o} set up its headquarters in {c}.",
+            "Most of the staff of {o} work at its head office in {c}.",
+            "{o} calls {c} its home.",
+            "{o}'s headquarters stand in {c}.",
         ],
     },
     "heldout": {
@@ -206,6 +226,17 @@ DISTRACTORS = {
         "{x} reviewed a product made by {o}.",
         "{p} flew to {y} to meet investors.",
         "The mayor of {y} praised {o}.",
+            "{o} opened a store in {y}.",
+            "{o} held its annual meeting in {y}.",
+            "{o} sponsors a football club in {y}.",
+            "{p} once applied for a job at {z} but was turned down.",
+            "{p} bought shares of {z}.",
+            "{p} met the chief executive of {z} in {y}.",
+            "{o} plans to open an office in {y}.",
+            "{p} celebrated HER birthday in {y}.",
+            "{p} toured the factory of {z}.",
+            "{x} left {o} in 2018.",
+            "{p} wrote an article about {z}.",
     ],
     "heldout": [
         "{p} spent a holiday in {y} with {x}.",
@@ -249,7 +280,7 @@ def document(rng: random.Random, split: str, cast: dict) -> dict:
     pool = POOLS[split]
     sentences: list[str] = []
     rels: list[tuple[str, str, str]] = []
-    people = rng.sample(cast["people"], 2 if rng.random() < 0.2 else 1)
+    people = rng.sample(cast["people"], 2 if rng.random() < 0.3 else 1)
     for p in people:
         c, o, female = cast["person"][p]
         oc = cast["org_city"][o]
@@ -347,9 +378,9 @@ def check_disjoint(train: list[dict], heldout: list[dict]) -> None:
 
 
 def main() -> None:
-    rng = random.Random(20261201)
-    train = make_split(rng, "train", 400, fresh=True)
-    heldout = make_split(rng, "heldout", 40, fresh=False)
+    # one generator per split: changing the training data leaves the held-out documents as they are
+    train = make_split(random.Random(20261201), "train", 600, fresh=True)
+    heldout = make_split(random.Random(20261202), "heldout", 40, fresh=False)
     check_disjoint(train, heldout)
     for prefix, docs in (("doc", train), ("new", heldout)):
         for i, d in enumerate(docs):
