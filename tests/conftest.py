@@ -164,7 +164,7 @@ def serve_app(
         "api_keys_env": "KGC_TEST_API_KEYS",
         "max_new_tokens": 12,
         "replica_cpus": 0.25,
-        "limits": {"max_body_bytes": 20_000, "max_text_chars": 2000},
+        "limits": {"max_body_bytes": 20_000, "max_text_chars": 2000, "max_schema_bytes": 4000},
         "constrained_max_text_chars": 8,
         "constrained_max_list_items": 2,
     }

