@@ -110,6 +110,11 @@ def hostile_request(kind: str, i: int, rng: random.Random) -> tuple[str, object]
     return chat, json.dumps(body, ensure_ascii=False).encode()
 
 
+async def _async_chunks(chunks):
+    for c in chunks:
+        yield c
+
+
 def fresh_schema(i: int) -> dict:
     """A valid response schema no other request uses (≈ 2 KB): each one compiles anew."""
     props = {f"r{i}_{j}": {"type": "string", "maxLength": 4} for j in range(40)}
@@ -144,6 +149,8 @@ async def fire(
             path = "/v1/chat/completions"
             if kind in HOSTILE:
                 path, body = hostile_request(kind, i, rng)
+                if not isinstance(body, bytes):  # httpx's async client streams async chunks
+                    body = _async_chunks(body)
             elif kind == "ok_schema":
                 schema = {
                     "type": "json_schema",
@@ -213,12 +220,16 @@ def deploy(model: str, batch: int, ongoing: int = 64, queued: int = 256) -> str:
 
 
 def replica_pid() -> int:
-    from ray.util.state import list_actors
-
-    for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
-        if a.class_name.endswith(":Generator"):
-            return int(a.pid)
-    raise RuntimeError("no Generator replica found")
+    """The model replica's process (Ray titles it `ray::ServeReplica:<app>:Generator`)."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if cmd.startswith("ray::ServeReplica") and ":Generator" in cmd.split("\0")[0]:
+                return int(proc.name)
+    raise RuntimeError("no Generator replica process found")
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
@@ -234,7 +245,9 @@ def hostile(url: str, n: int) -> None:
     before = rss_mb(pid)
     load = asyncio.run(fire(url, n, 32, 0.0, seed=3, hostile=0.10))
     peak, after = rss_mb(pid, "VmHWM"), rss_mb(pid)
-    kinds = Counter(k.split(":")[0] for k in load["statuses"])
+    kinds: Counter = Counter()
+    for k, v in load["statuses"].items():
+        kinds[k.split(":")[0]] += v
     print(f"hostile load: {n} requests, 32 clients; kinds {dict(sorted(kinds.items()))}")
     print(f"   statuses {dict(sorted(load['statuses'].items()))}")
     print(f"   valid requests' statuses: {dict(sorted(load['valid_statuses'].items()))}")
