@@ -374,7 +374,7 @@ class Api:
             )
         prompt: Any = messages if len(messages) > 1 else messages[0]["content"]
         try:
-            schema = response_schema(body.model_dump())
+            schema = response_schema({"response_format": body.response_format})
             if schema is not None:
                 check_json_schema("response_format.json_schema.schema", schema, limits)
         except RequestTooLarge as exc:
