@@ -2,7 +2,7 @@
 # make demo  — the main job on an embedded local Ray: the real SmolLM2-135M-Instruct (from its
 #              wheel), zero-shot scores, LoRA fine-tune on Ray Train, held-out scores,
 #              extraction on Ray Data, knowledge graph (jobs/demo.py)
-# make lint  — ruff check + format check
+# make lint  — ruff check + format check + the layer contracts (.importlinter)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 PIP    := PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint format venv clean-venv demo
+.PHONY: test lint imports format venv clean-venv demo
 
 $(STAMP): pyproject.toml constraints.txt
 	rm -rf $(VENV)
@@ -29,9 +29,13 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-lint: $(STAMP)
+lint: $(STAMP) imports
 	$(VENV)/bin/ruff check kgc tests bench jobs serve
 	$(VENV)/bin/ruff format --check kgc tests bench jobs serve
+
+# the layers (entry > runtime > modeling > core) as import contracts: .importlinter
+imports: $(STAMP)
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format kgc tests bench jobs serve

@@ -50,7 +50,7 @@ def main() -> None:
     add_model_arg(ap, "tiny")
     args = ap.parse_args()
 
-    from kgc.engine import GenerationConfig, bounded
+    from kgc.engine import GenerationSettings, bounded
     from kgc.modeling.hf_engine import HFEngine
     from kgc.tasks import get
 
@@ -67,7 +67,7 @@ def main() -> None:
         bounded(get(t).output_schema(c), args.max_text_chars, args.max_list_items)
         for t, _, c in rows
     ]
-    gen = GenerationConfig(max_new_tokens=args.new_tokens)
+    gen = GenerationSettings(max_new_tokens=args.new_tokens)
     engine.generate(prompts[:2], gen, schemas[:2])  # warm-up (grammar compile, first call)
     results = {}
     for name, extra in (("free", None), ("constrained", schemas)):

@@ -66,9 +66,9 @@ def main() -> None:
     import torch
 
     from kgc.config import ExtractConfig, load_config
-    from kgc.engine import GenerationConfig
-    from kgc.extract import run_extract
+    from kgc.engine import GenerationSettings
     from kgc.modeling.hf_engine import HFEngine
+    from kgc.runtime.extract import run_extract
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as t:
@@ -76,7 +76,7 @@ def main() -> None:
         model, label = bench_model(args.model, tmp)
         prompts, corpus = prompts_and_corpus(tmp, args.rows)
         # every path generates exactly new-tokens tokens: EOS is not a stop
-        gen = GenerationConfig(max_new_tokens=args.new_tokens, ignore_eos=True)
+        gen = GenerationSettings(max_new_tokens=args.new_tokens, ignore_eos=True)
 
         eng = HFEngine(str(model), batch_size=1)
         t0 = time.perf_counter()

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from kgc.extract import row_id
+from kgc.rows import row_id
 
 
 def write_rows(out: Path, n: int, per_shard: int = 2000, seed: int = 0) -> int:

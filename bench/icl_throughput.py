@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
+from pathlib import Path
+
+# the replay server is test tooling (tests/support/), not installed: import it from this checkout
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> None:
@@ -25,8 +30,8 @@ def main() -> None:
 
     from kgc.icl.client import ChatClient, ChatParams
     from kgc.icl.config import ClientConfig, IclConfig
-    from kgc.icl.replay import ReplayServer
-    from kgc.icl.runner import Request, execute
+    from kgc.icl.runner import Request
+    from tests.support.replay import ReplayServer
 
     prompts = [[{"role": "user", "content": f"Text: document {i}"}] for i in range(args.requests)]
     params = ChatParams(max_tokens=32)
@@ -58,7 +63,8 @@ def main() -> None:
             client(args.concurrency, cache).chat_many(prompts, params)
             results["cached"] = (time.perf_counter() - t, srv.count() - n0)
         if args.ray:
-            from kgc.raytools import ensure_ray
+            from kgc.runtime.cluster import ensure_ray
+            from kgc.runtime.icl import execute_ray
 
             ensure_ray()
             cfg = IclConfig.model_validate(
@@ -80,7 +86,7 @@ def main() -> None:
             ]
             n0 = srv.count()
             t = time.perf_counter()
-            execute(cfg, reqs, None, backend="ray")
+            execute_ray(cfg, reqs, False)
             results["ray_data_2_actors"] = (time.perf_counter() - t, srv.count() - n0)
 
     serial = results["serial"][0]

@@ -27,12 +27,16 @@ import os
 import random
 import socket
 import statistics
+import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 from _models import add_model_arg, bench_model
+
+# serve/ runs from the checkout (it is not an installed package): import serve.app from here
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 KEY = "sk-bench"
 
@@ -220,16 +224,16 @@ def deploy(model: str, batch: int, ongoing: int = 64, queued: int = 256) -> str:
 
 
 def replica_pid() -> int:
-    """The model replica's process (Ray titles it `ray::ServeReplica:<app>:Generator`)."""
+    """The model replica's process (Ray titles it `ray::ServeReplica:<app>:ModelDeployment`)."""
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
                 cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
             except OSError:
                 continue
-            if cmd.startswith("ray::ServeReplica") and ":Generator" in cmd.split("\0")[0]:
+            if cmd.startswith("ray::ServeReplica") and ":ModelDeployment" in cmd.split("\0")[0]:
                 return int(proc.name)
-    raise RuntimeError("no Generator replica process found")
+    raise RuntimeError("no ModelDeployment replica process found")
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:

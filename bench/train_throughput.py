@@ -89,7 +89,7 @@ def bare_loop(cfg, steps: int, packing: bool) -> float:
 
 
 def ray_job(cfg, name: str) -> float:
-    from kgc.finetune import run
+    from kgc.runtime.train import run
 
     result = run(cfg.model_copy(update={"run": cfg.run.model_copy(update={"name": name})}))
     return float(result.metrics["tokens_per_s"])

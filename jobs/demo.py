@@ -102,7 +102,7 @@ BOUNDS = {"max_text_chars": 32, "max_list_items": 2}
 
 def generate(engine, records: list[dict], preset: dict, constrained: bool) -> list[str]:
     """Answers for the held-out instructions from an engine in this process."""
-    from kgc.engine import GenerationConfig, bounded, grounded
+    from kgc.engine import GenerationSettings, bounded, grounded
     from kgc.tasks import get
 
     task = get("SPO")
@@ -119,14 +119,14 @@ def generate(engine, records: list[dict], preset: dict, constrained: bool) -> li
             schemas.append(grounded(shape, inst["input"]))
     limit = preset["max_new_constrained" if constrained else "max_new_tokens"]
     return engine.generate(
-        [r["instruction"] for r in records], GenerationConfig(max_new_tokens=limit), schemas
+        [r["instruction"] for r in records], GenerationSettings(max_new_tokens=limit), schemas
     )
 
 
 def corpus_answers(corpus_dir: Path, records: list[dict]) -> list[str]:
     """The extraction job's answer for each held-out record (matched by its text; the job
     built the same instruction from the raw document, one chunk each)."""
-    from kgc.extract import read_rows
+    from kgc.shards import read_rows
 
     by_text = {}
     for row in read_rows(corpus_dir):
@@ -211,12 +211,12 @@ def main(argv=None) -> int:
     import torch
 
     from kgc.convert import convert_file
-    from kgc.extract import run_extract
-    from kgc.finetune import run
     from kgc.graph.config import GraphConfig
     from kgc.graph.stream import run_build
     from kgc.modeling.hf_engine import HFEngine
-    from kgc.raytools import ensure_ray
+    from kgc.runtime.cluster import ensure_ray
+    from kgc.runtime.extract import run_extract
+    from kgc.runtime.train import run
     from kgc.sampling import SamplingOptions
 
     torch.set_num_threads(2)  # scoring runs here, while Ray's workers are idle

@@ -1,5 +1,6 @@
-"""The `kgc` command line: `kgc convert`, `kgc eval`, `kgc train`, `kgc export`,
-`kgc tiny-model`, `kgc model prepare|list`, `kgc extract`.
+"""The `kgc` command line (an entry point: it may reach every layer): `kgc convert`, `eval`,
+`train`, `export`, `extract`, `serve`, `tiny-model`, `model prepare|list`, and the feature
+packages' own commands `graph`, `pipeline`, `icl` (added by their `add_commands`).
 
 Exit status: 0 on success, 2 on bad input (every problem printed to stderr with file, line
 and fix), 1 on an unexpected internal error.
@@ -177,14 +178,42 @@ def build_parser() -> argparse.ArgumentParser:
     ml = mo_sub.add_parser("list", help="the prepared models")
     ml.add_argument("--json", action="store_true", help="one JSON object per line")
     for module in _plugin_modules():
-        module.add_commands(sub)
+        module.add_commands(sub, RAY_HANDLERS)
     return parser
 
 
+def _cmd_graph_build(args) -> int:
+    from kgc.graph.cli import build
+    from kgc.runtime.graph import map_reduce
+
+    return build(args, map_reduce)
+
+
+def _cmd_pipeline(args) -> int:
+    from kgc.graph.cli import pipeline
+    from kgc.runtime.graph import run_pipeline
+
+    return pipeline(args, run_pipeline)
+
+
+def _cmd_icl(args) -> int:
+    from kgc.icl.cli import run_command
+    from kgc.runtime.icl import execute_ray
+
+    return run_command(args, execute_ray)
+
+
 # Feature packages that bring their own subcommands: each module defines
-# `add_commands(sub)`, which adds parsers whose defaults include `handler=<callable(args)>`.
-# Their import must stay light (no torch/ray): handlers import heavy things when called.
+# `add_commands(sub, ray_handlers)`, which adds parsers whose defaults include
+# `handler=<callable(args)>`. Their import must stay light (no torch/ray): handlers import
+# heavy things when called. The packages are core and never import kgc.runtime, so the
+# handlers of their commands that may run on Ray are these, which hand them the Ray steps.
 PLUGINS = ("kgc.graph.cli", "kgc.icl.cli")
+RAY_HANDLERS = {
+    "graph build": _cmd_graph_build,
+    "pipeline": _cmd_pipeline,
+    "icl": _cmd_icl,
+}
 
 
 def _plugin_modules():
@@ -307,7 +336,8 @@ def _cmd_eval(args) -> int:
 
 def _cmd_train(args) -> int:
     from kgc.config import load_config
-    from kgc.finetune import run, validate
+    from kgc.modeling.training import validate
+    from kgc.runtime.train import run
 
     cfg = load_config(args.config, args.overrides)
     if args.check:
@@ -324,11 +354,11 @@ def _cmd_train(args) -> int:
 
 def _cmd_extract(args) -> int:
     from kgc.config import ExtractConfig, load_config
-    from kgc.extract import run_extract
+    from kgc.runtime.extract import run_extract
 
     cfg = load_config(args.config, args.overrides, schema=ExtractConfig)
     if args.address:
-        from kgc.raytools import ensure_ray
+        from kgc.runtime.cluster import ensure_ray
 
         ensure_ray(args.address)
     summary = run_extract(cfg, progress=not args.quiet)
@@ -344,11 +374,16 @@ def _cmd_extract(args) -> int:
 def _cmd_serve(args) -> int:
     import os
     import subprocess
+    from pathlib import Path
 
     # Ray's `serve run` (next to this Python) runs the app from the Serve config
-    # (import_path serve.app:build_app); it blocks until interrupted.
+    # (import_path serve.app:build_app); it blocks until interrupted. `serve/` is not an
+    # installed package: run from the checkout that holds it (here, the config's, or kgc's).
     serve_bin = os.path.join(os.path.dirname(sys.executable), "serve")
-    return subprocess.call([serve_bin, "run", args.config])
+    config = Path(args.config).resolve()
+    roots = (Path.cwd(), config.parent.parent, Path(__file__).resolve().parent.parent)
+    root = next((d for d in roots if (d / "serve" / "app.py").is_file()), Path.cwd())
+    return subprocess.call([serve_bin, "run", str(config)], cwd=root)
 
 
 def _cmd_export(args) -> int:

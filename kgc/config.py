@@ -1,7 +1,11 @@
-"""Typed fine-tuning configuration: YAML file + `key.sub=value` overrides, validated once.
+"""Typed configurations — fine-tuning (`FinetuneConfig`), batch extraction
+(`ExtractConfig`), scoring (`EvalConfig`) — read from YAML plus `key.sub=value` overrides
+and validated once.
 
 Unknown keys are rejected; every problem is reported together with the key, the bad value
-and the fix, before any Ray worker starts (`validate_train_config`).
+and the fix (`load_config` raises one `KgcError` listing them all), before any Ray worker
+starts. Section types are named `…Config`, except `LoraSpec` and `RunSpec`, named so they
+cannot be mistaken for peft's `LoraConfig` and Ray's `RunConfig`.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from kgc.engine import GenerationSettings
 from kgc.errors import KgcError, Problem
 from kgc.tasks.registry import TaskName
 
@@ -48,7 +53,9 @@ class ModelConfig(_Strict):
     attn_implementation: str | None = None
 
 
-class LoraConfig(_Strict):
+class LoraSpec(_Strict):
+    """`method.lora`: the LoRA adapter (becomes a peft `LoraConfig`)."""
+
     r: int = Field(8, ge=1)
     alpha: int = Field(16, ge=1)
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
@@ -65,7 +72,7 @@ class PTuningConfig(_Strict):
 
 class MethodConfig(_Strict):
     type: Literal["lora", "qlora", "ptuning_v2", "ptuning", "full", "freeze"] = "lora"
-    lora: LoraConfig = LoraConfig()
+    lora: LoraSpec = LoraSpec()
     ptuning: PTuningConfig = PTuningConfig()
     trainable_layers: int = Field(2, ge=1, description="freeze: train the last k layers")
     adapter_path: str | None = None  # continue training from an existing adapter
@@ -114,7 +121,9 @@ class DistributedConfig(_Strict):
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
-class RunConfig(_Strict):
+class RunSpec(_Strict):
+    """`run`: where the run's checkpoints live (becomes Ray Train's `RunConfig`)."""
+
     # a folder created under storage_path (Ray's RunConfig(name)); resubmitting it resumes
     name: str = "kgc-finetune"
     storage_path: str = "./runs"
@@ -139,7 +148,7 @@ class FinetuneConfig(_Strict):
     data: DataConfig
     train: TrainConfig = TrainConfig()
     distributed: DistributedConfig = DistributedConfig()
-    run: RunConfig = RunConfig()
+    run: RunSpec = RunSpec()
 
 
 class InputConfig(_Strict):
@@ -175,28 +184,6 @@ class EngineConfig(_Strict):
     tensor_parallel_size: int = Field(1, ge=1)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     max_model_len: int | None = Field(None, ge=16)
-
-
-class GenerationSettings(_Strict):
-    max_new_tokens: int = Field(256, ge=1)
-    do_sample: bool = False
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    num_beams: int = Field(1, ge=1)
-    stop: list[str] = []
-    seed: int | None = None
-    ignore_eos: bool = False
-    # Schema-constrained decoding: every answer follows the task's JSON shape with the keys
-    # of its instruction's schema (HF engine: xgrammar; openai engine: response_format
-    # json_schema, which vLLM's server honours). Strings and lists are capped so an answer
-    # always closes before max_new_tokens.
-    constrained: bool = False
-    max_text_chars: int = Field(200, ge=1)
-    max_list_items: int = Field(64, ge=1)
-    # with constrained: every string value must be a span of the input text (up to
-    # grounded_max_words words): the model can copy names, not invent them (NER, RE, SPO)
-    grounded: bool = False
-    grounded_max_words: int = Field(6, ge=1, le=16)
 
 
 class WorkersConfig(_Strict):

@@ -9,23 +9,39 @@ for IEPile, the instruction JSON string) or a list of chat messages.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
 
 Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
 Prompt = str | list[Message]
 
 
-@dataclass(frozen=True)
-class GenerationConfig:
-    max_new_tokens: int = 512
+class GenerationSettings(BaseModel):
+    """How to generate: the one settings type, from a config's `generation:` section (batch
+    extraction) to every engine's `generate` (HF, vLLM, OpenAI-compatible) and Serve."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    max_new_tokens: int = Field(256, ge=1)
     do_sample: bool = False  # greedy unless sampling is asked for
-    temperature: float = 1.0
-    top_p: float = 1.0
-    num_beams: int = 1
-    stop: tuple[str, ...] = field(default_factory=tuple)  # cut the text at the first of these
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    num_beams: int = Field(1, ge=1)
+    stop: tuple[str, ...] = ()  # cut the text at the first of these
     seed: int | None = None
     ignore_eos: bool = False  # always generate max_new_tokens (benchmarks)
+    # Schema-constrained decoding: every answer follows the task's JSON shape with the keys
+    # of its instruction's schema (HF engine: xgrammar; openai engine: response_format
+    # json_schema, which vLLM's server honours). Strings and lists are capped so an answer
+    # always closes before max_new_tokens. (Batch extraction reads these to build each
+    # row's answer schema; engines get the schemas themselves.)
+    constrained: bool = False
+    max_text_chars: int = Field(200, ge=1)
+    max_list_items: int = Field(64, ge=1)
+    # with constrained: every string value must be a span of the input text (up to
+    # grounded_max_words words): the model can copy names, not invent them (NER, RE, SPO)
+    grounded: bool = False
+    grounded_max_words: int = Field(6, ge=1, le=16)
 
 
 class Engine(Protocol):
@@ -34,7 +50,7 @@ class Engine(Protocol):
     def generate(
         self,
         prompts: Sequence[Prompt],
-        config: GenerationConfig,
+        config: GenerationSettings,
         schemas: Sequence[dict | None] | None = None,
     ) -> list[str]:
         """One generated text per prompt, in the prompts' order. `schemas`: an optional JSON

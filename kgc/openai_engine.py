@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from kgc.engine import GenerationConfig, Prompt, as_messages, cut_at_stop
+from kgc.engine import GenerationSettings, Prompt, as_messages, cut_at_stop
 from kgc.errors import KgcError
 from kgc.icl.client import ChatClient, ChatParams
 from kgc.icl.config import ClientConfig
@@ -85,7 +85,7 @@ class OpenAIEngine:
     def max_retries(self, n: int) -> None:
         self.client.cfg.max_retries = max(0, int(n))
 
-    def _params(self, cfg: GenerationConfig) -> ChatParams:
+    def _params(self, cfg: GenerationSettings) -> ChatParams:
         return ChatParams(
             max_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature if cfg.do_sample else 0.0,
@@ -97,7 +97,7 @@ class OpenAIEngine:
     def generate(
         self,
         prompts: Sequence[Prompt],
-        config: GenerationConfig,
+        config: GenerationSettings,
         schemas: Sequence[dict | None] | None = None,
     ) -> list[str]:
         base = self._params(config)

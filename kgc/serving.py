@@ -1,5 +1,6 @@
-"""What the Serve app needs that is not Ray: request models, limits, instruction building for
-`/v1/extract` (schema split as in batch extraction) and merging of the split results.
+"""What the Serve app needs that is not Ray: request models, limits, the engine config of the
+settings, instruction building for `/v1/extract` and merging of the split results (both
+shared with batch extraction: `kgc.schema_splits`).
 
 `schema` in a request is the task's label universe: a list of labels (NER entity types, RE
 relations, EET event types, SPO "subject_type_predicate_object_type" strings) or an object
@@ -14,13 +15,16 @@ import json
 import math
 import os
 import re
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from kgc.errors import KgcError
 from kgc.schema import Schema
 from kgc.tasks.registry import TaskName
+
+if TYPE_CHECKING:
+    from kgc.config import EngineConfig
 
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -66,6 +70,12 @@ class ServeSettings(BaseModel):
     checkpoint: str | None = None  # or a kgc checkpoint (base + adapter + chat format)
     adapter: str | None = None  # an adapter always applied to the base (P-Tuning works here)
     trust_remote_code: bool = False  # the operator's decision; never taken from a checkpoint
+    # weights' dtype (None: hf fp32, vllm the model's own, as before these settings existed)
+    dtype: Literal["fp32", "fp16", "bf16"] | None = None
+    # vllm: GPUs per model copy (set replica_gpus to match), memory share, context length
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    max_model_len: int | None = Field(None, ge=16)
     name: str = "kgc"  # model name clients use for the base model
     adapters: dict[str, str] = {}  # name → adapter directory
     adapter_dir: str | None = None  # more adapters by folder name, loaded on first use
@@ -101,6 +111,24 @@ def check_engine(s: ServeSettings) -> None:
             "engine: vllm serves one model (optionally with `adapter:` or a kgc "
             "`checkpoint:`); named adapters (`adapters`, `adapter_dir`) need engine: hf"
         )
+
+
+def engine_config(s: ServeSettings) -> EngineConfig:
+    """The settings' model as the engine factory's config (`kgc.modeling.engines`)."""
+    from kgc.config import EngineConfig
+
+    return EngineConfig(
+        type=s.engine,
+        model=s.model,
+        adapter=s.adapter,
+        checkpoint=s.checkpoint,
+        batch_size=s.batch_size,
+        trust_remote_code=s.trust_remote_code,
+        tensor_parallel_size=s.tensor_parallel_size,
+        gpu_memory_utilization=s.gpu_memory_utilization,
+        max_model_len=s.max_model_len,
+        **({"dtype": s.dtype} if s.dtype else {}),
+    )
 
 
 class ExtractRequest(BaseModel):
@@ -179,26 +207,27 @@ def request_schema(req: ExtractRequest) -> Schema:
 def build_instructions(
     req: ExtractRequest, text: str, schema: Schema, settings: ServeSettings | None = None
 ) -> list[tuple[str, dict | None]]:
-    """(instruction, answer schema or None) per schema split of one text; the answer schema
-    is set when the request asks for constrained decoding."""
-    from kgc.engine import bounded
-    from kgc.sampling import SamplingOptions, record_rng
+    """(instruction, answer schema or None) per schema split of one text, as `kgc extract`
+    builds them (`kgc.schema_splits`); the answer schema is set when the request asks for
+    constrained decoding."""
+    from kgc.schema_splits import answer_schema, instructions
     from kgc.tasks import get
 
     task = get(req.task)
     s = settings or ServeSettings()
-    opts = SamplingOptions(split_num=req.split_num)
-    chunks = task.test_chunks(None, schema, record_rng(0, 0, text), opts, text)
     return [
         (
-            task.instruction(req.language, c, text),
-            bounded(
-                task.output_schema(c), s.constrained_max_text_chars, s.constrained_max_list_items
+            split.instruction,
+            answer_schema(
+                task,
+                split.schema,
+                max_text_chars=s.constrained_max_text_chars,
+                max_list_items=s.constrained_max_list_items,
             )
             if req.constrained
             else None,
         )
-        for c in chunks
+        for split in instructions(task, req.language, schema, text, split_num=req.split_num)
     ]
 
 
@@ -221,20 +250,15 @@ def response_schema(body: dict) -> dict | None:
 
 
 def merge_outputs(task_name: str, outputs: list[str]) -> dict:
-    """Parsed records of all schema splits of one text, de-duplicated, plus parse errors."""
+    """Parsed records of all schema splits of one text, de-duplicated as `kgc extract`
+    merges a document's (`kgc.schema_splits.merge_records`), plus parse errors."""
+    from kgc.schema_splits import merge_records
     from kgc.tasks import get
 
     task = get(task_name)
-    records, errors, seen = [], [], set()
-    for out in outputs:
-        parsed = task.parse(out)
-        errors.extend(parsed.errors)
-        for rec in parsed.records:
-            key = json.dumps(task.tuples([rec]), ensure_ascii=False, sort_keys=True)
-            if key not in seen:
-                seen.add(key)
-                records.append(rec)
-    return {"records": records, "errors": errors}
+    parsed = [task.parse(out) for out in outputs]
+    merged = merge_records((task, rec, None) for p in parsed for rec in p.records)
+    return {"records": [rec for rec, _ in merged], "errors": [e for p in parsed for e in p.errors]}
 
 
 def api_keys(env: str) -> set[str]:
@@ -263,9 +287,11 @@ def resolve_adapter(name: str, settings: ServeSettings) -> str | None:
         return None
     from pathlib import Path
 
+    from kgc.checkpoint import ADAPTER_CONFIG
+
     root = Path(settings.adapter_dir).resolve()
     path = (root / name).resolve()
-    if path.parent != root or not (path / "adapter_config.json").is_file():
+    if path.parent != root or not (path / ADAPTER_CONFIG).is_file():
         return None
     return str(path)
 

@@ -160,3 +160,22 @@ def get_template(name: str) -> Template:
             f"unknown chat template {name!r}; choose one of {', '.join(sorted(TEMPLATES))}, "
             f"{TOKENIZER!r} (the tokenizer's own) or 'auto'"
         ) from None
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """How prompts are laid out: a kgc template, or the tokenizer's own chat_template."""
+
+    template: Template | None  # None → tokenizer.apply_chat_template
+    system: str | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "template": self.template.to_dict() if self.template else TOKENIZER,
+            "system": self.system,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ChatFormat:
+        t = d.get("template")
+        return cls(None if t == TOKENIZER else Template.from_dict(t), d.get("system"))

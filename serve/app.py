@@ -4,10 +4,14 @@
     python -c "from serve.app import build_app"
 
 Endpoints: POST /v1/extract, POST /v1/chat/completions, GET /v1/models, GET /healthz,
-OpenAPI docs at /docs. One `Generator` deployment holds the base model and its LoRA
-adapters (chosen per request by model name `base:adapter`, loaded lazily, LRU-bounded) and
-batches concurrent requests with `@serve.batch`; the `Api` deployment is the FastAPI ingress
+OpenAPI docs at /docs. One `ModelDeployment` holds the base model and its LoRA adapters
+(chosen per request by model name `base:adapter`, loaded lazily, LRU-bounded) and batches
+concurrent requests with `@serve.batch`; the `Ingress` deployment is the FastAPI ingress
 (auth, limits, schema splitting, parsing).
+
+Each deployment is a plain class plus its Serve wiring: `ModelServer` (an engine, given or
+built from the settings) and `IngressServer` + `create_api` (the routes over any object whose
+`.generate.remote(...)` is awaitable) run without Ray, so tests drive them with a fake engine.
 """
 
 import asyncio
@@ -15,6 +19,7 @@ import contextlib
 import json
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -49,8 +54,6 @@ from kgc.serving import (
     validation_fields,
 )
 
-app = FastAPI(title="kgc extractors", version="0.1.0")
-
 
 def _failure(exc: BaseException) -> dict:
     """One item's failure as its own result (the rest of its batch is unaffected)."""
@@ -58,43 +61,41 @@ def _failure(exc: BaseException) -> dict:
     return {"error": str(exc) or type(exc).__name__, "status": status}
 
 
-@serve.deployment
-class Generator:
-    """The model: one HF engine, named LoRA adapters, dynamic request batching.
+def engine_from_settings(s: ServeSettings) -> Any:
+    """The engine a model replica serves with, from kgc's one engine factory: HF (named LoRA
+    adapters, LRU-bounded) or vLLM. Defined above the deployment classes that use it (a Serve
+    requirement: docs/architecture.md, "Serving")."""
+    from kgc.modeling.engines import build_engine
+    from kgc.serving import engine_config
+
+    vllm_dtype = None if s.dtype else "auto"  # no dtype set: vLLM keeps the model's own
+    return build_engine(
+        engine_config(s), max_loaded_adapters=s.max_loaded_adapters, vllm_dtype=vllm_dtype
+    )
+
+
+class ModelServer:
+    """The model, without Ray: one engine (built from the settings, or given: tests pass a
+    fake), named LoRA adapters, per-item isolation. `ModelDeployment` adds Serve's batching.
 
     Isolation: `generate` checks and compiles a request's answer schema on its own (in a
     worker thread, with a time limit) before the request joins a batch; inside a batch, a
     group whose engine call fails is retried item by item, so one bad item fails alone. A
     result is {"text": ...} or {"error": ..., "status": ...}, never an exception that would
-    fail the whole batch."""
+    fail the whole batch.
 
-    def __init__(self, settings: dict):
-        from kgc.config import ModelConfig
+    Engine calls run on the replica's one engine thread, so the event loop keeps taking
+    requests (and compiling their schemas) while the model decodes, and calls stay one at a
+    time (the HF engine is not thread-safe) even if a batch awaiting one is cancelled."""
 
+    def __init__(self, settings: dict, engine: Any = None):
         self.s = ServeSettings.model_validate(settings)
         check_engine(self.s)
-        trust = self.s.trust_remote_code
-        model = ModelConfig(path=self.s.model, trust_remote_code=trust) if self.s.model else None
-        if self.s.engine == "vllm":
-            from kgc.modeling.vllm_engine import VLLMEngine
-
-            self.engine = VLLMEngine(model, adapter=self.s.adapter, checkpoint=self.s.checkpoint)
-        else:
-            from kgc.modeling.hf_engine import HFEngine
-
-            self.engine = HFEngine(
-                model,
-                adapter=self.s.adapter,
-                checkpoint=self.s.checkpoint,
-                batch_size=self.s.batch_size,
-                trust_remote_code=trust,
-            )
-            self.engine.max_loaded = self.s.max_loaded_adapters
-        self.generate_batched.set_max_batch_size(self.s.batch_size)
-        self.generate_batched.set_batch_wait_timeout_s(self.s.batch_wait_s)
+        self.engine = engine if engine is not None else engine_from_settings(self.s)
+        self._engine_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kgc-engine")
 
     def _run(self, adapter: str | None, items: list[tuple]) -> list[str]:
-        from kgc.engine import GenerationConfig
+        from kgc.engine import GenerationSettings
 
         path = resolve_adapter(adapter, self.s) if adapter else None
         schemas = [it[3] for it in items]
@@ -102,12 +103,15 @@ class Generator:
         with use(adapter, path) if use else contextlib.nullcontext():
             return self.engine.generate(
                 [it[1] for it in items],
-                GenerationConfig(max_new_tokens=items[0][2]),
+                GenerationSettings(max_new_tokens=items[0][2]),
                 schemas if any(schemas) else None,
             )
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
-    async def generate_batched(self, items: list[tuple]) -> list[dict]:
+    async def _engine_call(self, adapter: str | None, items: list[tuple]) -> list[str]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._engine_thread, self._run, adapter, items)
+
+    async def run_batch(self, items: list[tuple]) -> list[dict]:
         """items: (adapter or None, prompt, max_new_tokens, answer schema or None); grouped
         so each group is one engine call on one adapter."""
         out: list[dict] = [{}] * len(items)
@@ -116,7 +120,7 @@ class Generator:
             groups.setdefault((adapter, max_new), []).append(i)
         for (adapter, _max_new), idx in groups.items():
             try:
-                texts = self._run(adapter, [items[i] for i in idx])
+                texts = await self._engine_call(adapter, [items[i] for i in idx])
                 for i, t in zip(idx, texts):
                     out[i] = {"text": t}
             except Exception as exc:
@@ -125,10 +129,15 @@ class Generator:
                     continue
                 for i in idx:  # the group failed: each item alone, so only the bad one fails
                     try:
-                        out[i] = {"text": self._run(adapter, [items[i]])[0]}
+                        out[i] = {"text": (await self._engine_call(adapter, [items[i]]))[0]}
                     except Exception as one:
                         out[i] = _failure(one)
         return out
+
+    async def generate_batched(self, item: tuple) -> dict:
+        """One item's result; here a batch of its own, batched with concurrent items by
+        `ModelDeployment`'s `@serve.batch`."""
+        return (await self.run_batch([item]))[0]
 
     async def generate(
         self, adapter: str | None, prompt: Any, max_new_tokens: int, schema: dict | None = None
@@ -152,6 +161,20 @@ class Generator:
                 except KgcError as exc:
                     return {"error": f"response schema: {exc}", "status": 422}
         return await self.generate_batched((adapter, prompt, max_new_tokens, schema))
+
+
+@serve.deployment
+class ModelDeployment(ModelServer):
+    """The model deployment: a ModelServer whose concurrent requests are batched."""
+
+    def __init__(self, settings: dict, engine: Any = None):
+        super().__init__(settings, engine)
+        self.generate_batched.set_max_batch_size(self.s.batch_size)
+        self.generate_batched.set_batch_wait_timeout_s(self.s.batch_wait_s)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
+    async def generate_batched(self, items: list[tuple]) -> list[dict]:
+        return await self.run_batch(items)
 
 
 async def _sse(head: dict, text: str):
@@ -192,11 +215,11 @@ async def _gather_or_cancel(responses: list) -> list:
         raise
 
 
-async def call_model(gen, calls: list[tuple], retry_after_s: int) -> list[str]:
-    """Model calls (adapter, prompt, max_new, schema) on the Generator handle → texts; an
-    item's failure → its 4xx; a lost replica → 503 with Retry-After (never a 500)."""
+async def call_model(model, calls: list[tuple], retry_after_s: int) -> list[str]:
+    """Model calls (adapter, prompt, max_new, schema) on the ModelDeployment handle → texts;
+    an item's failure → its 4xx; a lost replica → 503 with Retry-After (never a 500)."""
     try:
-        results = await _gather_or_cancel([gen.generate.remote(*c) for c in calls])
+        results = await _gather_or_cancel([model.generate.remote(*c) for c in calls])
     except Exception as exc:
         if _replica_lost(exc):
             raise HTTPException(
@@ -211,11 +234,13 @@ async def call_model(gen, calls: list[tuple], retry_after_s: int) -> list[str]:
     return [r["text"] for r in results]
 
 
-@serve.deployment
-@serve.ingress(app)
-class Api:
-    def __init__(self, generator, settings: dict):
-        self.gen = generator
+class IngressServer:
+    """The HTTP side, without Ray: auth, limits, validation, schema splitting, parsing.
+    `model` is a handle to the model deployment, or anything whose `.generate.remote(...)`
+    gives an awaitable with `.cancel()` (tests: a ModelServer with a fake engine)."""
+
+    def __init__(self, model, settings: dict):
+        self.model = model
         self.s = ServeSettings.model_validate(settings)
         # only hashes are held (and shown in Ray's dashboard); keys set in this replica's
         # own environment count too
@@ -286,13 +311,11 @@ class Api:
             ) from None
 
     async def _generate(self, calls: list[tuple]) -> list[str]:
-        return await call_model(self.gen, calls, self.s.retry_after_s)
+        return await call_model(self.model, calls, self.s.retry_after_s)
 
-    @app.get("/healthz")
     async def healthz(self) -> dict:
         return {"status": "ok"}
 
-    @app.get("/v1/models")
     async def models(self, request: Request) -> dict:
         self._check(request)
         return {
@@ -300,17 +323,6 @@ class Api:
             "data": [{"id": m, "object": "model", "owned_by": "kgc"} for m in known_models(self.s)],
         }
 
-    @app.post(
-        "/v1/extract",
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {"schema": ExtractRequest.model_json_schema(by_alias=True)}
-                },
-            }
-        },
-    )
     async def extract(self, request: Request) -> dict:
         raw = await self._json(request)
         try:
@@ -346,7 +358,6 @@ class Api:
             results.append({"text": text, **merge_outputs(body.task, mine)})
         return {"task": body.task, "model": body.model or self.s.name, "results": results}
 
-    @app.post("/v1/chat/completions")
     async def chat(self, request: Request) -> Any:
         raw = await self._json(request)
         try:
@@ -404,6 +415,38 @@ class Api:
         }
 
 
+# the body /v1/extract reads itself (to name bad fields), described for the OpenAPI docs
+EXTRACT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": ExtractRequest.model_json_schema(by_alias=True)}
+        },
+    }
+}
+
+
+def create_api(server: IngressServer) -> FastAPI:
+    """The FastAPI app over one IngressServer: Serve builds it on each ingress replica, tests
+    around a fake model."""
+    api = FastAPI(title="kgc extractors", version="0.1.0")
+    api.get("/healthz")(server.healthz)
+    api.get("/v1/models")(server.models)
+    api.post("/v1/extract", openapi_extra=EXTRACT_BODY)(server.extract)
+    api.post("/v1/chat/completions")(server.chat)
+    return api
+
+
+@serve.deployment
+@serve.ingress()
+class Ingress(IngressServer):
+    """The ingress deployment: Serve calls `__serve_build_asgi_app__` once the replica's
+    IngressServer exists, and serves the app it returns."""
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_api(self)
+
+
 def resolved_settings(args: dict) -> dict:
     """The settings, validated, with `model` as a local HF folder: a .gguf file or a prepared
     model's name is prepared once here, before any replica starts."""
@@ -447,4 +490,5 @@ def build_app(args: dict) -> Any:
         gen_opts["autoscaling_config"] = s.autoscaling.model_dump()
     else:
         gen_opts["num_replicas"] = s.num_replicas
-    return Api.options(**api_opts).bind(Generator.options(**gen_opts).bind(settings), settings)
+    model = ModelDeployment.options(**gen_opts).bind(settings)
+    return Ingress.options(**api_opts).bind(model, settings)

@@ -93,8 +93,36 @@ def pytest_collection_modifyitems(config, items):
 
 
 # ----------------------------------------------------------------------------- Serve
-# One Serve app for tests/test_serve.py and tests/test_serve_hostile.py (started once).
+# One Serve app on real Ray for tests/test_serve.py, tests/test_serve_hostile.py and
+# tests/test_icl_serve.py (started once), and the same app in this process without Ray
+# (tests/test_serve_fake.py).
 SERVE_KEY = "sk-kgc-test"
+
+
+class LocalModelHandle:
+    """Stands in for Serve's handle to the model deployment, without Ray:
+    `.generate.remote(...)` runs `ModelServer.generate` as an asyncio task (awaitable and
+    cancellable, like a DeploymentResponse)."""
+
+    def __init__(self, server):
+        import types
+
+        self.server = server
+        self.generate = types.SimpleNamespace(remote=self._remote)
+
+    def _remote(self, *args):
+        import asyncio
+
+        return asyncio.ensure_future(self.server.generate(*args))
+
+
+def local_serve_api(settings: dict, engine=None):
+    """The Serve app's FastAPI app in this process: an IngressServer over a ModelServer with
+    `engine` (None: the engine the settings describe)."""
+    from serve.app import IngressServer, ModelServer, create_api
+
+    model = ModelServer(settings, engine=engine)
+    return create_api(IngressServer(LocalModelHandle(model), settings))
 
 
 def _free_port() -> int:
@@ -121,14 +149,17 @@ def _adapter(base, out, seed):
     return str(out)
 
 
-def _ptuning_adapter(base, out):
+@pytest.fixture(scope="session")
+def ptuning_adapter(tiny_llama, tmp_path_factory):
+    """A P-Tuning v2 (prefix) adapter of the tiny llama with random weights."""
     import torch
     from peft import PrefixTuningConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    out = tmp_path_factory.mktemp("adapters") / "pt"
     torch.manual_seed(3)
     m = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(base),
+        AutoModelForCausalLM.from_pretrained(tiny_llama),
         PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=8),
     )
     with torch.no_grad():
@@ -173,14 +204,7 @@ def serve_app(
     small = {**args, "adapters": {}, "batch_size": 1, "max_ongoing_requests": 1}
     small.update(max_queued_requests=1, retry_after_s=3, max_new_tokens=48)
     serve.run(build_app(small), name="kgc-small", route_prefix="/small")
-    pt = _ptuning_adapter(tiny_llama, tmp / "pt")
-    serve.run(build_app({**args, "adapters": {}, "adapter": pt}), name="kgc-pt", route_prefix="/pt")
-    yield {
-        "url": f"http://127.0.0.1:{port}",
-        "model": str(tiny_llama),
-        "adapters": adapters,
-        "ptuning": pt,
-    }
+    yield {"url": f"http://127.0.0.1:{port}", "model": str(tiny_llama), "adapters": adapters}
     serve.shutdown()
 
 

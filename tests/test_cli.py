@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import IEPILE, TASKS, read_jsonl, write_jsonl
@@ -362,3 +363,17 @@ def test_eval_derives_missing_id_from_input(tmp_path, capsys):
     path = write_jsonl(tmp_path / "p.jsonl", rows)
     assert main(["eval", "--task", "NER", "--input", str(path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["scores"]["entity"]["f1"] == 1.0
+
+
+def test_serve_runs_from_the_checkout_that_holds_serve(tmp_path, monkeypatch):
+    """`serve/` is not installed: `kgc serve` started from another folder runs Ray's `serve
+    run` in the checkout (the config's own), with the config's absolute path."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    seen = {}
+    monkeypatch.setattr(subprocess, "call", lambda argv, cwd: seen.update(argv=argv, cwd=cwd))
+    monkeypatch.chdir(tmp_path)
+    main(["serve", "--config", str(root / "serve" / "config.yaml")])
+    assert seen["cwd"] == root
+    assert seen["argv"][1:] == ["run", str(root / "serve" / "config.yaml")]

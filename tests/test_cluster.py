@@ -225,7 +225,7 @@ def _wait(address: str, job_id: str, timeout: float = 420) -> str:
 def test_ray_job_submit_extract(head, tiny_llama, tmp_path):
     """`ray job submit --working-dir . -- python -m jobs.extract --config …` on a real head:
     SUCCEEDED, and every row is written once."""
-    from kgc.extract import read_rows
+    from kgc.shards import read_rows
 
     docs = [
         {"id": f"d{i}", "text": r["text"]}

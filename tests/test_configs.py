@@ -44,7 +44,7 @@ def test_configs_exist():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_shipped_config_validates(path, tiny_llama, ner_train_file, legacy_train_file):
     pytest.importorskip("transformers")
-    from kgc.finetune import validate
+    from kgc.modeling.training import validate
 
     data = legacy_train_file if "ccks2023" in path.stem else ner_train_file
     cfg = load_config(path, [f"model.path={tiny_llama}", f"data.train_file={data}"])

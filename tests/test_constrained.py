@@ -8,7 +8,7 @@ import json
 import pytest
 from conftest import IEPILE, read_jsonl
 
-from kgc.engine import GenerationConfig, bounded
+from kgc.engine import GenerationSettings, bounded
 from kgc.tasks import get, names
 
 pytestmark = pytest.mark.timeout(300)
@@ -82,7 +82,7 @@ def test_hf_engine_constrained_outputs_always_parse(tiny_qwen2):
     prompts = [p for _, p, _ in rows]
     schemas = [s for _, _, s in rows]
     eng = HFEngine(str(tiny_qwen2), batch_size=8)
-    gen = GenerationConfig(max_new_tokens=WORST_CASE)
+    gen = GenerationSettings(max_new_tokens=WORST_CASE)
     free = eng.generate(prompts, gen)
     constrained = eng.generate(prompts, gen, schemas)
     assert _error_rate(tasks, free) > 0.5  # a random model rarely writes the JSON shape
@@ -119,7 +119,7 @@ def test_prompt_learning_model_is_constrained_too(tiny_llama, tmp_path):
     assert eng.prompt_learning
     texts = eng.generate(
         [p for _, p, _ in rows],
-        GenerationConfig(max_new_tokens=WORST_CASE),
+        GenerationSettings(max_new_tokens=WORST_CASE),
         [s for _, _, s in rows],
     )
     assert _error_rate([t for t, _, _ in rows], texts) == 0.0
@@ -133,7 +133,7 @@ def test_beam_search_is_refused(tiny_qwen2):
     _, prompt, schema = _instructions()[0]
     eng = HFEngine(str(tiny_qwen2))
     with pytest.raises(KgcError, match="num_beams"):
-        eng.generate([prompt], GenerationConfig(max_new_tokens=8, num_beams=2), [schema])
+        eng.generate([prompt], GenerationSettings(max_new_tokens=8, num_beams=2), [schema])
 
 
 def test_extract_udf_constrained(tiny_qwen2, tmp_path):
@@ -142,8 +142,10 @@ def test_extract_udf_constrained(tiny_qwen2, tmp_path):
     from test_extract import LONG, corpus, ex_cfg
 
     from kgc.chunking import regex_offsets
-    from kgc.extract import ExtractUDF, document_rows, read_rows
+    from kgc.extract import document_rows
+    from kgc.runtime.extract import ExtractUDF
     from kgc.schema import read_schema
+    from kgc.shards import read_rows
 
     errors = {}
     for constrained in (False, True):
@@ -194,7 +196,7 @@ def test_grounded_strings_are_spans_of_the_input(tiny_qwen2):
     prompts = [task.instruction("en", demo, t) for t in texts]
     schemas = [grounded(bounded(task.output_schema(demo), 32, 2), t, 3) for t in texts]
     eng = HFEngine(str(tiny_qwen2), batch_size=3)
-    answers = eng.generate(prompts, GenerationConfig(max_new_tokens=WORST_CASE), schemas)
+    answers = eng.generate(prompts, GenerationSettings(max_new_tokens=WORST_CASE), schemas)
     for t, a in zip(texts, answers):
         value = json.loads(a)  # a random model still gives a parseable, grounded answer
         for pairs in value.values():

@@ -41,7 +41,7 @@ def test_demo_runs_every_stage(tmp_path):
     summary = json.loads((tmp_path / "graph" / "summary.json").read_text())
     assert summary["exports"]["html"]["path"].endswith("graph.html")
     assert (tmp_path / "graph" / "graph.ttl").is_file()
-    from kgc.extract import read_rows
+    from kgc.shards import read_rows
 
     rows = read_rows(tmp_path / "corpus")
     assert len({r["doc_id"] for r in rows}) == n_heldout

@@ -64,11 +64,11 @@ def _prompts():
 
 
 def test_hf_engine_batched_equals_unbatched(tiny_llama, tiny_qwen2):
-    from kgc.engine import GenerationConfig
+    from kgc.engine import GenerationSettings
     from kgc.modeling.hf_engine import HFEngine
 
     prompts = _prompts()
-    gen = GenerationConfig(max_new_tokens=12)
+    gen = GenerationSettings(max_new_tokens=12)
     for path in (tiny_llama, tiny_qwen2):
         one = HFEngine(str(path), batch_size=1).generate(prompts, gen)
         many = HFEngine(str(path), batch_size=8).generate(prompts, gen)
@@ -79,7 +79,7 @@ def test_hf_engine_batched_equals_unbatched(tiny_llama, tiny_qwen2):
 def test_hf_engine_adapter_equals_merged(tiny_llama, ner_train_file, tmp_path):
     import torch
 
-    from kgc.engine import GenerationConfig
+    from kgc.engine import GenerationSettings
     from kgc.modeling.export import export_model
     from kgc.modeling.hf_engine import HFEngine
     from kgc.modeling.loading import load_model, resolve_family
@@ -98,7 +98,7 @@ def test_hf_engine_adapter_equals_merged(tiny_llama, ner_train_file, tmp_path):
                 p.normal_(0, 0.5)
     model.save_pretrained(tmp_path / "adapter")
     merged = export_model(str(tmp_path / "adapter"), str(tmp_path / "merged"), base=str(tiny_llama))
-    prompts, gen = _prompts()[:12], GenerationConfig(max_new_tokens=10)
+    prompts, gen = _prompts()[:12], GenerationSettings(max_new_tokens=10)
     a = HFEngine(str(tiny_llama), adapter=str(tmp_path / "adapter"), batch_size=4).generate(
         prompts, gen
     )
@@ -131,8 +131,10 @@ def ex_cfg(tmp_path, model, src, *overrides, out="out"):
 def test_udf_runs_without_a_cluster(tiny_llama, tmp_path):
     import numpy as np
 
-    from kgc.extract import ExtractUDF, document_rows, read_rows
+    from kgc.extract import document_rows
+    from kgc.runtime.extract import ExtractUDF
     from kgc.schema import read_schema
+    from kgc.shards import read_rows
 
     cfg = ex_cfg(tmp_path, tiny_llama, corpus(tmp_path, 2))
     schema = read_schema(cfg.schema_path)
@@ -147,27 +149,28 @@ def test_udf_runs_without_a_cluster(tiny_llama, tmp_path):
 
 
 def _ids_once(out_dir: Path) -> Counter:
-    from kgc.extract import read_rows
+    from kgc.shards import read_rows
 
     return Counter(r["id"] for r in read_rows(out_dir, ["id"]))
 
 
 def test_two_thousand_chunks_on_two_actors(local_ray, tiny_llama, tmp_path):
-    from kgc.extract import document_rows, iter_documents, read_rows, run_extract
+    from kgc.extract import document_rows, iter_documents
+    from kgc.modeling.engines import offsets_fn
+    from kgc.runtime.extract import run_extract
     from kgc.schema import read_schema
+    from kgc.shards import read_rows
 
     src = corpus(tmp_path, 2000)
     cfg = ex_cfg(tmp_path, tiny_llama, src)
     summary = run_extract(cfg, progress=False)
     # NER: 3 types with split-num 4 → one schema split per chunk
     schema = read_schema(cfg.schema_path)
-    from kgc.extract import _offsets_fn
-
     expected = [
         r["id"]
         for d in read_jsonl(src)
         for r in document_rows(
-            {"doc_id": d["id"], "text": d["text"]}, cfg, schema, _offsets_fn(cfg)
+            {"doc_id": d["id"], "text": d["text"]}, cfg, schema, offsets_fn(cfg.engine)
         )
     ]
     assert len(expected) >= 2000
@@ -182,7 +185,7 @@ def test_two_thousand_chunks_on_two_actors(local_ray, tiny_llama, tmp_path):
 
 
 def test_killed_actor_loses_and_duplicates_nothing(local_ray, tiny_llama, tmp_path, monkeypatch):
-    from kgc.extract import run_extract
+    from kgc.runtime.extract import run_extract
 
     marker = tmp_path / "killed"
     monkeypatch.setenv("KGC_TEST_KILL_ACTOR_AFTER", "3")
@@ -234,7 +237,8 @@ def test_killed_driver_then_rerun(tiny_llama, tmp_path):
 
 def test_iepile_test_file_is_scored(local_ray, tiny_llama, tmp_path):
     from kgc.convert import convert_file
-    from kgc.extract import SCORES, run_extract
+    from kgc.extract import SCORES
+    from kgc.runtime.extract import run_extract
 
     test = tmp_path / "ner.test.jsonl"
     convert_file(
@@ -258,7 +262,7 @@ def test_iepile_test_file_is_scored(local_ray, tiny_llama, tmp_path):
     ],
 )
 def test_bad_inputs(rows, overrides, needle, tiny_llama, tmp_path):
-    from kgc.extract import run_extract
+    from kgc.runtime.extract import run_extract
 
     src = write_jsonl(tmp_path / "c.jsonl", rows)
     cfg = ex_cfg(tmp_path, tiny_llama, src, *overrides)
@@ -304,8 +308,9 @@ def test_full_finetune_checkpoint_loads_its_trained_weights(tiny_llama, tmp_path
     import yaml
     from transformers import AutoModelForCausalLM
 
-    from kgc.engine import GenerationConfig
-    from kgc.modeling.export import CONFIG_FILE, TRAINABLE_FILE, WEIGHTS_DIR, export_model
+    from kgc.checkpoint import CONFIG_FILE, TRAINABLE_FILE, WEIGHTS_DIR
+    from kgc.engine import GenerationSettings
+    from kgc.modeling.export import export_model
     from kgc.modeling.hf_engine import HFEngine
 
     ckpt = tmp_path / "checkpoint_000001"
@@ -317,7 +322,7 @@ def test_full_finetune_checkpoint_loads_its_trained_weights(tiny_llama, tmp_path
     torch.save(
         {n: v for n, v in state.items() if "layers.1." in n}, ckpt / WEIGHTS_DIR / TRAINABLE_FILE
     )
-    prompts, gen = _prompts()[:8], GenerationConfig(max_new_tokens=10)
+    prompts, gen = _prompts()[:8], GenerationSettings(max_new_tokens=10)
     tuned = HFEngine(checkpoint=str(ckpt), batch_size=4).generate(prompts, gen)
     base = HFEngine(str(tiny_llama), batch_size=4).generate(prompts, gen)
     merged = export_model(str(ckpt), str(tmp_path / "merged"))

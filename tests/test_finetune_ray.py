@@ -14,7 +14,8 @@ from conftest import IEPILE  # noqa: E402
 
 from kgc.config import load_config  # noqa: E402
 from kgc.errors import KgcError  # noqa: E402
-from kgc.finetune import run, validate  # noqa: E402
+from kgc.modeling.training import validate  # noqa: E402
+from kgc.runtime.train import run  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -14,9 +14,9 @@ import pytest
 from conftest import write_jsonl
 
 from kgc.errors import KgcError
-from kgc.extract import row_id
 from kgc.graph.build import build_in_memory
 from kgc.graph.config import GraphConfig
+from kgc.rows import row_id
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "examples" / "corpus"
@@ -356,8 +356,8 @@ def test_streaming_build_equals_in_memory(tmp_path):
 
 
 def test_parquet_shards_give_the_same_graph_as_jsonl(tmp_path):
-    from kgc.extract import write_shard
     from kgc.graph.stream import EDGES, NODES, run_build
+    from kgc.shards import write_shard
 
     rows = _synthetic_rows(40)
     outs = []
@@ -376,6 +376,7 @@ def test_parquet_shards_give_the_same_graph_as_jsonl(tmp_path):
 @pytest.mark.timeout(180)
 def test_ray_executor_writes_the_same_graph(tmp_path, local_ray):
     from kgc.graph.stream import EDGES, NODES, run_build
+    from kgc.runtime.graph import map_reduce
 
     src = _write_shards(tmp_path, _synthetic_rows(120), per_shard=40)
     outs = []
@@ -383,7 +384,7 @@ def test_ray_executor_writes_the_same_graph(tmp_path, local_ray):
         c = cfg(tmp_path, buckets=3, exports=[], executor=ex, bucket_mb=0.005)
         c.input.paths = [str(src)]
         c.output.path = str(tmp_path / ex)
-        run_build(c, progress=False)
+        run_build(c, progress=False, ray_map_reduce=map_reduce)
         outs.append([(tmp_path / ex / f).read_bytes() for f in (NODES, EDGES)])
     assert outs[0] == outs[1] and outs[0][0]
 
@@ -559,7 +560,6 @@ def test_graph_modules_import_light():
         "kgc.graph.export",
         "kgc.graph.html",
         "kgc.graph.pipeline",
-        "kgc.graph.demo",
     ]
     heavy = ("torch", "transformers", "ray", "rdflib", "networkx", "numpy")
     code = (

@@ -36,7 +36,7 @@ def demo_cfg(base_url: str, out: Path, *more) -> PipelineConfig:
 
 @pytest.fixture
 def oracle():
-    from kgc.graph.demo import Oracle, serve
+    from jobs.graph_demo import Oracle, serve
 
     srv = serve(Oracle())
     yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
@@ -44,9 +44,9 @@ def oracle():
 
 
 def test_demo_pipeline_end_to_end_and_rerun(local_ray, oracle, tmp_path):
-    from kgc.extract import read_rows
-    from kgc.graph.pipeline import run_pipeline
     from kgc.graph.stream import EDGES, NODES, read_graph
+    from kgc.runtime.graph import run_pipeline
+    from kgc.shards import read_rows
 
     out = tmp_path / "run"
     s = run_pipeline(demo_cfg(oracle, out), progress=False)

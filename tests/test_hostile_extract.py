@@ -15,11 +15,11 @@ from conftest import IEPILE, read_jsonl, write_jsonl
 
 from kgc.config import ExtractConfig, load_config
 from kgc.errors import KgcError
-from kgc.extract import (
+from kgc.rows import row_id
+from kgc.shards import (
     QUARANTINE,
     SHARDS,
     read_rows,
-    row_id,
     scan_shards,
     settle_shards,
     shard_files,
@@ -276,7 +276,8 @@ def test_rerun_over_damaged_output_and_a_shrunk_corpus_converges(
     """Run, then damage everything a rerun can meet at once — a shard cut short, a copied
     shard, a document removed from the corpus — and rerun the same command: it completes
     with every current id exactly once, and counts everything it set aside."""
-    from kgc.extract import DOCUMENTS, document_rows, read_documents, run_extract
+    from kgc.extract import DOCUMENTS, document_rows, read_documents
+    from kgc.runtime.extract import run_extract
 
     texts = [r["text"] for r in read_jsonl(IEPILE / "NER" / "sample.json")]
     docs = [{"id": f"d{i}", "text": texts[i % len(texts)]} for i in range(8)]
@@ -339,6 +340,6 @@ def _schema(cfg):
 
 
 def _offsets(cfg):
-    from kgc.extract import _offsets_fn
+    from kgc.modeling.engines import offsets_fn
 
-    return _offsets_fn(cfg)
+    return offsets_fn(cfg.engine)

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from kgc.extract import row_id
 from kgc.graph.build import build_in_memory
 from kgc.graph.config import GraphConfig
+from kgc.rows import row_id
 
 pytestmark = pytest.mark.timeout(120)
 

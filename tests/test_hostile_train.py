@@ -16,18 +16,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kgc.config import FinetuneConfig, RunConfig, apply_overrides, load_config, read_yaml_file
-from kgc.errors import KgcError
-from kgc.finetune import (
+from kgc.checkpoint import (
     MANIFEST,
     STATE_FILE,
-    _restore,
     checkpoint_problem,
     manifest_step,
     resume_problem,
     select_checkpoint,
     write_manifest,
 )
+from kgc.config import FinetuneConfig, RunSpec, apply_overrides, load_config, read_yaml_file
+from kgc.errors import KgcError
+from kgc.modeling.training import restore
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -47,7 +47,7 @@ def _tiny_training_state():
 
 
 def make_checkpoint(d: Path, step: int, *, ranks=(0,), manifest: bool = True) -> Path:
-    """A checkpoint folder laid out as _save_and_report writes it (full fine-tune: weights
+    """A checkpoint folder laid out as write_checkpoint writes it (full fine-tune: weights
     in model/trainable.pt), manifest last."""
     import torch
 
@@ -191,7 +191,7 @@ def test_restore_reads_an_intact_checkpoint(tmp_path):
     model = torch.nn.Linear(4, 3)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    assert _restore(d, model, opt, sched, None) == 3
+    assert restore(d, model, opt, sched, None) == 3
     saved = torch.load(d / "model" / "trainable.pt", weights_only=True)
     assert torch.equal(model.weight, saved["weight"])
     assert opt.state_dict()["state"]  # AdamW moments came back
@@ -207,7 +207,7 @@ def test_truncated_trainer_state_is_named_not_a_bare_oserror(tmp_path, keep):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     with pytest.raises(KgcError) as exc:
-        _restore(d, model, opt, sched, None)
+        restore(d, model, opt, sched, None)
     msg = str(exc.value)
     assert msg.startswith(f"{d / STATE_FILE}: cannot read this checkpoint file"), msg
     assert "delete its checkpoint folder" in msg and "\n" not in msg
@@ -259,7 +259,7 @@ def test_a_checkpoint_cannot_turn_on_remote_code(tiny_llama, tmp_path, recorded_
 
 
 def test_a_checkpoint_config_that_is_not_yaml_names_its_file(tmp_path):
-    from kgc.modeling.hf_engine import resolve_checkpoint
+    from kgc.checkpoint import resolve_checkpoint
 
     (tmp_path / "kgc_config.yaml").write_text("model:\n  path: [unclosed\n")
     with pytest.raises(KgcError, match=r"kgc_config\.yaml:\d+: not valid YAML"):
@@ -283,7 +283,7 @@ def test_run_name_must_be_a_plain_name(name):
 
 @pytest.mark.parametrize("name", ["ner-lora-qwen2.5-7b", "r", "RUN_1", "x" * 128])
 def test_plain_run_names_pass(name):
-    assert RunConfig(name=name).name == name
+    assert RunSpec(name=name).name == name
 
 
 def _write_train_config(tmp_path: Path, text: str | None = None) -> Path:
@@ -447,7 +447,7 @@ def test_resume_skips_a_truncated_checkpoint_in_ray_train(
 ):
     """Real Ray Train: checkpoints carry the manifest as persisted; resubmitting after the
     latest trainer_state.pt was cut falls back to the checkpoint before it."""
-    from kgc.finetune import run
+    from kgc.runtime.train import run
 
     steps_log = tmp_path / "steps.log"
     monkeypatch.setenv("KGC_STEP_LOG", str(steps_log))

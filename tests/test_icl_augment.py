@@ -14,8 +14,8 @@ pytest.importorskip("openai")
 from kgc.errors import KgcError  # noqa: E402
 from kgc.icl import augment  # noqa: E402
 from kgc.icl.config import load_icl_config  # noqa: E402
-from kgc.icl.replay import ReplayServer  # noqa: E402
 from kgc.icl.runner import run_icl  # noqa: E402
+from tests.support.replay import ReplayServer  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 EX = Path(__file__).resolve().parent.parent / "examples" / "icl"

@@ -15,7 +15,7 @@ pytest.importorskip("openai")
 from kgc.cli import main  # noqa: E402
 from kgc.errors import KgcError  # noqa: E402
 from kgc.icl.config import load_icl_config  # noqa: E402
-from kgc.icl.replay import ReplayServer, load_rules  # noqa: E402
+from tests.support.replay import ReplayServer, load_rules  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,6 +162,7 @@ def test_ray_data_backend_matches_threads_and_shares_the_cache(local_ray, tmp_pa
     """Requests fan out to Ray Data actors (fractional CPUs); the API key reaches them through
     the runtime env; every id comes back once; a threads rerun is served from their cache."""
     from kgc.icl.runner import run_icl
+    from kgc.runtime.icl import execute_ray
 
     monkeypatch.setenv("KGC_ICL_RAY_KEY", "sk-ray-test")
     rules, default = load_rules(EX / "replay_fewshot_re.json")
@@ -179,7 +180,7 @@ def test_ray_data_backend_matches_threads_and_shares_the_cache(local_ray, tmp_pa
             "runner": {"backend": "ray", "num_actors": 2, "cpus_per_actor": 0.25, "batch_size": 3},
             "fewshot_re": {"train": str(EX / "tacred_train.json"), "k": 1},
         }
-        ray_res = run_icl(load_icl_config(None, data=data))
+        ray_res = run_icl(load_icl_config(None, data=data), ray_execute=execute_ray)
         assert srv.count() == 10 and all(r["auth"] == "Bearer sk-ray-test" for r in srv.requests)
         data["runner"] = {"backend": "threads"}
         thread_res = run_icl(load_icl_config(None, data=data))
@@ -190,11 +191,38 @@ def test_ray_data_backend_matches_threads_and_shares_the_cache(local_ray, tmp_pa
     assert ray_res.summary["scores"] == thread_res.summary["scores"]
 
 
+@pytest.mark.timeout(180)
+def test_ray_data_backend_fails_loudly_when_no_batch_comes_back(local_ray, tmp_path):
+    """An endpoint that never answers in time: the driver's watchdog (kgc.runtime.pool) stops
+    the run after runner.stall_timeout_s instead of waiting on the actor forever."""
+    from kgc.icl.runner import run_icl
+    from kgc.runtime.icl import execute_ray
+
+    with ReplayServer(default="{}", latency_s=30) as srv:
+        cfg = load_icl_config(
+            None,
+            data={
+                "mode": "llmicl",
+                "client": {
+                    "base_url": srv.base_url,
+                    "model": "m",
+                    "allow_no_key": True,
+                    "cache_dir": None,
+                    "timeout_s": 10,  # the actor is free again soon after
+                    "max_retries": 0,
+                },
+                "runner": {"backend": "ray", "num_actors": 1, "stall_timeout_s": 3},
+            },
+        )
+        with pytest.raises(KgcError, match="ICL stalled: no batch finished in 3 s"):
+            run_icl(cfg, single={"text": "Ann met Bob."}, ray_execute=execute_ray)
+
+
 def test_icl_modules_import_without_openai_ray_or_torch():
     code = (
         "import sys, json\n"
         "import kgc.cli, kgc.icl.cli, kgc.icl.runner, kgc.icl.llmicl, kgc.icl.fewshot_re\n"
-        "import kgc.icl.augment, kgc.icl.codekgc, kgc.icl.replay\n"
+        "import kgc.icl.augment, kgc.icl.codekgc\n"
         "kgc.cli.build_parser()\n"
         "print(json.dumps([m for m in ('openai', 'ray', 'torch', 'httpx') if m in sys.modules]))\n"
     )

@@ -19,7 +19,7 @@ from kgc.icl.client import (
     retry_after,
 )
 from kgc.icl.config import ClientConfig
-from kgc.icl.replay import ReplayServer
+from tests.support.replay import ReplayServer
 
 pytestmark = pytest.mark.timeout(60)
 MSGS = [{"role": "user", "content": "Text: Ada went to Paris."}]

@@ -139,8 +139,8 @@ def test_the_module_never_evaluates_or_executes():
 def test_f1_on_the_bundled_conll04_file(tmp_path):
     pytest.importorskip("openai")
     from kgc.icl.config import load_icl_config
-    from kgc.icl.replay import ReplayServer, load_rules
     from kgc.icl.runner import run_icl
+    from tests.support.replay import ReplayServer, load_rules
 
     rules, default = load_rules(EX / "replay_codekgc.json")
     with ReplayServer(rules, default=default) as srv:

@@ -13,12 +13,13 @@ pytest.importorskip("openai")
 from kgc.errors import KgcError  # noqa: E402
 from kgc.icl import llmicl  # noqa: E402
 from kgc.icl.config import load_icl_config  # noqa: E402
-from kgc.icl.replay import ReplayServer  # noqa: E402
 from kgc.icl.runner import run_icl  # noqa: E402
+from tests.support.replay import ReplayServer  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 EX = Path(__file__).resolve().parent.parent / "examples" / "icl" / "llmicl"
 DEEPKE = Path("/work/shared/reference/deepke-formats/llmicl")
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def cfg_for(srv, task, **kw):
@@ -52,6 +53,19 @@ def test_instructions_en_zh_domain_labels():
         "Text: T\nHead entity: A (person)\nTail entity: B\n"
         "Relation of the head entity to the tail entity:"
     )
+
+
+def test_instructions_are_the_pinned_strings():
+    """The prompt table (kgc/icl/prompts/llmicl.json) gives, byte for byte, the strings of the
+    if-chain it replaced: every task × language × domain (none, "", given) × labels (none, [],
+    [""], one, two), values with braces included (tests/fixtures/llmicl_instructions.json)."""
+    cases = json.loads((FIXTURES / "llmicl_instructions.json").read_text(encoding="utf-8"))
+    assert len(cases) == 120
+    for c in cases:
+        got = llmicl.instruction(c["task"], c["language"], c["domain"], c["labels"])
+        assert got == c["instruction"], c
+    with pytest.raises(KgcError, match="no built-in instruction"):
+        llmicl.instruction("ccks2023", "en", None, None)
 
 
 @pytest.mark.parametrize(

@@ -1,12 +1,11 @@
 """End to end against a real OpenAI-compatible server: the kgc Serve app with a tiny model on
-a local Ray at 127.0.0.1 (one Serve start). The tiny model writes nonsense, so this checks the
-plumbing — auth, multi-turn prompts, every row kept with its parse errors, the cache — not
-extraction quality (the replay-server tests check parsing and scoring)."""
+a local Ray at 127.0.0.1 (the session's `serve_app`, tests/conftest.py, shared with
+tests/test_serve.py). The tiny model writes nonsense, so this checks the plumbing — auth,
+multi-turn prompts, every row kept with its parse errors, the cache — not extraction
+quality (the replay-server tests check parsing and scoring)."""
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -14,39 +13,18 @@ import pytest
 pytest.importorskip("ray")
 pytest.importorskip("openai")
 
+from conftest import SERVE_KEY as KEY  # noqa: E402
+
 from kgc.icl.config import load_icl_config  # noqa: E402
 from kgc.icl.runner import run_icl  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 EX = Path(__file__).resolve().parent.parent / "examples" / "icl"
-KEY = "sk-kgc-icl-serve"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
-def served(local_ray, tiny_llama):
-    from ray import serve
-
-    from serve.app import build_app
-
-    os.environ["KGC_ICL_SERVE_KEYS"] = KEY
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    args = {
-        "model": str(tiny_llama),
-        "api_keys_env": "KGC_ICL_SERVE_KEYS",
-        "max_new_tokens": 16,
-        "replica_cpus": 0.25,
-    }
-    serve.run(build_app(args), name="kgc-icl", route_prefix="/")
-    yield f"http://127.0.0.1:{port}/v1"
-    serve.delete("kgc-icl")
-    serve.shutdown()
+def served(serve_app):
+    return serve_app["url"] + "/v1"
 
 
 def _cfg(base_url, tmp_path, mode, input_file, section):

@@ -30,8 +30,11 @@ CORE = [
     "kgc.openai_engine",
     "kgc.serving",
     "kgc.extract",
+    "kgc.rows",
+    "kgc.shards",
+    "kgc.schema_splits",
     "kgc.finetune",
-    "kgc.raytools",
+    "kgc.checkpoint",
     "kgc.graph",
     *("kgc.icl.cli", "kgc.icl.llmicl", "kgc.icl.fewshot_re", "kgc.icl.augment", "kgc.icl.codekgc"),
 ]

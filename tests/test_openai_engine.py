@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from kgc.engine import GenerationConfig
+from kgc.engine import GenerationSettings
 from kgc.openai_engine import EngineRequestError, OpenAIEngine
 
 
@@ -59,7 +59,7 @@ def test_generate_in_order_with_stop_and_key(server, monkeypatch):
     monkeypatch.setenv("KGC_TEST_KEY", "sk-test")
     eng = OpenAIEngine(server, "served-model", api_key_env="KGC_TEST_KEY", concurrency=4)
     prompts = [f"文本{i}" for i in range(10)]
-    out = eng.generate(prompts, GenerationConfig(max_new_tokens=20, stop=("STOP",)))
+    out = eng.generate(prompts, GenerationSettings(max_new_tokens=20, stop=("STOP",)))
     assert [json.loads(o)["echo"] for o in out] == prompts  # order kept under concurrency
     assert all("trailing" not in o for o in out)
     call = FakeOpenAI.calls[0]
@@ -71,7 +71,7 @@ def test_generate_in_order_with_stop_and_key(server, monkeypatch):
 def test_retries_then_succeeds(server):
     FakeOpenAI.fail_first = 2
     eng = OpenAIEngine(server, "m", concurrency=1, max_retries=3)
-    eng_out = eng.generate(["x"], GenerationConfig())
+    eng_out = eng.generate(["x"], GenerationSettings())
     assert json.loads(eng_out[0].splitlines()[0])["echo"] == "x"
     assert len(FakeOpenAI.calls) == 3
 
@@ -79,7 +79,7 @@ def test_retries_then_succeeds(server):
 def test_client_error_is_raised_with_detail(server):
     eng = OpenAIEngine(server, "m", max_retries=1)
     with pytest.raises(EngineRequestError, match="HTTP 400.*context too long"):
-        eng.generate(["bad"], GenerationConfig())
+        eng.generate(["bad"], GenerationSettings())
 
 
 def test_extraction_udf_marks_failed_rows(server, tmp_path):
@@ -87,7 +87,8 @@ def test_extraction_udf_marks_failed_rows(server, tmp_path):
     from conftest import IEPILE, write_jsonl
 
     from kgc.config import ExtractConfig, load_config
-    from kgc.extract import ExtractUDF, read_rows
+    from kgc.runtime.extract import ExtractUDF
+    from kgc.shards import read_rows
 
     cfg = load_config(
         None,
@@ -135,7 +136,7 @@ def test_stalled_extraction_fails_loudly(local_ray, tmp_path):
 
     from kgc.config import ExtractConfig, load_config
     from kgc.errors import KgcError
-    from kgc.extract import run_extract
+    from kgc.runtime.extract import run_extract
 
     srv = ThreadingHTTPServer(("127.0.0.1", 0), HangingServer)
     srv.daemon_threads = True
@@ -178,7 +179,7 @@ def test_answer_schemas_go_out_as_response_format(server):
 
     eng = OpenAIEngine(server, "m", concurrency=1)
     schema = get("NER").output_schema(["人物"])
-    eng.generate(["a", "b"], GenerationConfig(max_new_tokens=8), [schema, None])
+    eng.generate(["a", "b"], GenerationSettings(max_new_tokens=8), [schema, None])
     by_prompt = {c["body"]["messages"][-1]["content"]: c["body"] for c in FakeOpenAI.calls}
     fmt = by_prompt["a"]["response_format"]
     assert fmt["type"] == "json_schema" and fmt["json_schema"]["schema"] == schema
@@ -193,7 +194,7 @@ def test_engine_and_icl_honour_an_http_date_retry_after_through_one_parser(monke
 
     import kgc.icl.client as shared
     from kgc.icl.config import ClientConfig
-    from kgc.icl.replay import ReplayServer
+    from tests.support.replay import ReplayServer
 
     parsed: list[float | None] = []
     real = shared.retry_after
@@ -208,7 +209,7 @@ def test_engine_and_icl_honour_an_http_date_retry_after_through_one_parser(monke
         eng = OpenAIEngine(srv.base_url, "replay", concurrency=1)
         eng_sleeps: list[float] = []
         eng.client.sleep = eng_sleeps.append
-        assert eng.generate(["Ada"], GenerationConfig()) == ["ok"]
+        assert eng.generate(["Ada"], GenerationSettings()) == ["ok"]
 
         srv.fail(503, {"Retry-After": formatdate(time.time() + 30, usegmt=True)})
         cfg = ClientConfig(
@@ -229,11 +230,11 @@ def test_engine_and_icl_honour_an_http_date_retry_after_through_one_parser(monke
 
 
 def test_engine_auth_failure_is_an_engine_error(monkeypatch):
-    from kgc.icl.replay import ReplayServer
+    from tests.support.replay import ReplayServer
 
     with ReplayServer(api_key="right") as srv:
         monkeypatch.setenv("KGC_TEST_KEY", "wrong")
         eng = OpenAIEngine(srv.base_url, "m", api_key_env="KGC_TEST_KEY", max_retries=3)
         with pytest.raises(EngineRequestError, match=r"HTTP 401.*engine\.base_url"):
-            eng.generate(["x"], GenerationConfig())
+            eng.generate(["x"], GenerationSettings())
         assert srv.count() == 1  # not retried

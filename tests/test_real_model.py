@@ -222,11 +222,11 @@ def test_saved_folder_reloads_without_gguf_with_the_gguf_logits(smollm2, model_a
 
 
 def test_greedy_chat_answer_stops_on_end_of_turn(smollm2):
-    from kgc.engine import GenerationConfig
+    from kgc.engine import GenerationSettings
     from kgc.modeling.hf_engine import HFEngine
 
     eng = HFEngine(str(smollm2), batch_size=2)
-    cfg = GenerationConfig(max_new_tokens=96)
+    cfg = GenerationSettings(max_new_tokens=96)
     prompts = [
         [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}],
         [{"role": "user", "content": "Name a colour of the sky on a clear day."}],
@@ -269,8 +269,8 @@ def test_family_template_and_sft_encoding(smollm2):
 def test_gguf_path_trains_and_extracts(tmp_path, smollm2, local_ray):
     from kgc.config import ExtractConfig, load_config
     from kgc.convert import convert_file
-    from kgc.extract import run_extract
-    from kgc.finetune import run
+    from kgc.runtime.extract import run_extract
+    from kgc.runtime.train import run
     from kgc.sampling import SamplingOptions
 
     demo = ROOT / "examples" / "demo"
@@ -312,7 +312,7 @@ def test_gguf_path_trains_and_extracts(tmp_path, smollm2, local_ray):
     )
     summary = run_extract(ex, progress=False)
     assert summary["rows"] == 3
-    from kgc.extract import read_rows
+    from kgc.shards import read_rows
 
     rows = read_rows(tmp_path / "out")
     assert len(rows) == 3 and all(r["model_id"] == str(smollm2) for r in rows)

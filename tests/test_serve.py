@@ -1,5 +1,7 @@
-"""The Serve app on local Ray at 127.0.0.1 with a tiny model, over real HTTP (httpx) and
-with the `openai` client."""
+"""The Serve app end to end: on local Ray at 127.0.0.1 with a tiny model, over real HTTP
+(httpx) and with the `openai` client; and a P-Tuning model served in this process. The
+endpoints' behaviour (auth, limits, validation, shapes) is tested without Ray or a model in
+tests/test_serve_fake.py."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ pytest.importorskip("ray")
 httpx = pytest.importorskip("httpx")
 
 from conftest import SERVE_KEY as KEY  # noqa: E402
+from conftest import local_serve_api  # noqa: E402
 from conftest import serve_client as client  # noqa: E402
 
 from kgc.serving import merge_outputs  # noqa: E402
@@ -29,38 +32,10 @@ def test_merge_outputs_dedupes_and_reports_errors():
     assert out["errors"] == ["no JSON object in output"]
 
 
-def test_health_models_and_auth(serve_app):
-    with client(serve_app, key=None) as c:
-        assert c.get("/healthz").json() == {"status": "ok"}
-        assert c.get("/v1/models").status_code == 401
-    with client(serve_app, key="wrong") as c:
-        assert c.post("/v1/extract", json={}).status_code == 401
-    with client(serve_app) as c:
-        ids = [m["id"] for m in c.get("/v1/models").json()["data"]]
-        assert ids == ["kgc", "kgc:ner", "kgc:re"]
-
-
-@pytest.mark.parametrize(
-    "task, schema",
-    [("NER", ["人物", "地点", "组织"]), ("RE", ["创始人", "作者", "主演", "导演", "妻子"])],
-)
-def test_extract_endpoint(serve_app, task, schema):
-    texts = ["张三在北京创办了星辰公司。", "《喜剧之王》由周星驰主演。"]
-    with client(serve_app) as c:
-        r = c.post(
-            "/v1/extract", json={"task": task, "schema": schema, "texts": texts, "model": "kgc:ner"}
-        )
-    assert r.status_code == 200, r.text
-    body = r.json()
-    assert [x["text"] for x in body["results"]] == texts
-    for x in body["results"]:
-        assert isinstance(x["records"], list) and isinstance(x["errors"], list)
-
-
 def test_chat_completions_match_the_engine(serve_app):
     from openai import OpenAI
 
-    from kgc.engine import GenerationConfig
+    from kgc.engine import GenerationSettings
     from kgc.modeling.hf_engine import HFEngine
 
     prompt = '{"instruction": "抽取实体", "schema": ["人物"], "input": "张三在北京。"}'
@@ -68,7 +43,7 @@ def test_chat_completions_match_the_engine(serve_app):
     got = api.chat.completions.create(
         model="kgc", max_tokens=12, messages=[{"role": "user", "content": prompt}]
     )
-    direct = HFEngine(serve_app["model"]).generate([prompt], GenerationConfig(max_new_tokens=12))
+    direct = HFEngine(serve_app["model"]).generate([prompt], GenerationSettings(max_new_tokens=12))
     assert got.choices[0].message.content == direct[0]
     a = api.chat.completions.create(
         model="kgc:ner", max_tokens=12, messages=[{"role": "user", "content": prompt}]
@@ -78,62 +53,48 @@ def test_chat_completions_match_the_engine(serve_app):
     )
     assert a.choices[0].message.content != b.choices[0].message.content
     with_adapter = HFEngine(serve_app["model"], adapter=serve_app["adapters"]["ner"]).generate(
-        [prompt], GenerationConfig(max_new_tokens=12)
+        [prompt], GenerationSettings(max_new_tokens=12)
     )
     assert a.choices[0].message.content == with_adapter[0]
 
 
-def test_errors(serve_app):
-    with client(serve_app) as c:
-        r = c.post(
-            "/v1/chat/completions",
-            json={"model": "kgc:nope", "messages": [{"role": "user", "content": "x"}]},
-        )
-        assert r.status_code == 404
-        assert "kgc:ner" in json.dumps(r.json())
-        r = c.post(
-            "/v1/extract",
-            json={"task": "NER", "schema": ["人物"], "text": "x", "model": "../../etc"},
-        )
-        assert r.status_code == 404
-        r = c.post("/v1/extract", json={"schema": ["人物"], "text": "x"})
-        assert r.status_code == 422 and "task" in r.text
-        r = c.post(
-            "/v1/extract", content=b"{not json", headers={"Content-Type": "application/json"}
-        )
-        assert r.status_code == 422
-        r = c.post("/v1/extract", json={"task": "NER", "schema": ["人物"], "text": "长" * 3000})
-        assert r.status_code == 413 and "2000" in r.text
-        r = c.post("/v1/extract", json={"task": "NER", "schema": ["人物"], "text": "x" * 30_000})
-        assert r.status_code == 413
-
-
-def test_ptuning_model_is_served(serve_app):
-    """A P-Tuning v2 (prefix) model behind the same API, decoding like the engine does."""
+def test_ptuning_model_is_served(tiny_llama, ptuning_adapter):
+    """A P-Tuning v2 (prefix) model behind the same API, decoding like the engine does (the
+    app in this process: the engine the settings describe, no Ray)."""
+    from fastapi.testclient import TestClient
     from openai import OpenAI
 
-    from kgc.engine import GenerationConfig
+    from kgc.engine import GenerationSettings
     from kgc.modeling.hf_engine import HFEngine
+    from serve.app import resolved_settings
 
-    prompt = '{"instruction": "抽取实体", "schema": ["人物"], "input": "李四在上海。"}'
-    api = OpenAI(base_url=serve_app["url"] + "/pt/v1", api_key=KEY)
-    got = api.chat.completions.create(
-        model="kgc", max_tokens=12, messages=[{"role": "user", "content": prompt}]
+    settings = resolved_settings(
+        {"model": str(tiny_llama), "adapter": ptuning_adapter, "auth_disabled": True}
     )
-    gen = GenerationConfig(max_new_tokens=12)
-    direct = HFEngine(serve_app["model"], adapter=serve_app["ptuning"]).generate([prompt], gen)
-    base = HFEngine(serve_app["model"]).generate([prompt], gen)
+    prompt = '{"instruction": "抽取实体", "schema": ["人物"], "input": "李四在上海。"}'
+    with TestClient(local_serve_api(settings)) as http:
+        api = OpenAI(base_url=f"{http.base_url}/v1", api_key="none", http_client=http)
+        got = api.chat.completions.create(
+            model="kgc", max_tokens=12, messages=[{"role": "user", "content": prompt}]
+        )
+    gen = GenerationSettings(max_new_tokens=12)
+    direct = HFEngine(str(tiny_llama), adapter=ptuning_adapter).generate([prompt], gen)
+    base = HFEngine(str(tiny_llama)).generate([prompt], gen)
     assert got.choices[0].message.content == direct[0]
     assert direct[0] != base[0]
 
 
 def test_constrained_extract_always_parses(serve_app):
-    """Schema-constrained decoding through the task API: a random model's answers parse."""
+    """The task API end to end, free and schema-constrained: a random model's constrained
+    answers parse."""
     texts = ["张三在北京工作。", "李四是上海人。", "王五去了广州。"]
     req = {"task": "NER", "schema": ["人物", "地点"], "texts": texts, "max_new_tokens": 300}
     with client(serve_app) as c:
-        free = c.post("/v1/extract", json=req).json()["results"]
+        r = c.post("/v1/extract", json=req)
+        assert r.status_code == 200, r.text
+        free = r.json()["results"]
         constrained = c.post("/v1/extract", json={**req, "constrained": True}).json()["results"]
+    assert [x["text"] for x in free] == [x["text"] for x in constrained] == texts
     assert any(x["errors"] for x in free)  # a random model rarely writes the JSON shape
     assert all(x["errors"] == [] for x in constrained)
     assert all(r["entity_type"] in ("人物", "地点") for x in constrained for r in x["records"])
@@ -155,12 +116,6 @@ def test_chat_response_format_json_schema(serve_app):
     )
     value = json.loads(got.choices[0].message.content, strict=False)
     assert list(value) == ["作者", "导演"]
-    with client(serve_app) as c:
-        r = c.post(
-            "/v1/chat/completions",
-            json={"messages": [{"role": "user", "content": "x"}], "response_format": "json"},
-        )
-    assert r.status_code == 422 and "response_format" in r.text
 
 
 def test_overload_gives_429_with_retry_after(serve_app):
@@ -193,7 +148,7 @@ def test_autoscaling_settings_reach_the_deployment():
             "autoscaling": {"min_replicas": 0, "max_replicas": 3, "target_ongoing_requests": 8},
         }
     )
-    gen = app._bound_deployment.init_args[0]._bound_deployment  # Api(Generator, settings)
+    gen = app._bound_deployment.init_args[0]._bound_deployment  # Ingress(ModelDeployment, settings)
     cfg = gen._deployment_config.autoscaling_config
     assert (cfg.min_replicas, cfg.max_replicas, cfg.target_ongoing_requests) == (0, 3, 8)
 
@@ -210,24 +165,3 @@ def test_engine_settings_are_checked_before_replicas_start():
     app = build_app({**base, "engine": "vllm", "replica_gpus": 1})
     gen = app._bound_deployment.init_args[0]._bound_deployment
     assert gen.ray_actor_options["num_gpus"] == 1
-
-
-def test_chat_stream_and_stop_string(serve_app):
-    """`stream: true` (the openai client's streaming API) gets the same text as a plain call,
-    as chunks; `stop` may be a string or a list."""
-    from openai import OpenAI
-
-    api = OpenAI(base_url=serve_app["url"] + "/v1", api_key=KEY)
-    msgs = [{"role": "user", "content": "抽取实体：王五在广州。"}]
-    plain = api.chat.completions.create(model="kgc", max_tokens=12, messages=msgs)
-    text = plain.choices[0].message.content
-    chunks = list(
-        api.chat.completions.create(model="kgc", max_tokens=12, messages=msgs, stream=True)
-    )
-    assert "".join(c.choices[0].delta.content or "" for c in chunks) == text
-    assert chunks[-1].choices[0].finish_reason == "stop"
-    assert len(text) > 2
-    cut = text[2]
-    for stop in (cut, [cut]):
-        got = api.chat.completions.create(model="kgc", max_tokens=12, messages=msgs, stop=stop)
-        assert got.choices[0].message.content == text[: text.index(cut)]

@@ -12,14 +12,14 @@ pytest.importorskip("peft")
 from conftest import read_jsonl  # noqa: E402
 
 from kgc.config import DataConfig, ModelConfig, load_config  # noqa: E402
-from kgc.finetune import (  # noqa: E402
+from kgc.modeling.data import IGNORE, Encoder, as_rows, collate  # noqa: E402
+from kgc.modeling.training import (  # noqa: E402
     accepts_logits_to_keep,
     answer_logits_only,
     model_loss,
     shared_prefix_len,
     validate,
 )
-from kgc.modeling.data import IGNORE, Encoder, as_rows, collate  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -98,11 +98,11 @@ def test_shared_prefix_refuses_what_it_cannot_do(override, what, tiny_llama, ner
 
 
 def test_engine_prefix_cache_gives_the_same_greedy_answers(tiny_llama, ner_train_file):
-    from kgc.engine import GenerationConfig
+    from kgc.engine import GenerationSettings
     from kgc.modeling.hf_engine import HFEngine, pad_after_prefix, shared_prefix_len
 
     prompts = [r["instruction"] for r in read_jsonl(ner_train_file)]
-    cfg = GenerationConfig(max_new_tokens=24)
+    cfg = GenerationSettings(max_new_tokens=24)
     plain = HFEngine(str(tiny_llama), batch_size=8, prefix_cache=False)
     cached = HFEngine(str(tiny_llama), batch_size=8, prefix_cache=True)
     encoded = [cached.encode(p) for p in prompts]

@@ -161,3 +161,52 @@ def test_icl_config_rejects_another_modes_section():
         other = next(m for m in MODES if m != mode)
         with pytest.raises(KgcError, match=f"section.*{other}.*mode is '{mode}'"):
             load_icl_config(None, data={"mode": mode, other: {}})
+
+
+# ---------------------------------------------------------------- layers (.importlinter)
+LAYER_PACKAGES = {"cli", "__main__", "runtime", "modeling"}  # entry, runtime, modeling
+
+
+def _contract(name: str):
+    import configparser
+
+    cp = configparser.ConfigParser()
+    cp.read(KGC.parent / ".importlinter", encoding="utf-8")
+    return cp[f"importlinter:contract:{name}"]
+
+
+def test_the_core_contract_names_every_core_module():
+    """A new module of kgc is in the core contract's list (or in a layer package), so no
+    module escapes the rule that the core imports no torch, Ray or model code."""
+    listed = {m.removeprefix("kgc.") for m in _contract("core")["source_modules"].split()}
+    present = {
+        p.stem if p.suffix == ".py" else p.name
+        for p in KGC.iterdir()
+        if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").is_file()
+    }
+    assert listed == present - LAYER_PACKAGES
+
+
+def test_import_contracts_hold_and_catch_a_wrong_import(tmp_path):
+    """`lint-imports` keeps every contract on the tree, and breaks on a copy of it where a core
+    module imports torch and a modeling module imports ray."""
+    import shutil
+
+    exe = Path(sys.executable).with_name("lint-imports")
+    if not exe.exists():
+        pytest.skip("import-linter is not installed (it is in the dev extra)")
+    run = dict(capture_output=True, text=True, timeout=120)
+    ok = subprocess.run([str(exe)], cwd=KGC.parent, **run)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "0 broken" in ok.stdout
+    shutil.copytree(KGC, tmp_path / "kgc", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(KGC.parent / ".importlinter", tmp_path)
+    with open(tmp_path / "kgc" / "rows.py", "a", encoding="utf-8") as f:
+        f.write("\n\ndef _wrong():\n    import torch  # noqa\n")
+    with open(tmp_path / "kgc" / "modeling" / "data.py", "a", encoding="utf-8") as f:
+        f.write("\n\ndef _wrong():\n    import ray  # noqa\n")
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    bad = subprocess.run([str(exe)], cwd=tmp_path, env=env, **run)
+    assert bad.returncode != 0
+    assert "kgc.rows is not allowed to import torch" in bad.stdout
+    assert "Illegal imports of protected package ray" in bad.stdout

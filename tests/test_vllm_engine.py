@@ -42,17 +42,17 @@ def test_only_lora_adapters_go_to_vllm(tmp_path):
 @pytest.mark.timeout(900)
 def test_vllm_matches_hf_greedy(tiny_llama):
     pytest.importorskip("vllm")
-    from kgc.engine import GenerationConfig, bounded
+    from kgc.engine import GenerationSettings, bounded
     from kgc.modeling.hf_engine import HFEngine
     from kgc.modeling.vllm_engine import VLLMEngine
     from kgc.tasks import get
 
     prompts = [f"抽取实体：张{i}在北京。" for i in range(8)]
-    gen = GenerationConfig(max_new_tokens=16)
+    gen = GenerationSettings(max_new_tokens=16)
     v = VLLMEngine(str(tiny_llama), dtype="fp32", gpu_memory_utilization=0.3)
     h = HFEngine(str(tiny_llama), batch_size=8)
     same = sum(a == b for a, b in zip(v.generate(prompts, gen), h.generate(prompts, gen)))
     assert same >= 6  # fp32 greedy; kernels may break near-ties differently
     schema = bounded(get("NER").output_schema(["人物", "地点"]), 8, 2)
-    out = v.generate(prompts, GenerationConfig(max_new_tokens=120), [schema] * len(prompts))
+    out = v.generate(prompts, GenerationSettings(max_new_tokens=120), [schema] * len(prompts))
     assert all(not get("NER").parse(x).errors for x in out)

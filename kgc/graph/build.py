@@ -1,6 +1,6 @@
 """Extraction rows → graph items → merged nodes and edges.
 
-One extraction row (one chunk × one schema split, see `kgc.extract`) holds a task's parsed
+One extraction row (one chunk × one schema split, see `kgc.rows`) holds a task's parsed
 records. `RowMapper` turns each record into *items*, one per node mention and one per edge
 mention, each carrying its merge key and its provenance (`mention`):
 
@@ -240,7 +240,7 @@ class RowMapper:
         if schema_chunk is None:
             schema_chunk = _json_list(row.get("schema"))
         schema_chunk = clean_value(schema_chunk)
-        ctx = _Ctx(self, row, task, text, schema_chunk, records)
+        ctx = RowContext(self, row, task, text, schema_chunk, records)
         handler = _HANDLERS.get(task)
         for i, rec in enumerate(records):
             st["records"] += 1
@@ -312,7 +312,7 @@ def _json_obj(v: Any) -> dict:
 
 def _row_key(row: dict) -> str:
     """A stable id for a row that has none (mentions are de-duplicated by row id)."""
-    from kgc.extract import row_id
+    from kgc.rows import row_id
 
     parts = [str(row.get("task")), str(row.get("schema")), str(row.get("chunk_index"))]
     return row_id(
@@ -330,7 +330,7 @@ def _int(v: Any, default: int = 0) -> int:
         return default
 
 
-class _Ctx:
+class RowContext:
     """One row being mapped: locates surfaces in its chunk and builds mentions."""
 
     def __init__(
@@ -460,7 +460,7 @@ def _str(v: Any) -> str | None:
     return v if isinstance(v, str) and v.strip() else None
 
 
-def _ner(ctx: _Ctx, i: int, rec: dict) -> Iterable[dict]:
+def _ner(ctx: RowContext, i: int, rec: dict) -> Iterable[dict]:
     name, etype = _str(rec.get("entity")), _str(rec.get("entity_type"))
     if name is None or etype is None:
         ctx.drop("bad_record")
@@ -479,7 +479,7 @@ def _ner(ctx: _Ctx, i: int, rec: dict) -> Iterable[dict]:
     yield node
 
 
-def _spo_types(ctx: _Ctx, rel: str) -> tuple[str | None, str | None]:
+def _spo_types(ctx: RowContext, rel: str) -> tuple[str | None, str | None]:
     chunk = ctx.schema_chunk if isinstance(ctx.schema_chunk, list) else []
     cands = {
         (x.get("subject_type"), x.get("object_type"))
@@ -494,7 +494,7 @@ def _spo_types(ctx: _Ctx, rel: str) -> tuple[str | None, str | None]:
     )
 
 
-def _triple(ctx: _Ctx, i: int, rec: dict) -> Iterable[dict]:
+def _triple(ctx: RowContext, i: int, rec: dict) -> Iterable[dict]:
     head, rel, tail = _str(rec.get("head")), _str(rec.get("relation")), _str(rec.get("tail"))
     if head is None or rel is None or tail is None:
         ctx.drop("bad_record")
@@ -542,7 +542,7 @@ def _triple(ctx: _Ctx, i: int, rec: dict) -> Iterable[dict]:
     yield ctx.edge(i, kind, rel, h, t, [hs, ts])
 
 
-def _event(ctx: _Ctx, i: int, rec: dict) -> Iterable[dict]:
+def _event(ctx: RowContext, i: int, rec: dict) -> Iterable[dict]:
     etype = _str(rec.get("event_type"))
     trigger = rec.get("event_trigger") if isinstance(rec.get("event_trigger"), str) else ""
     if etype is None:

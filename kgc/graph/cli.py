@@ -1,17 +1,22 @@
 """`kgc graph build|export|show` and `kgc pipeline` (added to `kgc` by `kgc.cli`).
 
-Importing this module is light (argparse only); handlers import what they need.
+Importing this module is light (argparse only); handlers import what they need. `graph
+build` and `pipeline` may run on Ray, which kgc.graph never imports: their handlers come from
+the entry point (`kgc.cli`), which calls `build` / `pipeline` here with the Ray steps.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 
 from kgc.errors import KgcError
 
 
-def add_commands(sub) -> None:
+def add_commands(sub, ray_handlers: dict[str, Callable]) -> None:
+    """The graph commands; `graph build` and `pipeline` get `ray_handlers["graph build"]` and
+    `ray_handlers["pipeline"]` as their handlers."""
     g = sub.add_parser(
         "graph",
         help="knowledge graph: build from extraction rows, export, HTML view",
@@ -28,7 +33,7 @@ def add_commands(sub) -> None:
     b.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. strict=true")
     b.add_argument("--address", help="Ray cluster address (executor: ray; default: a local Ray)")
     b.add_argument("--quiet", action="store_true", help="no progress lines")
-    b.set_defaults(handler=_cmd_build)
+    b.set_defaults(handler=ray_handlers["graph build"])
 
     x = verbs.add_parser("export", help="(re)write exports of a built graph")
     x.add_argument("--graph", required=True, help="a built graph folder (nodes.jsonl, edges.jsonl)")
@@ -62,20 +67,23 @@ def add_commands(sub) -> None:
     p.add_argument("--address", help="Ray cluster address (default: a local Ray)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--check", action="store_true", help="validate the config and exit")
-    p.set_defaults(handler=_cmd_pipeline)
+    p.set_defaults(handler=ray_handlers["pipeline"])
 
 
 def _print(summary: dict) -> None:
     print(json.dumps(summary, ensure_ascii=False))
 
 
-def _cmd_build(args) -> int:
+def build(args, ray_map_reduce: Callable) -> int:
+    """`kgc graph build`; `ray_map_reduce` (kgc.runtime.graph.map_reduce) for `executor: ray`."""
     from kgc.config import load_config
     from kgc.graph.config import GraphConfig
     from kgc.graph.stream import run_build
 
     cfg = load_config(args.config, args.overrides, schema=GraphConfig)
-    _print(run_build(cfg, progress=not args.quiet, address=args.address))
+    _print(
+        run_build(cfg, progress=not args.quiet, address=args.address, ray_map_reduce=ray_map_reduce)
+    )
     return 0
 
 
@@ -128,10 +136,12 @@ def _cmd_show(args) -> int:
     return 0
 
 
-def _cmd_pipeline(args) -> int:
+def pipeline(args, run_pipeline: Callable) -> int:
+    """`kgc pipeline`: `--check` validates here; the run is `run_pipeline`
+    (kgc.runtime.graph.run_pipeline)."""
     from kgc.config import load_config
     from kgc.graph.config import PipelineConfig
-    from kgc.graph.pipeline import plan, run_pipeline
+    from kgc.graph.pipeline import plan
 
     cfg = load_config(args.config, args.overrides, schema=PipelineConfig)
     if args.check:
@@ -145,4 +155,4 @@ def _cmd_pipeline(args) -> int:
     return 0
 
 
-__all__ = ["add_commands"]
+__all__ = ["add_commands", "build", "pipeline"]

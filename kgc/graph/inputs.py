@@ -109,7 +109,7 @@ def iter_rows(path: str, fmt: str, cfg: GraphConfig) -> Iterator[dict]:
 
 
 def annotated_rows(rec: dict, path: str, n: int, cfg: GraphConfig) -> Iterator[dict]:
-    from kgc.extract import row_id
+    from kgc.rows import row_id
 
     text = rec.get("text")
     if not isinstance(text, str):

@@ -3,12 +3,11 @@
 Every config (each task's extraction, the graph) is built and checked before anything
 runs, so a typo in the last task stops the command before the first extraction starts.
 Extraction runs resume like `kgc extract` (rerun the same command to finish a killed run).
+This is the plan; the run, on Ray, is `kgc.runtime.graph.run_pipeline`.
 """
 
 from __future__ import annotations
 
-import sys
-import time
 from pathlib import Path
 
 from kgc.config import ExtractConfig
@@ -61,29 +60,3 @@ def plan(cfg: PipelineConfig) -> tuple[list[ExtractConfig], GraphConfig]:
     g.setdefault("input", {"paths": [r.output.path for r in runs]})
     g.setdefault("output", {"path": str(Path(cfg.extract.output.path) / "graph")})
     return runs, GraphConfig.model_validate(g)
-
-
-def run_pipeline(cfg: PipelineConfig, *, progress: bool = True, address: str | None = None) -> dict:
-    from kgc.extract import run_extract
-    from kgc.graph.stream import run_build
-    from kgc.io import write_json_atomic
-    from kgc.raytools import ensure_ray
-
-    runs, gcfg = plan(cfg)
-    t0 = time.time()
-    ensure_ray(address or cfg.address)
-    extracted = {}
-    for r in runs:
-        if progress:
-            print(f"[kgc pipeline] extract {r.task} → {r.output.path}", file=sys.stderr, flush=True)
-        extracted[r.task] = run_extract(r, progress=progress)
-    if progress:
-        print(f"[kgc pipeline] graph → {gcfg.output.path}", file=sys.stderr, flush=True)
-    graph = run_build(gcfg, progress=progress, address=address or cfg.address)
-    summary = {
-        "extract": extracted,
-        "graph": graph,
-        "seconds": round(time.time() - t0, 3),
-    }
-    write_json_atomic(Path(cfg.extract.output.path) / "pipeline.json", summary)
-    return summary

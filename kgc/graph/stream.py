@@ -11,9 +11,10 @@ Memory is bounded by one bucket, never by the corpus:
 3. the buckets' outputs are concatenated into `nodes.jsonl` and `edges.jsonl` (atomic
    renames), then the exports stream from those two files.
 
-With `executor: ray` the map and reduce tasks run as Ray tasks (fractional CPUs); with
-`local` in this process. Both give byte-identical outputs. `buckets: auto` picks one bucket
-per `bucket_mb` of input.
+With `executor: local` the map and reduce tasks run in this process; with `executor: ray`
+as Ray tasks (fractional CPUs), by `kgc.runtime.graph.map_reduce`, which the caller passes in
+as `ray_map_reduce` (this module never imports Ray). Both give byte-identical outputs.
+`buckets: auto` picks one bucket per `bucket_mb` of input.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import shutil
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from kgc.errors import KgcError
@@ -129,21 +131,9 @@ def reduce_task(b: int, cfg_json: dict, work: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- driver
-def _say(progress: bool, msg: str) -> None:
+def say(progress: bool, msg: str) -> None:
     if progress:
         print(f"[kgc graph] {msg}", file=sys.stderr, flush=True)
-
-
-def _ray_get(refs: list) -> list:
-    """ray.get, with a user error raised in a task re-raised as itself (not wrapped)."""
-    import ray
-
-    try:
-        return ray.get(refs)
-    except ray.exceptions.RayTaskError as exc:
-        if isinstance(exc.cause, KgcError):
-            raise exc.cause from None
-        raise
 
 
 def _merge_counts(parts: list[dict]) -> dict:
@@ -167,36 +157,50 @@ def _concat(parts: list[Path], dest: Path) -> None:
                 shutil.copyfileobj(fh, out)
 
 
-def _map_reduce(cfg, groups, cfg_json, work: Path, n_buckets: int, progress, address):
-    if cfg.executor == "ray":
-        import ray
+# (cfg, groups, cfg_json, work, n_buckets, progress, address) → (map counts, reduce counts):
+# map_task on every group, then reduce_task on every bucket (kgc.runtime.graph.map_reduce)
+MapReduce = Callable[[GraphConfig, list, dict, Path, int, bool, str | None], tuple[list, list]]
 
-        from kgc.raytools import ensure_ray
 
-        ensure_ray(address)
-        rmap = ray.remote(num_cpus=cfg.cpus_per_task, max_retries=2)(map_task)
-        rred = ray.remote(num_cpus=cfg.cpus_per_task, max_retries=2)(reduce_task)
-        maps = _ray_get(
-            [rmap.remote(i, g, cfg_json, str(work), n_buckets) for i, g in enumerate(groups)]
-        )
-        _say(progress, "map done")
-        reds = _ray_get([rred.remote(b, cfg_json, str(work)) for b in range(n_buckets)])
-    else:
-        maps = []
-        for i, g in enumerate(groups):
-            maps.append(map_task(i, g, cfg_json, str(work), n_buckets))
-            _say(progress, f"map {i + 1}/{len(groups)}")
-        reds = []
-        for b in range(n_buckets):
-            reds.append(reduce_task(b, cfg_json, str(work)))
-            if n_buckets > 1:
-                _say(progress, f"reduce {b + 1}/{n_buckets}")
+def map_reduce_local(
+    cfg: GraphConfig,
+    groups: list,
+    cfg_json: dict,
+    work: Path,
+    n_buckets: int,
+    progress: bool,
+) -> tuple[list[dict], list[dict]]:
+    """`executor: local`: the map tasks, then the reduce tasks, one by one in this process."""
+    maps = []
+    for i, g in enumerate(groups):
+        maps.append(map_task(i, g, cfg_json, str(work), n_buckets))
+        say(progress, f"map {i + 1}/{len(groups)}")
+    reds = []
+    for b in range(n_buckets):
+        reds.append(reduce_task(b, cfg_json, str(work)))
+        if n_buckets > 1:
+            say(progress, f"reduce {b + 1}/{n_buckets}")
     return maps, reds
 
 
-def run_build(cfg: GraphConfig, *, progress: bool = True, address: str | None = None) -> dict:
-    """Build the graph and its exports; returns the summary (also written to summary.json)."""
+def run_build(
+    cfg: GraphConfig,
+    *,
+    progress: bool = True,
+    address: str | None = None,
+    ray_map_reduce: MapReduce | None = None,
+) -> dict:
+    """Build the graph and its exports; returns the summary (also written to summary.json).
+
+    `executor: ray` runs the tasks with `ray_map_reduce` (pass `kgc.runtime.graph.map_reduce`)
+    on the Ray cluster at `address` (default: a local Ray)."""
     from kgc.graph.inputs import input_files
+
+    if cfg.executor == "ray" and ray_map_reduce is None:
+        raise ValueError(
+            "executor: ray needs ray_map_reduce=kgc.runtime.graph.map_reduce (kgc.graph never "
+            "imports Ray; `kgc graph build` passes it)"
+        )
 
     t0 = time.time()
     files = input_files(cfg)
@@ -213,12 +217,15 @@ def run_build(cfg: GraphConfig, *, progress: bool = True, address: str | None = 
     # at most ~64 map tasks: each writes one file per bucket, so files grow as tasks × buckets
     groups = _groups(files, max(target, in_bytes // 64 + 1))
     cfg_json = cfg.model_dump(mode="json", by_alias=True)
-    _say(
+    say(
         progress,
         f"{len(files)} row files ({in_bytes / 1e6:.1f} MB) → {len(groups)} map tasks, {n_buckets} buckets",
     )
     try:
-        maps, reds = _map_reduce(cfg, groups, cfg_json, work, n_buckets, progress, address)
+        if cfg.executor == "ray":
+            maps, reds = ray_map_reduce(cfg, groups, cfg_json, work, n_buckets, progress, address)
+        else:
+            maps, reds = map_reduce_local(cfg, groups, cfg_json, work, n_buckets, progress)
         read = _merge_counts(maps)
         if read.get("rows", 0) == 0:
             raise KgcError(f"input.paths {list(cfg.input.paths)} hold no rows; nothing to build")

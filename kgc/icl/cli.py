@@ -1,15 +1,19 @@
 """`kgc icl --config …`: in-context extraction through an OpenAI-compatible API.
 
-Light on import (argparse only); the handler imports what it needs.
+Light on import (argparse only); the handler imports what it needs. The handler comes from
+the entry point (`kgc.cli`), which passes `run_command` the Ray back end: kgc.icl never
+imports Ray.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 
 
-def add_commands(sub) -> None:
+def add_commands(sub, ray_handlers: dict[str, Callable]) -> None:
+    """The `icl` command; its handler is `ray_handlers["icl"]` (it may run on Ray)."""
     p = sub.add_parser(
         "icl",
         help="in-context extraction through an OpenAI-compatible API (LLMICL, augment, "
@@ -27,7 +31,7 @@ def add_commands(sub) -> None:
     p.add_argument("--tail-type", default="", help="type of --tail")
     p.add_argument("--relation", help="augment: the relation to generate samples for")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
-    p.set_defaults(handler=run_command)
+    p.set_defaults(handler=ray_handlers["icl"])
 
 
 def single_item(cfg, args) -> dict | None:
@@ -65,7 +69,8 @@ def single_item(cfg, args) -> dict | None:
     return {"text": args.text}
 
 
-def run_command(args) -> int:
+def run_command(args, ray_execute: Callable) -> int:
+    """`kgc icl`; `ray_execute` (kgc.runtime.icl.execute_ray) sends the requests on Ray."""
     from kgc.icl.config import load_icl_config
     from kgc.icl.runner import run_icl
 
@@ -74,7 +79,7 @@ def run_command(args) -> int:
         overrides.append(f"runner.address={args.address}")
     cfg = load_icl_config(args.config, overrides)
     single = single_item(cfg, args)
-    result = run_icl(cfg, single=single, progress=not args.quiet)
+    result = run_icl(cfg, single=single, progress=not args.quiet, ray_execute=ray_execute)
     if single is not None:
         for row in result.rows:
             print(json.dumps(row, ensure_ascii=False))
@@ -90,13 +95,3 @@ def run_command(args) -> int:
             file=sys.stderr,
         )
     return 0
-
-
-def main(argv=None) -> int:  # pragma: no cover - `python -m kgc.icl.cli`
-    from kgc.cli import main as kgc_main
-
-    return kgc_main(["icl", *(argv if argv is not None else sys.argv[1:])])
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

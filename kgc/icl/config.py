@@ -37,7 +37,7 @@ class ClientConfig(_Strict):
     system_prompt: str | None = None
 
 
-class GenerationConfig(_Strict):
+class ChatSampling(_Strict):
     max_tokens: int | None = Field(None, ge=1)  # None: the mode's default
     temperature: float | None = Field(None, ge=0, le=2)  # None: the mode's default
     top_p: float = Field(1.0, gt=0, le=1)
@@ -51,6 +51,9 @@ class RunnerConfig(_Strict):
     num_actors: int = Field(2, ge=1)
     cpus_per_actor: float = Field(0.25, gt=0)  # fractional: the actors mostly wait on HTTP
     batch_size: int = Field(16, ge=1)
+    # no batch back from the actors for this long → fail the run (a rerun resumes from the
+    # cache); longer than a batch of requests can take with every retry at the defaults
+    stall_timeout_s: float = Field(1800.0, gt=0)
     address: str | None = None  # Ray cluster address (default: a local Ray)
 
 
@@ -108,7 +111,7 @@ class IclConfig(_Strict):
     input: str | None = None  # a file (JSON list or JSONL); or --text on the command line
     output: str | None = None  # a folder: predictions.jsonl, summary.json (+ generated data)
     client: ClientConfig = ClientConfig()
-    generation: GenerationConfig = GenerationConfig()
+    generation: ChatSampling = ChatSampling()
     runner: RunnerConfig = RunnerConfig()
     llmicl: LlmiclConfig = LlmiclConfig()
     augment: AugmentConfig = AugmentConfig()

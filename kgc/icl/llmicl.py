@@ -17,8 +17,10 @@ Input records (JSON list or JSONL), gold optional (scored when present):
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -47,108 +49,29 @@ def _join(labels: list[str], language: str) -> str:
 
 
 def instruction(task: str, language: str, domain: str | None, labels: list[str] | None) -> str:
-    """The system message for a task (kgc's wording)."""
-    zh = language == "zh"
-    lab = _join(labels, language) if labels else ""
-    if task == "ner":
-        if zh:
-            head = (
-                f"你负责从{domain}领域的文本中抽取命名实体。"
-                if domain
-                else "你负责抽取文本中的命名实体。"
-            )
-            types = f"只使用以下实体类型：{lab}。" if labels else "请为每个实体给出简短的类型名。"
-            return (
-                head + types + "请只回复一个JSON对象：键是实体类型，值是该类型的实体组成的列表，"
-                '实体须与原文写法完全一致，例如 {"类型": ["实体"]}；没有实体时回复 {}。不要写其他内容。'
-            )
-        head = (
-            f"You extract named entities from {domain} texts. "
-            if domain
-            else "You extract named entities from texts. "
-        )
-        types = (
-            f"Use only these entity types: {lab}. "
-            if labels
-            else "Give each entity a short type name. "
-        )
-        return (
-            head + types + "Reply with one JSON object whose keys are entity types and whose "
-            "values are lists of the entities of that type, copied exactly as written in the "
-            'text, e.g. {"TYPE": ["entity"]}; reply {} when there is none. Write nothing else.'
-        )
-    if task == "re":
-        if zh:
-            head = "你负责判断文本中两个实体之间的关系" + (
-                f"（{domain}领域）。" if domain else "。"
-            )
-            rels = (
-                f"候选关系：{lab}。只回复其中一个关系名称；若都不成立，回复 NONE。"
-                if labels
-                else "请用简短的词语写出关系名称，只回复关系名称；若没有关系，回复 NONE。"
-            )
-            return head + rels
-        head = "You decide how two entities mentioned in a text are related" + (
-            f" (domain: {domain}). " if domain else ". "
-        )
-        rels = (
-            f"Candidate relations: {lab}. Reply with exactly one candidate name; if none "
-            "holds, reply NONE."
-            if labels
-            else "Reply with a short relation name only; if they are not related, reply NONE."
-        )
-        return head + rels
-    if task == "ee":
-        if zh:
-            head = (
-                f"你负责从{domain}领域的文本中抽取事件。" if domain else "你负责抽取文本中的事件。"
-            )
-            types = f"只使用以下事件类型：{lab}。" if labels else "请为每个事件给出简短的类型名。"
-            return (
-                head + types + "对每个事件给出类型、触发词（表达该事件的词）和按角色列出的论元。"
-                "请只回复一个JSON对象：键是事件类型，值是事件列表，每个事件写成 "
-                '{"trigger": "触发词", "arguments": {"角色": "论元"}}；没有事件时回复 {}。'
-                "不要写其他内容。"
-            )
-        head = f"You extract events from {domain} texts. " if domain else "You extract events. "
-        types = (
-            f"Use only these event types: {lab}. " if labels else "Name each event type briefly. "
-        )
-        return (
-            head + types + "For every event give its type, its trigger (the word that expresses "
-            "it) and its arguments by role. Reply with one JSON object mapping each event type "
-            'to a list of events, each written as {"trigger": "word", "arguments": {"role": '
-            '"argument"}}; reply {} when there is no event. Write nothing else.'
-        )
-    if task == "rte":
-        if zh:
-            head = (
-                f"你负责把{domain}领域的文本转成知识图谱三元组。"
-                if domain
-                else "你负责把文本转成知识图谱三元组。"
-            )
-            preds = f"只使用以下关系：{lab}。" if labels else ""
-            return (
-                head
-                + "把文本陈述的每个事实写成 [主语, 关系, 宾语]。"
-                + preds
-                + '请只回复一个JSON列表，例如 [["鲁迅", "出生地", "绍兴"]]；没有事实时回复 []。'
-                "不要写其他内容。"
-            )
-        head = (
-            f"You turn {domain} texts into knowledge-graph triples. "
-            if domain
-            else "You turn texts into knowledge-graph triples. "
-        )
-        preds = f"Use only these predicates: {lab}. " if labels else ""
-        return (
-            head
-            + "Write every fact the text states as [subject, predicate, object]. "
-            + preds
-            + 'Reply with one JSON list of triples, e.g. [["Marie Curie", "born in", "Warsaw"]]; '
-            "reply [] when there is none. Write nothing else."
-        )
-    raise KgcError(f"llmicl.task {task!r} has no built-in instruction")
+    """The system message for a task (kgc's wording, from prompts/llmicl.json)."""
+    segments = _prompts().get(task)
+    if segments is None:
+        raise KgcError(f"llmicl.task {task!r} has no built-in instruction")
+    # None: not given (no domain, no labels); a label list of one "" is given and joins to ""
+    given = {"domain": domain or None, "labels": _join(labels, language) if labels else None}
+    out = []
+    for seg in segments["zh" if language == "zh" else "en"]:
+        if isinstance(seg, str):
+            out.append(seg)
+        elif given[seg["if"]] is not None:
+            out.append(seg["then"].replace("{" + seg["if"] + "}", given[seg["if"]]))
+        else:
+            out.append(seg["else"])
+    return "".join(out)
+
+
+@functools.cache
+def _prompts() -> dict:
+    """task → language → segments: a string is literal; {"if": "domain" | "labels", "then",
+    "else"} is `then` with the value put in for `{domain}` / `{labels}` when it is given."""
+    text = (resources.files("kgc.icl") / "prompts" / "llmicl.json").read_text(encoding="utf-8")
+    return json.loads(text)
 
 
 def user_message(task: str, language: str, rec: dict) -> str:

@@ -2,14 +2,13 @@
 inputs), parse and score what comes back, write the outputs.
 
 Every input row yields exactly one output row: a failed request or an unparseable answer is a
-row with its error. With Ray Data the requests travel as rows with stable ids; the driver
-checks that every id came back exactly once.
+row with its error. The Ray Data back end is `kgc.runtime.icl.execute_ray`: this module never
+imports Ray, so a caller that may run on Ray (the `kgc icl` command) passes it in as
+`ray_execute`.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from typing import Any
 
 from kgc.errors import KgcError
 from kgc.icl.client import ChatClient, ChatParams, Completion
-from kgc.icl.config import ClientConfig, IclConfig
+from kgc.icl.config import IclConfig
 
 PREDICTIONS = "predictions.jsonl"
 SUMMARY = "summary.json"
@@ -68,6 +67,10 @@ def choose_backend(cfg: IclConfig, n: int, single: bool) -> str:
     return b
 
 
+# (cfg, requests, progress) → completions in request order: kgc.runtime.icl.execute_ray
+RayExecute = Callable[[IclConfig, list[Request], bool], list[Completion]]
+
+
 def execute(
     cfg: IclConfig,
     requests: list[Request],
@@ -75,11 +78,17 @@ def execute(
     *,
     backend: str = "threads",
     progress: bool = False,
+    ray_execute: RayExecute | None = None,
 ) -> list[Completion]:
     if not requests:
         return []
     if backend == "ray":
-        return _execute_ray(cfg, requests, progress)
+        if ray_execute is None:
+            raise ValueError(
+                "backend 'ray' needs ray_execute=kgc.runtime.icl.execute_ray (kgc.icl never "
+                "imports Ray; the `kgc icl` command passes it)"
+            )
+        return ray_execute(cfg, requests, progress)
 
     def show(done: int, total: int) -> None:
         if progress and (done == total or done % 25 == 0):
@@ -90,120 +99,6 @@ def execute(
     )
 
 
-class ChatUDF:
-    """Ray Data actor: one client (thread pool, cache, limits) per actor."""
-
-    def __init__(self, client_cfg: dict, limit_share: float):
-        self.fatal = ""
-        try:
-            self.client = ChatClient(
-                ClientConfig.model_validate(client_cfg), limit_share=limit_share
-            )
-        except KgcError as exc:  # e.g. the key's variable did not reach the worker
-            self.client = None
-            self.fatal = str(exc)
-
-    def __call__(self, batch: dict) -> dict:
-        ids = [str(x) for x in batch["id"]]
-        n = len(ids)
-        if self.client is None:
-            return _columns(ids, [Completion(error=self.fatal)] * n, [self.fatal] * n)
-        prompts = [json.loads(m) for m in batch["messages"]]
-        params = [_params(json.loads(p)) for p in batch["params"]]
-        try:
-            comps = self.client.chat_many(prompts, params)
-        except KgcError as exc:  # fatal for the run (401/403/404): reported by the driver
-            return _columns(ids, [Completion(error=str(exc))] * n, [str(exc)] * n)
-        return _columns(ids, comps, [""] * n)
-
-
-def _params(d: dict) -> ChatParams:
-    d = dict(d)
-    d["stop"] = tuple(d.get("stop") or ())
-    return ChatParams(**d)
-
-
-def _columns(ids: list[str], comps: list[Completion], fatal: list[str]) -> dict:
-    return {
-        "id": ids,
-        "text": [c.text for c in comps],
-        "error": [c.error or "" for c in comps],
-        "cached": [bool(c.cached) for c in comps],
-        "attempts": [int(c.attempts) for c in comps],
-        "usage": [json.dumps(c.usage) if c.usage else "" for c in comps],
-        "fatal": fatal,
-    }
-
-
-def _execute_ray(cfg: IclConfig, requests: list[Request], progress: bool) -> list[Completion]:
-    import ray
-
-    from kgc.raytools import ensure_ray, forwarded_env
-
-    ensure_ray(cfg.runner.address)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = progress
-    env = dict(forwarded_env())
-    key_var = cfg.client.api_key_env
-    if os.environ.get(key_var):
-        env[key_var] = os.environ[key_var]  # workers do not inherit the driver's environment
-    client_cfg = cfg.client.model_dump(mode="json")
-    if client_cfg.get("cache_dir"):
-        client_cfg["cache_dir"] = str(Path(client_cfg["cache_dir"]).expanduser().resolve())
-    items = [
-        {
-            "id": r.id,
-            "messages": json.dumps(r.messages, ensure_ascii=False),
-            "params": json.dumps(
-                {
-                    "max_tokens": r.params.max_tokens,
-                    "temperature": r.params.temperature,
-                    "top_p": r.params.top_p,
-                    "stop": list(r.params.stop),
-                    "seed": r.params.seed,
-                    "salt": r.params.salt,
-                }
-            ),
-        }
-        for r in requests
-    ]
-    n_actors = max(1, min(cfg.runner.num_actors, len(items)))
-    bs = cfg.runner.batch_size
-    blocks = min(len(items), max(n_actors, min(-(-len(items) // bs), 200)))
-    ds = ray.data.from_items(items, override_num_blocks=blocks)
-    ds = ds.map_batches(
-        ChatUDF,
-        fn_constructor_args=(client_cfg, 1.0 / n_actors),  # the limits are shared out
-        batch_size=bs,
-        compute=ray.data.ActorPoolStrategy(size=n_actors),
-        num_cpus=cfg.runner.cpus_per_actor,
-        runtime_env={"env_vars": env} if env else None,
-    )
-    got: dict[str, Completion] = {}
-    dup = 0
-    for row in ds.iter_rows():
-        if row["fatal"]:
-            raise KgcError(row["fatal"])
-        if row["id"] in got:
-            dup += 1
-            continue
-        got[row["id"]] = Completion(
-            text=row["text"],
-            error=row["error"] or None,
-            cached=bool(row["cached"]),
-            attempts=int(row["attempts"]),
-            usage=json.loads(row["usage"]) if row["usage"] else None,
-        )
-    missing = [r.id for r in requests if r.id not in got]
-    if missing or dup:
-        raise KgcError(
-            f"Ray Data returned {len(got)} distinct answers for {len(requests)} requests "
-            f"({len(missing)} missing, {dup} duplicated); rerun: answers already received are "
-            "in the cache"
-        )
-    return [got[r.id] for r in requests]
-
-
 def run_icl(
     cfg: IclConfig,
     *,
@@ -211,8 +106,12 @@ def run_icl(
     client: ChatClient | None = None,
     progress: bool = False,
     write: bool = True,
+    ray_execute: RayExecute | None = None,
 ) -> IclResult:
-    """Run the configured mode over `cfg.input` (or one `single` item from the command line)."""
+    """Run the configured mode over `cfg.input` (or one `single` item from the command line).
+
+    `ray_execute` sends the requests when the backend is Ray (`runner.backend: ray`, or
+    `auto` from `runner.ray_threshold` requests): pass `kgc.runtime.icl.execute_ray`."""
     from kgc.icl import modes
 
     client = client or ChatClient(cfg.client)
@@ -223,7 +122,9 @@ def run_icl(
         raise KgcError("two requests share an id; give the input records distinct ids")
     backend = choose_backend(cfg, len(plan.requests), single is not None)
     before = dict(client.stats)
-    comps = execute(cfg, plan.requests, client, backend=backend, progress=progress)
+    comps = execute(
+        cfg, plan.requests, client, backend=backend, progress=progress, ray_execute=ray_execute
+    )
     rows, summary = plan.finish(comps)
     stats = {k: v - before.get(k, 0) for k, v in client.stats.items()}
     summary = {

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from kgc.config import DataConfig
 from kgc.errors import KgcError
-from kgc.modeling.loading import ChatFormat
 from kgc.prompting import input_text, query_of, with_input
+from kgc.templates import ChatFormat
 
 IGNORE = -100
 

@@ -14,14 +14,15 @@ import json
 import shutil
 from pathlib import Path
 
+from kgc.checkpoint import (
+    ADAPTER_CONFIG,
+    CHAT_FILE,
+    CONFIG_FILE,
+    TOKENIZER_CONFIG,
+    TRAINABLE_FILE,
+    WEIGHTS_DIR,
+)
 from kgc.errors import KgcError, Problem
-
-CONFIG_FILE = "kgc_config.yaml"
-CHAT_FILE = "chat_format.json"
-WEIGHTS_DIR = "model"
-
-
-TRAINABLE_FILE = "trainable.pt"  # full / freeze fine-tuning: the weights that were trained
 
 
 def load_trainable(model, path) -> None:
@@ -72,17 +73,15 @@ def export_model(
         raise KgcError(Problem("checkpoint directory does not exist", str(ckpt)))
     wdir, cfg = _locate(ckpt)
     base_path = base or (cfg or {}).get("model", {}).get("path")
-    if base_path is None and (wdir / "adapter_config.json").exists():
-        base_path = json.loads((wdir / "adapter_config.json").read_text()).get(
-            "base_model_name_or_path"
-        )
+    if base_path is None and (wdir / ADAPTER_CONFIG).exists():
+        base_path = json.loads((wdir / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
     if not base_path or not (Path(base_path) / "config.json").is_file():
         raise KgcError(f"base model {base_path!r} not found; pass --base /path/to/base-model")
     trust = bool(trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         base_path, dtype=torch_dtype(dtype), trust_remote_code=trust
     )
-    if (wdir / "adapter_config.json").exists():
+    if (wdir / ADAPTER_CONFIG).exists():
         from peft import PeftConfig, PeftModel
 
         pcfg = PeftConfig.from_pretrained(str(wdir))
@@ -96,12 +95,12 @@ def export_model(
         load_trainable(model, wdir / TRAINABLE_FILE)
     else:
         raise KgcError(
-            Problem("no adapter_config.json or trainable.pt in the checkpoint", str(wdir))
+            Problem(f"no {ADAPTER_CONFIG} or {TRAINABLE_FILE} in the checkpoint", str(wdir))
         )
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
-    tok_src = wdir if (wdir / "tokenizer_config.json").exists() else Path(base_path)
+    tok_src = wdir if (wdir / TOKENIZER_CONFIG).exists() else Path(base_path)
     AutoTokenizer.from_pretrained(str(tok_src), trust_remote_code=trust).save_pretrained(out_dir)
     for name in (CONFIG_FILE, CHAT_FILE):
         if (ckpt / name).exists():

@@ -11,76 +11,15 @@ through `prompt_learning_generate` (see kgc.modeling.generation for why).
 
 from __future__ import annotations
 
-import json
-import logging
 from collections.abc import Sequence
-from pathlib import Path
 
-from pydantic import ValidationError
-
-from kgc.config import ModelConfig, read_yaml_file
-from kgc.engine import GenerationConfig, Prompt, as_messages, cut_at_stop
-from kgc.errors import KgcError, Problem
-from kgc.modeling.export import CHAT_FILE, CONFIG_FILE, TRAINABLE_FILE, WEIGHTS_DIR, load_trainable
-from kgc.modeling.loading import ChatFormat, load_model, load_tokenizer, resolve_chat_format
-
-log = logging.getLogger("kgc")
-
-
-def resolve_checkpoint(
-    checkpoint: str, *, trust_remote_code: bool = False
-) -> tuple[ModelConfig, str | None, ChatFormat | None]:
-    """(base model config, adapter dir or None, chat format) of a kgc checkpoint directory.
-    A full/freeze checkpoint has no adapter: its trained weights are `trained_weights()`.
-
-    The saved `model.trust_remote_code` is ignored: the returned config carries the
-    caller's `trust_remote_code` (False unless the operator asked for it)."""
-    ckpt = Path(checkpoint)
-    cfg_path = ckpt / CONFIG_FILE
-    if not cfg_path.exists():
-        raise KgcError(f"{ckpt} is not a kgc checkpoint (no {CONFIG_FILE})")
-    tree = read_yaml_file(cfg_path)
-    saved = tree.get("model") if isinstance(tree, dict) else None
-    if not isinstance(saved, dict):
-        raise KgcError(
-            Problem(
-                "has no `model:` mapping; point engine.checkpoint at a kgc checkpoint",
-                str(cfg_path),
-            )
-        )
-    saved = dict(saved)
-    if saved.pop("trust_remote_code", False) and not trust_remote_code:
-        log.warning(
-            "%s says model.trust_remote_code=true; ignored: a checkpoint cannot turn on "
-            "remote code, only the operator can (HFEngine(trust_remote_code=True))",
-            cfg_path,
-        )
-    try:
-        model_cfg = ModelConfig.model_validate({**saved, "trust_remote_code": trust_remote_code})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise KgcError(
-            Problem(
-                f"model.{where}: {first['msg']}; the checkpoint's config does not fit this kgc "
-                "version",
-                str(cfg_path),
-            )
-        ) from None
-    wdir = ckpt / WEIGHTS_DIR
-    adapter = str(wdir) if (wdir / "adapter_config.json").exists() else None
-    chat = None
-    if (ckpt / CHAT_FILE).exists():
-        chat = ChatFormat.from_dict(json.loads((ckpt / CHAT_FILE).read_text(encoding="utf-8")))
-    return model_cfg, adapter, chat
-
-
-def trained_weights(checkpoint: str | None) -> Path | None:
-    """The full/freeze checkpoint's trained weights file, if it is one."""
-    if not checkpoint:
-        return None
-    f = Path(checkpoint) / WEIGHTS_DIR / TRAINABLE_FILE
-    return f if f.is_file() else None
+from kgc.checkpoint import resolve_checkpoint, trained_weights
+from kgc.config import ModelConfig
+from kgc.engine import GenerationSettings, Prompt, as_messages, cut_at_stop
+from kgc.errors import KgcError
+from kgc.modeling.export import load_trainable
+from kgc.modeling.loading import load_model, load_tokenizer, resolve_chat_format
+from kgc.templates import ChatFormat
 
 
 def resolve_engine_model(
@@ -277,7 +216,7 @@ class HFEngine:
     def generate(
         self,
         prompts: Sequence[Prompt],
-        config: GenerationConfig,
+        config: GenerationSettings,
         schemas: Sequence[dict | None] | None = None,
     ) -> list[str]:
         """Texts per prompt. `schemas` (one JSON Schema or None per prompt) constrains each
@@ -305,13 +244,13 @@ class HFEngine:
             self._grammar_cache = GrammarCache(self.tok, vocab, self.eos_ids)
         return self._grammar_cache.get(schema)
 
-    def _grammars(self, schemas: Sequence[dict | None], config: GenerationConfig) -> list:
+    def _grammars(self, schemas: Sequence[dict | None], config: GenerationSettings) -> list:
         if config.num_beams > 1:
             raise KgcError("constrained decoding supports greedy or sampling, not num_beams > 1")
         return [self.compile_schema(s) if s else None for s in schemas]
 
     def _generate_batch(
-        self, batch: list[list[int]], config: GenerationConfig, grammars: list
+        self, batch: list[list[int]], config: GenerationSettings, grammars: list
     ) -> list[str]:
         import torch
 

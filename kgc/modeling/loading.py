@@ -7,14 +7,13 @@ template that training, extraction and serving share.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kgc.config import ModelConfig
 from kgc.errors import KgcError, Problem
 from kgc.families import Family, detect_family, get_family
-from kgc.templates import TOKENIZER, Template, get_template
+from kgc.templates import TOKENIZER, ChatFormat, get_template
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -29,25 +28,6 @@ def resolve_family(cfg: ModelConfig) -> Family | None:
     if cfg.family != "auto":
         return get_family(cfg.family)
     return detect_family(check_model_dir(cfg.path))
-
-
-@dataclass(frozen=True)
-class ChatFormat:
-    """How prompts are laid out: a kgc template, or the tokenizer's own chat_template."""
-
-    template: Template | None  # None → tokenizer.apply_chat_template
-    system: str | None = None
-
-    def to_dict(self) -> dict:
-        return {
-            "template": self.template.to_dict() if self.template else TOKENIZER,
-            "system": self.system,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ChatFormat:
-        t = d.get("template")
-        return cls(None if t == TOKENIZER else Template.from_dict(t), d.get("system"))
 
 
 def resolve_chat_format(cfg: ModelConfig, tokenizer=None) -> ChatFormat:

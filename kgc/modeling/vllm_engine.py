@@ -17,16 +17,17 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from kgc.checkpoint import ADAPTER_CONFIG
 from kgc.config import ModelConfig
-from kgc.engine import GenerationConfig, Prompt, cut_at_stop
+from kgc.engine import GenerationSettings, Prompt, cut_at_stop
 from kgc.errors import KgcError
 
 
 def lora_rank(adapter: str) -> int:
     """The LoRA rank of a peft adapter directory; anything but LoRA is refused."""
-    cfg_file = Path(adapter) / "adapter_config.json"
+    cfg_file = Path(adapter) / ADAPTER_CONFIG
     if not cfg_file.is_file():
-        raise KgcError(f"engine.adapter={adapter!r}: no adapter_config.json there")
+        raise KgcError(f"engine.adapter={adapter!r}: no {ADAPTER_CONFIG} there")
     cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
     kind = cfg.get("peft_type")
     if kind != "LORA":
@@ -56,7 +57,8 @@ class VLLMEngine:
                 "engine.type=vllm needs vLLM on a CUDA machine: pip install vllm "
                 "(or use engine.type=hf)"
             ) from None
-        from kgc.modeling.hf_engine import PromptEncoder, resolve_engine_model, trained_weights
+        from kgc.checkpoint import trained_weights
+        from kgc.modeling.hf_engine import PromptEncoder, resolve_engine_model
 
         if trained_weights(checkpoint) is not None:
             raise KgcError(
@@ -86,7 +88,7 @@ class VLLMEngine:
         )
         self.model_id = f"vllm:{cfg.path}" + (f"+{adapter}" if adapter else "")
 
-    def sampling_params(self, config: GenerationConfig, schema: dict | None):
+    def sampling_params(self, config: GenerationSettings, schema: dict | None):
         from vllm import SamplingParams
 
         if config.num_beams > 1:
@@ -110,7 +112,7 @@ class VLLMEngine:
     def generate(
         self,
         prompts: Sequence[Prompt],
-        config: GenerationConfig,
+        config: GenerationSettings,
         schemas: Sequence[dict | None] | None = None,
     ) -> list[str]:
         inputs = [{"prompt_token_ids": self.prompts.encode(p)} for p in prompts]

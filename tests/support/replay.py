@@ -1,4 +1,4 @@
-"""A replaying OpenAI-compatible server (standard library) for tests, demos and benchmarks.
+"""A replaying OpenAI-compatible server (standard library) for tests, offline runs and benchmarks.
 
 It answers `POST /v1/chat/completions` from fixed rules — the first rule whose `match` string
 occurs in the last user message gives the reply — and `POST /v1/embeddings` with
@@ -6,7 +6,9 @@ deterministic hashed bag-of-words vectors. Faults can be scripted (status codes 
 e.g. 429 with Retry-After, 500, a slow answer), latency can be simulated, and every request
 is counted, so retries and cache hits are observable. It binds 127.0.0.1 only.
 
-    python -m kgc.icl.replay --rules examples/icl/replay_fewshot_re.json --port 8011
+    python -m tests.support.replay --rules examples/icl/replay_fewshot_re.json --port 8011
+
+(from the repository root: it is test tooling, not part of the installed `kgc`).
 """
 
 from __future__ import annotations

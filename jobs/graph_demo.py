@@ -1,7 +1,10 @@
 """The knowledge-graph pipeline end to end on the bundled demo corpus, without a GPU model.
 
-    python -m kgc.graph.demo [--out out/graph-demo]      # oracle + `kgc pipeline`, counts
-    python -m kgc.graph.demo serve [--port 18765]        # only the oracle server
+    python -m jobs.graph_demo [--out out/graph-demo]     # oracle + `kgc pipeline`, counts
+    python -m jobs.graph_demo serve [--port 18765]       # only the oracle server
+
+Not for `ray job submit` to a cluster: the oracle listens on 127.0.0.1 of the driver, so only
+actors on the driver's machine reach it.
 
 A model that knows nothing (the tiny random ones) extracts nothing, so the demo answers
 the extraction prompts with an *annotation replay* server: an OpenAI-compatible endpoint on
@@ -23,7 +26,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "examples" / "corpus" / "demo.jsonl"
 CONFIG = ROOT / "jobs" / "configs" / "pipeline_demo.yaml"
 FIELDS = {"NER": "entity", "RE": "relation", "SPO": "relation", "KG": "relation"}
@@ -131,7 +134,7 @@ def serve(oracle: Oracle, port: int = 0) -> ThreadingHTTPServer:
 def run_demo(out: str, overrides: list[str] | None = None, progress: bool = True) -> dict:
     from kgc.config import load_config
     from kgc.graph.config import PipelineConfig
-    from kgc.graph.pipeline import run_pipeline
+    from kgc.runtime.graph import run_pipeline
 
     srv = serve(Oracle())
     try:

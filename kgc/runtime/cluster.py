@@ -1,4 +1,4 @@
-"""Small Ray helpers shared by the jobs (Ray is imported inside the functions)."""
+"""Connect to Ray, and the environment that must reach its workers (Ray is imported lazily)."""
 
 from __future__ import annotations
 

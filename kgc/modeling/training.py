@@ -1,0 +1,443 @@
+"""The torch side of fine-tuning, without Ray: checks against the model, the data as rows,
+the model with its optimizer/scheduler (or DeepSpeed engine), one optimizer step (answer
+logits only, a shared prompt prefix run once), the evaluation loss, and a checkpoint's
+files written and read back (their names: kgc.checkpoint).
+
+`kgc.runtime.train` runs these on Ray Train workers; nothing here knows about Ray.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kgc.checkpoint import (
+    ADAPTER_WEIGHTS,
+    CHAT_FILE,
+    CONFIG_FILE,
+    DS_DIR,
+    DS_TAG,
+    STATE_FILE,
+    TRAINABLE_FILE,
+    WEIGHTS_DIR,
+    write_manifest,
+)
+from kgc.config import FinetuneConfig, dump_config
+from kgc.errors import KgcError, Problem
+from kgc.finetune import batch_indices, config_problems, deepspeed_config, lr_lambda
+from kgc.modeling.data import Encoder, as_rows, collate, pack, split_train_val
+from kgc.modeling.loading import (
+    check_model_dir,
+    load_model,
+    load_tokenizer,
+    meta_model,
+    resolve_chat_format,
+    resolve_family,
+)
+from kgc.modeling.tuning import apply_method, resolve_lora_targets
+from kgc.prompting import read_sft_records
+from kgc.templates import ChatFormat
+
+
+# ----------------------------------------------------------------------------- validation
+def validate(cfg: FinetuneConfig) -> list[Problem]:
+    """Everything checkable before workers start: paths, data, methods, targets, strategy."""
+    probs: list[Problem] = []
+    try:  # a .gguf file or a prepared model's name → its HF folder, once, in the driver
+        cfg.model.path = check_model_dir(cfg.model.path)
+    except KgcError as e:
+        probs.extend(e.problems)
+    probs.extend(config_problems(cfg))
+    if probs:
+        return probs
+    # the model's own structure: LoRA targets, template
+    m = cfg.method
+    try:
+        resolve_chat_format(cfg.model, load_tokenizer(cfg.model))
+        if m.type in ("lora", "qlora") and not m.adapter_path:
+            resolve_lora_targets(meta_model(cfg.model), m, resolve_family(cfg.model))
+    except KgcError as exc:
+        probs.extend(exc.problems)
+    return probs
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass
+class TrainData:
+    """The tokenizer, the prompt layout and the encoded rows a worker trains on."""
+
+    tok: Any
+    chat: ChatFormat
+    rows: list[dict]
+    val_rows: list[dict]
+    lengths: list[int]  # tokens per training row: batches group similar lengths
+
+    @property
+    def pad(self) -> int:
+        return self.tok.pad_token_id
+
+    def micro_batch(self, cfg: FinetuneConfig, micro: int, rank: int, world: int, device):
+        """The `micro`-th micro-batch of this rank on `device`, and its real token count."""
+        t = cfg.train
+        idx = batch_indices(len(self.rows), t.batch_size, rank, world, t.seed, micro, self.lengths)
+        batch = {k: v.to(device) for k, v in collate([self.rows[i] for i in idx], self.pad).items()}
+        return batch, sum(len(self.rows[i]["input_ids"]) for i in idx)
+
+
+def load_train_data(cfg: FinetuneConfig) -> TrainData:
+    """Records → rows (packed when data.packing); validation rows from data.val_file, or
+    data.val_size of the training records held out."""
+    tok = load_tokenizer(cfg.model)
+    chat = resolve_chat_format(cfg.model, tok)
+    records = read_sft_records(cfg.data.train_file)
+    val_records = read_sft_records(cfg.data.val_file) if cfg.data.val_file else []
+    if not val_records:
+        records, val_records = split_train_val(records, cfg.data.val_size, cfg.data.seed)
+    enc = Encoder(tok, chat, cfg.data)
+    examples = [enc.encode(r) for r in records]
+    rows = pack(examples, cfg.data.cutoff_len) if cfg.data.packing else as_rows(examples)
+    val_rows = as_rows([enc.encode(r) for r in val_records])
+    return TrainData(tok, chat, rows, val_rows, [len(r["input_ids"]) for r in rows])
+
+
+# ----------------------------------------------------------------------------- model
+@dataclass
+class TrainState:
+    """What a worker trains: `net` runs forward and backward (the DDP wrapper or the
+    DeepSpeed engine), `model` is the unwrapped model (saved, restored, prefix cache)."""
+
+    net: Any
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    engine: Any  # the DeepSpeed engine, or None (DDP)
+    trainable: list
+    local_params: int  # parameters this worker holds (ZeRO-3: its partitions only)
+    trim: bool  # the model takes `logits_to_keep`
+    keepalive: Any = None  # HfDeepSpeedConfig under ZeRO-3: it must outlive the model
+
+
+def load_tuned_model(cfg: FinetuneConfig):
+    """The base model with the tuning method (adapter, frozen layers, …) applied."""
+    return apply_method(
+        load_model(cfg.model),
+        cfg.method,
+        resolve_family(cfg.model),
+        quantized=cfg.model.quantization is not None,
+        gradient_checkpointing=cfg.model.gradient_checkpointing,
+    )
+
+
+def ddp_state(cfg: FinetuneConfig, net, steps: int) -> TrainState:
+    """AdamW and the LR schedule for `net` (the model as wrapped for DDP)."""
+    import torch
+
+    model = net.module if hasattr(net, "module") else net
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps))
+    return _state(net, model, optimizer, scheduler, None, trainable)
+
+
+def deepspeed_state(cfg: FinetuneConfig, steps: int) -> TrainState:
+    """The tuned model inside a DeepSpeed engine (ZeRO-2/3) with its optimizer and schedule."""
+    import deepspeed
+    import torch
+
+    _disable_shm_comm(deepspeed)
+    ds_conf = deepspeed_config(cfg)
+    keepalive = None
+    if cfg.distributed.zero_stage == 3:
+        # Load straight into ZeRO-3 partitions: no worker holds the full model twice.
+        from transformers.integrations import HfDeepSpeedConfig
+
+        keepalive = HfDeepSpeedConfig(ds_conf)
+    model = load_tuned_model(cfg)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    schedule = lr_lambda(cfg, steps)
+    # DeepSpeed builds the scheduler on its inner optimizer, steps it at accumulation
+    # boundaries and keeps its state in the engine checkpoint.
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=model,
+        model_parameters=trainable,
+        config=ds_conf,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
+    )
+    state = _state(engine, engine.module, optimizer, scheduler, engine, trainable)
+    state.keepalive = keepalive
+    return state
+
+
+def _state(net, model, optimizer, scheduler, engine, trainable) -> TrainState:
+    local = sum(p.data.numel() for p in model.parameters())
+    trim = accepts_logits_to_keep(model)
+    return TrainState(net, model, optimizer, scheduler, engine, trainable, local, trim)
+
+
+def _disable_shm_comm(deepspeed) -> None:
+    """Skip DeepSpeed's shared-memory all-reduce op on CPU: building it JIT-compiles C++ for
+    about a minute at every process start, and gloo does the same job for training."""
+    import torch
+
+    if not torch.cuda.is_available():
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+# ----------------------------------------------------------------------------- a step
+def train_step(cfg: FinetuneConfig, state: TrainState, batches: Iterable[dict]) -> float:
+    """One optimizer step over the micro-batches (train.grad_accum of them); returns their
+    mean loss."""
+    import torch
+
+    state.net.train()
+    losses = []
+    for batch in batches:
+        loss = model_loss(state.net, state.model, batch, state.trim, cfg.train.shared_prefix)
+        if state.engine is not None:
+            state.engine.backward(loss)
+            state.engine.step()
+        else:
+            (loss / cfg.train.grad_accum).backward()
+        losses.append(loss.item())
+    if state.engine is None:
+        if cfg.train.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(state.trainable, cfg.train.max_grad_norm)
+        state.optimizer.step()
+        state.optimizer.zero_grad(set_to_none=True)
+        state.scheduler.step()
+    return sum(losses) / len(losses)
+
+
+def accepts_logits_to_keep(model) -> bool:
+    """Whether the (unwrapped) model's forward takes `logits_to_keep` (transformers' own
+    causal LMs do; remote-code models may not)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def answer_logits_only(batch: dict, enabled: bool = True) -> dict:
+    """The same loss with the LM head applied only from the first answer position on.
+
+    Prompt positions carry no label, yet the head (vocab × hidden, a fifth of a small
+    model's compute) would score every one of them. Rows are right-padded and batched by
+    length, so the answers sit in the last columns: keep the logits from one position before
+    the earliest label (it predicts that label) and cut the labels to match; transformers'
+    causal-LM loss shifts them inside. Packed rows (labels scattered) are left as they are.
+    """
+    labels = batch.get("labels")
+    if not enabled or labels is None or "position_ids" in batch:
+        return batch
+    width = labels.shape[1]
+    cols = (labels != -100).any(0).nonzero()
+    if len(cols) == 0:
+        return batch
+    keep = width - int(cols[0]) + 1
+    if keep >= width:
+        return batch
+    return {**batch, "labels": labels[:, width - keep :], "logits_to_keep": keep}
+
+
+MIN_SHARED_PREFIX = 16  # tokens; below this the extra prefill is not worth it
+
+
+def shared_prefix_len(batch: dict) -> int:
+    """Leading tokens every row of a (right-padded) batch shares and that hold no label
+    (the prefix ends one position before the earliest label, which it must predict)."""
+    ids, labels = batch["input_ids"], batch["labels"]
+    if ids.shape[0] < 2 or "position_ids" in batch:
+        return 0
+    same = (ids == ids[:1]).all(0).long().cumprod(0)
+    cols = (labels != -100).any(0).nonzero()
+    n = min(int(same.sum()), int(cols[0]) - 1 if len(cols) else ids.shape[1] - 1)
+    return n if n >= MIN_SHARED_PREFIX else 0
+
+
+def model_loss(net, raw_model, batch: dict, trim: bool, shared_prefix: bool):
+    """The batch's causal-LM loss; with `shared_prefix`, the common prefix is run once.
+
+    The prefix goes through the unwrapped model (batch of 1, KV cache kept with its graph),
+    the cache is repeated for every row, and the rows' own tokens go through `net` (DDP sees
+    one forward) at positions after the prefix. Loss and gradients equal the plain forward's
+    (tests); only the prefix's repeated work is gone.
+    """
+    n = shared_prefix_len(batch) if shared_prefix else 0
+    if not n:
+        return net(**answer_logits_only(batch, trim)).loss
+    import torch
+
+    ids = batch["input_ids"]
+    rows, width = ids.shape
+    cache = raw_model(input_ids=ids[:1, :n], use_cache=True).past_key_values
+    cache.batch_repeat_interleave(rows)
+    own = {"input_ids": ids[:, n:], "labels": batch["labels"][:, n:]}
+    own = answer_logits_only(own, trim)
+    positions = torch.arange(n, width, device=ids.device).unsqueeze(0).expand(rows, -1)
+    return net(
+        **own,
+        attention_mask=batch["attention_mask"],
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+    ).loss
+
+
+def eval_loss(net, rows, pad, device, rank, world, batch) -> float:
+    """Token-weighted loss over `rows`, each rank scoring its share, summed over ranks."""
+    import torch
+    import torch.distributed as dist
+
+    net.eval()
+    total = torch.zeros(2, device=device)
+    mine = rows[rank::world]
+    with torch.no_grad():
+        for i in range(0, len(mine), batch):
+            b = {k: v.to(device) for k, v in collate(mine[i : i + batch], pad).items()}
+            n = int((b["labels"] != -100).sum())
+            total += torch.tensor([net(**b).loss.item() * n, n], device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(total)
+    net.train()
+    return float(total[0] / total[1]) if total[1] > 0 else float("nan")
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def write_checkpoint(
+    d: Path,
+    cfg: FinetuneConfig,
+    data: TrainData,
+    state: TrainState,
+    step: int,
+    rank: int,
+    world: int,
+) -> bool:
+    """This rank's part of a checkpoint into folder d, its manifest last; whether it wrote
+    anything (DDP: only rank 0 does)."""
+    import torch
+
+    engine = state.engine
+    if engine is not None:
+        # every rank writes its ZeRO shards; Ray merges the ranks' files in one checkpoint
+        engine.save_checkpoint(str(d / DS_DIR), tag=DS_TAG, client_state={"step": step})
+        zero3 = cfg.distributed.zero_stage == 3
+        _save_weights(cfg, state.model, d / WEIGHTS_DIR, rank, zero3=zero3)
+    elif rank == 0:
+        _save_weights(cfg, state.model, d / WEIGHTS_DIR, rank, zero3=False)
+        torch.save(
+            {
+                "step": step,
+                "optimizer": state.optimizer.state_dict(),
+                "scheduler": state.scheduler.state_dict(),
+            },
+            d / STATE_FILE,
+        )
+    if rank == 0:
+        data.tok.save_pretrained(d / WEIGHTS_DIR)
+        (d / CONFIG_FILE).write_text(dump_config(cfg), encoding="utf-8")
+        (d / CHAT_FILE).write_text(
+            json.dumps(data.chat.to_dict(), ensure_ascii=False, indent=1), encoding="utf-8"
+        )
+    has_files = any(d.iterdir())
+    if has_files:  # last: it vouches for every file above
+        ranks = list(range(world)) if engine is not None else [0]  # who writes files
+        write_manifest(d, step=step, rank=rank, ranks=ranks)
+    return has_files
+
+
+def _trainable_state(model) -> dict:
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v.detach().cpu() for k, v in model.state_dict().items() if k in names}
+
+
+def _save_weights(cfg, model, out: Path, rank: int, zero3: bool) -> None:
+    """Adapter via peft's save_pretrained; full/freeze: the trainable weights."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    ctx = None
+    if zero3:
+        import deepspeed
+
+        ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+        ctx.__enter__()
+    try:
+        if rank != 0:
+            return
+        if cfg.method.type in ("full", "freeze"):
+            out.mkdir(parents=True, exist_ok=True)
+            torch.save(_trainable_state(model), out / TRAINABLE_FILE)
+        else:
+            model.save_pretrained(out)
+    finally:
+        if ctx is not None:
+            ctx.__exit__(None, None, None)
+
+
+def _unreadable(path: Path, exc: BaseException, what: str) -> KgcError:
+    """A checkpoint file that cannot be used, named, with the fix (never a bare OSError)."""
+    detail = " ".join(str(exc).split())[:200] or "no detail"
+    return KgcError(
+        Problem(
+            f"cannot {what} ({type(exc).__name__}: {detail}); the file is truncated, "
+            f"corrupt or from another run: delete its checkpoint folder ({path.parent}) to "
+            "resume from the one before, or use a new run.name",
+            str(path),
+        )
+    )
+
+
+def _torch_load(path: Path):
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)  # data, not code
+    except Exception as exc:  # a cut file: OSError EINVAL, EOFError, RuntimeError (zip)
+        raise _unreadable(path, exc, "read this checkpoint file") from exc
+
+
+def restore(d: Path, model, optimizer, scheduler, engine) -> int:
+    """Load checkpoint folder d into the model and optimizer/scheduler (or the DeepSpeed
+    engine); returns its step."""
+    if engine is not None:
+        try:
+            _, client = engine.load_checkpoint(str(d / DS_DIR), tag=DS_TAG)
+        except Exception as exc:
+            raise _unreadable(d / DS_DIR, exc, "load the DeepSpeed state") from exc
+        if not client or "step" not in client:
+            raise _unreadable(
+                d / DS_DIR, FileNotFoundError(f"no {DS_TAG}/ tag"), "load the DeepSpeed state"
+            )
+        return int(client["step"])
+    state = _torch_load(d / STATE_FILE)
+    _load_weights(model, d / WEIGHTS_DIR)
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        return int(state["step"])
+    except Exception as exc:  # another run's state: missing keys, parameter groups differ
+        raise _unreadable(d / STATE_FILE, exc, "restore the optimizer/scheduler state") from exc
+
+
+def _load_weights(model, wdir: Path) -> None:
+    if (wdir / TRAINABLE_FILE).exists():
+        state = _torch_load(wdir / TRAINABLE_FILE)
+        try:
+            model.load_state_dict(state, strict=False)
+        except Exception as exc:
+            raise _unreadable(wdir / TRAINABLE_FILE, exc, "load the trained weights") from exc
+        return
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    path = wdir / ADAPTER_WEIGHTS
+    try:
+        set_peft_model_state_dict(model, load_file(str(path)))
+    except Exception as exc:
+        raise _unreadable(path, exc, "load the adapter weights") from exc

@@ -1,0 +1,213 @@
+"""The extraction job on Ray Data: the driver `run_extract` and its actor `ExtractUDF`.
+
+The driver builds the rows (`kgc.extract`), sets aside what earlier runs left in the shards
+that is not one of this input's rows (`kgc.shards`), sends the rows not yet written through
+the actor pool (`kgc.runtime.pool`: each actor loads its engine once, then generates,
+parses and writes one shard per batch), checks the shards again, and writes the merge,
+scores and summary.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+from kgc.config import ExtractConfig
+from kgc.extract import finish, input_rows
+from kgc.rows import Row
+from kgc.shards import SHARDS, SetAside, remove_partial_shards, settle_rows, write_shard
+
+
+# ----------------------------------------------------------------------------- the driver
+def run_extract(cfg: ExtractConfig, *, progress: bool = True) -> dict:
+    """Run (or resume) an extraction; returns the summary (also written next to the rows).
+
+    The summary counts what was set aside before and after generating: `shards_corrupt`,
+    `rows_duplicate`, `rows_not_in_input`, with each moved shard under `set_aside`."""
+    from kgc.modeling.engines import offsets_fn
+
+    _resolve_model(cfg)
+    rows, n_docs = input_rows(cfg, lambda: offsets_fn(cfg.engine))
+    out_dir = Path(cfg.output.path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_partial_shards(out_dir)
+    # what earlier runs left: unreadable shards, copies of a row, rows of documents no longer
+    # in the input are set aside (counted, warned about), so that a rerun always converges
+    expected = {r["id"] for r in rows}
+    aside = SetAside()
+    done = {r["id"] for r in settle_rows(out_dir, expected, aside)}
+    todo = [r for r in rows if r["id"] not in done]
+    start = time.time()
+    if todo:
+        _generate(cfg, todo, out_dir, progress)
+    elapsed = time.time() - start
+    # again after the run: a retried batch may have rewritten some rows under another name
+    kept = settle_rows(out_dir, expected, aside)
+    return finish(
+        cfg,
+        kept,
+        expected,
+        aside,
+        documents=n_docs,
+        rows_this_run=len(todo),
+        seconds=elapsed,
+    )
+
+
+def _resolve_model(cfg: ExtractConfig) -> None:
+    """A .gguf file or a prepared model's name → its HF folder, once, before any actor."""
+    if cfg.engine.type in ("hf", "vllm") and cfg.engine.model:
+        from kgc.modeling.prepare import resolve_model_path
+
+        cfg.engine.model = resolve_model_path(cfg.engine.model)
+
+
+def _generate(cfg: ExtractConfig, todo: list[Row], out_dir: Path, progress: bool) -> None:
+    """The rows through the actor pool; each actor writes its batches as shards."""
+    from kgc.runtime.cluster import ensure_ray
+    from kgc.runtime.pool import run_pool
+
+    ensure_ray()
+    done, t0 = [0], time.time()
+
+    def report(batch) -> None:
+        done[0] += len(batch)
+        if progress:
+            rate = done[0] / max(1e-9, time.time() - t0)
+            print(f"[kgc extract] {done[0]}/{len(todo)} rows, {rate:.1f} rows/s", flush=True)
+
+    run_pool(
+        todo,
+        ExtractUDF,
+        args=(cfg.model_dump(mode="json", by_alias=True), str(out_dir)),
+        actors=cfg.workers.num_actors,
+        batch_size=cfg.engine.batch_size,
+        blocks=max(1, min(len(todo) // 64, 200)),
+        num_cpus=cfg.workers.cpus_per_actor,
+        num_gpus=cfg.workers.gpus_per_actor,
+        on_batch=report,
+        stall_s=cfg.stall_timeout_s,
+        what="extraction",
+        advice="Rows written so far are kept; rerun the same command to resume. Check the "
+        "actors' logs (ray logs) for a hung engine, or raise stall_timeout_s for very slow "
+        "models.",
+    )
+
+
+# ----------------------------------------------------------------------------- the actor
+class ExtractUDF:
+    """Ray Data actor: loads the engine once, then generates, parses and writes batches."""
+
+    def __init__(self, cfg_json: dict, out_dir: str):
+        from kgc.modeling.engines import build_engine
+        from kgc.tasks import get
+
+        self.cfg = ExtractConfig.model_validate(cfg_json)
+        if self.cfg.workers.gpus_per_actor == 0:
+            import torch
+
+            # intra-op threads = the CPUs Ray reserved for this actor, rounded up (1.5 CPUs
+            # leave half a core to Ray Data's read tasks and still compute on 2 threads)
+            torch.set_num_threads(max(1, math.ceil(self.cfg.workers.cpus_per_actor)))
+        self.engine = build_engine(self.cfg.engine)
+        self.gen = self.cfg.generation
+        self.task = get(self.cfg.task)
+        self.out = Path(out_dir) / SHARDS
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.batches = 0
+
+    def __call__(self, batch: dict) -> dict:
+        ids = [str(x) for x in batch["id"]]
+        outputs, failures = self._generate(list(batch["instruction"]), self._schemas(batch))
+        rows, n_errors, n_records = [], [], []
+        for i, text in enumerate(outputs):
+            parsed = self.task.parse(text)
+            if failures[i]:  # kept as a row with its error, never dropped in silence
+                parsed.errors.insert(0, f"engine error: {failures[i]}")
+            row = {k: _plain(batch[k][i]) for k in batch}
+            if not isinstance(row.get("label"), str):
+                row["label"] = None  # Ray turns an all-None column into NaN floats
+            row.update(
+                output=text,
+                records=json.dumps(parsed.records, ensure_ascii=False),
+                errors=json.dumps(parsed.errors, ensure_ascii=False),
+                model_id=self.engine.model_id,
+            )
+            rows.append(row)
+            n_errors.append(bool(parsed.errors))
+            n_records.append(len(parsed.records))
+        write_shard(self.out, rows, self.cfg.output.format)
+        self.batches += 1
+        _maybe_kill_actor(self.batches)
+        return {
+            "id": ids,
+            "parse_error": n_errors,
+            "n_records": n_records,
+        }
+
+    def _schemas(self, batch: dict) -> list[dict] | None:
+        """Answer schemas per row (constrained decoding), from each row's schema split;
+        with `grounded`, strings must be spans of the row's input text."""
+        g = self.cfg.generation
+        if not g.constrained:
+            return None
+        from kgc.schema_splits import answer_schema
+
+        texts = (
+            [json.loads(i).get("input", "") for i in batch["instruction"]]
+            if g.grounded
+            else [None] * len(batch["schema"])
+        )
+        return [
+            answer_schema(
+                self.task,
+                json.loads(s),
+                max_text_chars=g.max_text_chars,
+                max_list_items=g.max_list_items,
+                grounded_in=t,
+                grounded_max_words=g.grounded_max_words,
+            )
+            for s, t in zip(batch["schema"], texts)
+        ]
+
+    def _generate(
+        self, prompts: list[str], schemas: list[dict] | None = None
+    ) -> tuple[list[str], list[str | None]]:
+        """Texts per prompt; if the batch fails, prompts are retried one by one and a prompt
+        that still fails gets an empty text and its error."""
+        extra = {"schemas": schemas} if schemas else {}
+        try:
+            return self.engine.generate(prompts, self.gen, **extra), [None] * len(prompts)
+        except Exception:  # noqa: BLE001 - isolate the failing prompt(s) below
+            texts, errs = [], []
+            for i, p in enumerate(prompts):
+                one = {"schemas": [schemas[i]]} if schemas else {}
+                try:
+                    texts.append(self.engine.generate([p], self.gen, **one)[0])
+                    errs.append(None)
+                except Exception as exc:  # noqa: BLE001
+                    texts.append("")
+                    errs.append(f"{type(exc).__name__}: {exc}"[:500])
+            return texts, errs
+
+
+def _plain(v):
+    return v.item() if hasattr(v, "item") else v
+
+
+def _maybe_kill_actor(batches: int) -> None:
+    """Test hook: KGC_TEST_KILL_ACTOR_AFTER=N SIGKILLs one actor (once) after N batches."""
+    n, marker = os.environ.get("KGC_TEST_KILL_ACTOR_AFTER"), os.environ.get("KGC_TEST_KILL_MARKER")
+    if n and marker and batches == int(n):
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # only the first actor
+        except FileExistsError:
+            return
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)

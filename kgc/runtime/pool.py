@@ -1,0 +1,104 @@
+"""The one Ray Data actor pool: rows → batches on a fixed pool of actors → the driver, which
+fails loudly when no batch comes back for too long.
+
+Extraction (`kgc.runtime.extract`) and ICL (`kgc.runtime.icl`) both run through `run_pool`.
+The graph build does not: its map and reduce steps are stateless Ray tasks with retries
+(`kgc.runtime.graph`), nothing is loaded once per worker.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from kgc.errors import KgcError
+from kgc.runtime.cluster import forwarded_env
+
+
+def run_pool(
+    items: list[dict],
+    udf: type,
+    *,
+    args: tuple,
+    actors: int,
+    batch_size: int,
+    blocks: int,
+    num_cpus: float,
+    num_gpus: float | None = None,
+    env: dict[str, str] | None = None,
+    on_batch: Callable[[Any], None],
+    stall_s: float,
+    what: str,
+    advice: str,
+) -> None:
+    """Map `items` through `actors` instances of `udf` and hand each finished batch (a pandas
+    DataFrame of the UDF's output columns) to `on_batch`, in the driver.
+
+    Each actor is built once, `udf(*args)`, then called on batches of `batch_size` rows (the
+    input is split in `blocks` blocks). `env` is added to the variables every worker gets
+    (`forwarded_env`): workers do not inherit the driver's environment. If no batch finishes
+    for `stall_s` seconds the run fails with "`what` stalled: …" followed by `advice`."""
+    import ray
+
+    env = {**forwarded_env(), **(env or {})}
+    ds = ray.data.from_items(items, override_num_blocks=blocks)
+    ds = ds.map_batches(
+        udf,
+        fn_constructor_args=args,
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=num_cpus,
+        num_gpus=num_gpus or None,
+        runtime_env={"env_vars": env} if env else None,
+    )
+    drain(
+        ds.iter_batches(batch_size=None, batch_format="pandas"),
+        on_batch,
+        total=len(items),
+        stall_s=stall_s,
+        what=what,
+        advice=advice,
+    )
+
+
+def drain(
+    batches: Iterable,
+    on_batch: Callable[[Any], None],
+    *,
+    total: int,
+    stall_s: float,
+    what: str,
+    advice: str,
+) -> None:
+    """Pull `batches` (on a thread) into `on_batch`; raise if none finishes for `stall_s`
+    seconds, or re-raise what the iteration or `on_batch` raised.
+
+    A hung actor never fails by itself (Ray Data waits for it forever), so the driver has to
+    be the one that gives up. The thread is a daemon: once the driver raises, the process is
+    free to exit with the pipeline still blocked."""
+    state: dict[str, Any] = {"last": time.time(), "error": None, "finished": False, "rows": 0}
+
+    def worker():
+        try:
+            for batch in batches:
+                on_batch(batch)
+                state["rows"] += len(batch)
+                state["last"] = time.time()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the driver thread
+            state["error"] = exc
+        finally:
+            state["finished"] = True
+
+    th = threading.Thread(target=worker, daemon=True)
+    th.start()
+    while not state["finished"]:
+        th.join(timeout=min(1.0, stall_s))
+        if not state["finished"] and time.time() - state["last"] > stall_s:
+            raise KgcError(
+                f"{what} stalled: no batch finished in {stall_s:.0f} s "
+                f"({state['rows']}/{total} rows done). {advice}"
+            )
+    if state["error"] is not None:
+        raise state["error"]
