@@ -36,6 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "examples" / "demo"
+SCHEMA = DATA / "schema.json"
 
 # Per model: fine-tuning and decoding settings (measured on 2 CPUs: docs/demo.md).
 PRESETS = {
@@ -44,6 +45,7 @@ PRESETS = {
         "train": {"batch_size": 8, "lr": 3e-3, "warmup_ratio": 0.1, "shared_prefix": True},
         "steps": 64,
         "workers": 1,
+        "split_num": -1,  # relations per instruction (-1: all 3 in one)
         "data": {"max_source_length": 320, "cutoff_len": 448, "max_target_length": 128},
         "max_new_tokens": 128,
         "max_new_constrained": 208,
@@ -54,6 +56,7 @@ PRESETS = {
         "train": {"batch_size": 8, "lr": 3e-3, "warmup_ratio": 0.05},
         "steps": 300,
         "workers": 2,
+        "split_num": -1,
         "data": {"max_source_length": 320, "cutoff_len": 448, "max_target_length": 128},
         "max_new_tokens": 128,
         # its small vocabulary spends a token on every few characters of a name: the
@@ -123,19 +126,24 @@ def generate(engine, records: list[dict], preset: dict, constrained: bool) -> li
     )
 
 
+def _key(instruction: str) -> tuple:
+    inst = json.loads(instruction)
+    return inst["input"], tuple(s["predicate"] for s in inst["schema"])
+
+
 def corpus_answers(corpus_dir: Path, records: list[dict]) -> list[str]:
-    """The extraction job's answer for each held-out record (matched by its text; the job
-    built the same instruction from the raw document, one chunk each)."""
+    """The extraction job's answer for each held-out record, matched by its text and
+    relations (the job built the same instructions from the raw document, one chunk each)."""
     from kgc.shards import read_rows
 
-    by_text = {}
+    by_key = {}
     for row in read_rows(corpus_dir):
         if row["chunk_index"] != 0:
             raise SystemExit(
                 f"document {row['doc_id']} was split into chunks; raise chunk.max_tokens"
             )
-        by_text[json.loads(row["instruction"])["input"]] = row["output"]
-    return [by_text[json.loads(r["instruction"])["input"]] for r in records]
+        by_key[_key(row["instruction"])] = row["output"]
+    return [by_key[_key(r["instruction"])] for r in records]
 
 
 def score(records: list[dict], answers: list[str], out: Path) -> dict:
@@ -201,154 +209,194 @@ def train_config(model: str, train: Path, out: Path, preset: dict, steps: int):
     )
 
 
+class Demo:
+    """One demo run: its folder, preset, model, held-out records, score table and timings.
+    Each method is one stage; `main` calls them in order."""
+
+    def __init__(self, args):
+        self.t0 = time.time()
+        self.kind = args.model
+        self.preset = PRESETS[args.model]
+        self.steps = args.steps or self.preset["steps"]
+        self.out = Path(args.out).resolve()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.table: list[dict] = []
+        self.timings: dict[str, float] = {}
+
+    def prepare(self) -> None:
+        """The model, the IEPile train/held-out files, a local Ray."""
+        from kgc.convert import convert_file
+        from kgc.runtime.cluster import ensure_ray
+        from kgc.sampling import SamplingOptions
+
+        print(f"[demo] preparing the model ({self.kind})", flush=True)
+        self.model = prepare_model(self.kind, self.out)
+        print(f"[demo] model {self.model}  ({time.time() - self.t0:.0f} s)", flush=True)
+        opts = SamplingOptions(split_num=self.preset["split_num"])
+        self.train, heldout = self.out / "spo.train.jsonl", self.out / "spo.heldout.jsonl"
+        convert_file("SPO", DATA / "train.json", SCHEMA, self.train, language="en", opts=opts)
+        convert_file(
+            "SPO", DATA / "heldout.json", SCHEMA, heldout, split="test", language="en", opts=opts
+        )
+        self.records = read_jsonl_list(heldout)
+        ensure_ray()
+
+    def score(self, engine, name: str, constrained: bool) -> None:
+        """One row of the table: the engine's answers to the held-out instructions, here."""
+        print(f"[demo] scoring {name} on the held-out documents", flush=True)
+        t = time.time()
+        pred = self.out / f"predictions-{name.replace(' ', '-')}.jsonl"
+        answers = generate(engine, self.records, self.preset, constrained)
+        self.table.append(_row(name, score(self.records, answers, pred)))
+        self.timings[name] = time.time() - t
+
+    def zero_shot(self) -> None:
+        from kgc.modeling.hf_engine import HFEngine
+
+        base = HFEngine(self.model, batch_size=self.preset["batch_size"])
+        self.score(base, "zero-shot free", False)
+        self.score(base, "zero-shot constrained", True)
+
+    def fine_tune(self) -> str:
+        from kgc.runtime.train import run
+
+        print(f"[demo] LoRA fine-tuning on Ray Train, {self.steps} steps", flush=True)
+        t = time.time()
+        result = run(train_config(self.model, self.train, self.out, self.preset, self.steps))
+        self.timings["fine-tuning"] = time.time() - t
+        self.ckpt = result.checkpoint.path
+        loss = result.metrics.get("loss", float("nan"))
+        print(f"[demo] checkpoint {self.ckpt}  loss {loss:.3f}")
+        return self.ckpt
+
+    def tuned_free(self) -> None:
+        from kgc.modeling.hf_engine import HFEngine
+
+        engine = HFEngine(checkpoint=self.ckpt, batch_size=self.preset["batch_size"])
+        self.score(engine, "tuned free", False)
+
+    def extract_corpus(self) -> dict:
+        """The "tuned constrained" row comes from the real job: the held-out documents as a
+        raw corpus, chunked, extracted on a Ray Data actor pool, merged per document."""
+        from kgc.runtime.extract import run_extract
+
+        name = "tuned constrained"
+        print(f"[demo] {name}: extracting the held-out corpus on Ray Data", flush=True)
+        t = time.time()
+        cfg = _extract_config(
+            self.out,
+            "corpus",
+            {"checkpoint": self.ckpt},
+            self.preset,
+            input={"path": str(DATA / "corpus.jsonl"), "id_field": "id"},
+            schema=str(SCHEMA),
+            split_num=self.preset["split_num"],
+            chunk={"max_tokens": 1024, "overlap": 64},  # one chunk per document
+            # every answer follows the SPO shape with the schema's keys (xgrammar)
+            generation={
+                "constrained": True,
+                "grounded": True,  # subjects and objects are spans of the document
+                "max_new_tokens": self.preset["max_new_constrained"],
+                **BOUNDS,
+            },
+        )
+        corpus = run_extract(cfg, progress=False)
+        answers = corpus_answers(self.out / "corpus", self.records)
+        pred = self.out / "predictions-tuned-constrained.jsonl"
+        self.table.append(_row(name, score(self.records, answers, pred)))
+        self.timings[name] = time.time() - t
+        return corpus
+
+    def graph(self) -> tuple[dict, dict]:
+        """A grounded graph from the extraction, and its edges against the annotated facts."""
+        from kgc.graph.config import GraphConfig
+        from kgc.graph.stream import run_build
+
+        print("[demo] building the knowledge graph", flush=True)
+        t = time.time()
+        cfg = GraphConfig.model_validate(
+            {
+                "input": {"paths": [str(self.out / "corpus")]},
+                "output": {"path": str(self.out / "graph")},
+                "strict": True,  # labels outside the schema are dropped and counted
+                "grounded": True,  # so are names the text does not contain (inventions)
+                "schema": str(SCHEMA),
+                "html": {"title": "kgc demo graph"},
+            }
+        )
+        graph = run_build(cfg, progress=False)
+        self.timings["graph"] = time.time() - t
+        return graph, graph_vs_gold(self.out / "graph", DATA / "heldout.json")
+
+    def report(self, corpus: dict, graph: dict, vs: dict) -> None:
+        n_docs = len({r["id"] for r in self.records})
+        print(f"\n[demo] held-out documents ({n_docs}; unseen names and wordings): triple scores")
+        print(f"  {'model':<22} {'P':>6} {'R':>6} {'F1':>6} {'parse errors':>13} {'time':>7}")
+        for r in self.table:
+            print(
+                f"  {r['model']:<22} {r['p']:6.3f} {r['r']:6.3f} {r['f1']:6.3f} "
+                f"{r['errors']:13.1%} {self.timings[r['model']]:6.0f}s"
+            )
+        zs, tc = self.table[1]["f1"], self.table[3]["f1"]
+        print(f"held-out F1 (constrained): zero-shot {zs:.3f} → tuned {tc:.3f}")
+        print(
+            f"[demo] corpus: {corpus['documents']} documents, {corpus['rows']} rows, "
+            f"parse-error rate {corpus['parse_error_rate']:.3f}"
+        )
+        kinds = {k: graph[k] for k in ("nodes", "edges", "nodes_by_type", "edges_by_type")}
+        print(f"[demo] graph: {json.dumps(kinds, ensure_ascii=False)}")
+        print(f"[demo] graph: records dropped (strict schema, not in the text): {graph['dropped']}")
+        print(
+            f"[demo] graph edges vs the held-out documents' facts: {vs['correct']} of "
+            f"{vs['edges']} correct (precision {vs['precision']:.3f}), {vs['gold']} facts "
+            f"(recall {vs['recall']:.3f})"
+        )
+        print(
+            "[demo] times: "
+            + ", ".join(f"{k} {v:.0f} s" for k, v in self.timings.items())
+            + f" ({self.steps} fine-tuning steps)"
+        )
+        report = {
+            "model": self.model,
+            "steps": self.steps,
+            "split_num": self.preset["split_num"],
+            "table": self.table,
+            "graph": vs,
+            "timings": self.timings,
+        }
+        (self.out / "demo.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print("[demo] outputs:")
+        for label, path in (
+            ("checkpoint", self.ckpt),
+            ("model", self.model),
+            ("report", self.out / "demo.json"),
+            ("predictions (tuned)", self.out / "predictions-tuned-constrained.jsonl"),
+            ("extraction rows", self.out / "corpus" / "rows"),
+            ("documents + records", self.out / "corpus" / "documents.jsonl"),
+            ("graph nodes/edges", f"{graph['files']['nodes']}, {graph['files']['edges']}"),
+            *((f"export {k}", v) for k, v in graph["exports"].items()),
+        ):
+            print(f"  {label:<22} {path}")
+        print(f"[demo] done in {time.time() - self.t0:.0f} s")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="out/demo")
     ap.add_argument("--model", choices=tuple(PRESETS), default="smollm2")
     ap.add_argument("--steps", type=int, help="fine-tuning steps (default: the model's preset)")
     args = ap.parse_args(argv)
-
     import torch
 
-    from kgc.convert import convert_file
-    from kgc.graph.config import GraphConfig
-    from kgc.graph.stream import run_build
-    from kgc.modeling.hf_engine import HFEngine
-    from kgc.runtime.cluster import ensure_ray
-    from kgc.runtime.extract import run_extract
-    from kgc.runtime.train import run
-    from kgc.sampling import SamplingOptions
-
     torch.set_num_threads(2)  # scoring runs here, while Ray's workers are idle
-
-    t0 = time.time()
-    preset = PRESETS[args.model]
-    steps = args.steps or preset["steps"]
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    print(f"[demo] preparing the model ({args.model})", flush=True)
-    model = prepare_model(args.model, out)
-    print(f"[demo] model {model}  ({time.time() - t0:.0f} s)", flush=True)
-    schema = DATA / "schema.json"
-    opts = SamplingOptions(split_num=-1)  # one instruction per document (3 typed relations)
-    train, heldout = out / "spo.train.jsonl", out / "spo.heldout.jsonl"
-    convert_file("SPO", DATA / "train.json", schema, train, language="en", opts=opts)
-    convert_file(
-        "SPO", DATA / "heldout.json", schema, heldout, split="test", language="en", opts=opts
-    )
-    ensure_ray()
-
-    records = read_jsonl_list(heldout)
-    table, timings = [], {}
-
-    def score_here(engine, name: str, constrained: bool) -> None:
-        print(f"[demo] scoring {name} on the held-out documents", flush=True)
-        t = time.time()
-        pred = out / f"predictions-{name.replace(' ', '-')}.jsonl"
-        answers = generate(engine, records, preset, constrained)
-        table.append(_row(name, score(records, answers, pred)))
-        timings[name] = time.time() - t
-
-    base = HFEngine(model, batch_size=preset["batch_size"])
-    score_here(base, "zero-shot free", False)
-    score_here(base, "zero-shot constrained", True)
-    del base
-
-    print(f"[demo] LoRA fine-tuning on Ray Train, {steps} steps", flush=True)
-    t = time.time()
-    result = run(train_config(model, train, out, preset, steps))
-    timings["fine-tuning"] = time.time() - t
-    ckpt = result.checkpoint.path
-    print(f"[demo] checkpoint {ckpt}  loss {result.metrics.get('loss', float('nan')):.3f}")
-    score_here(HFEngine(checkpoint=ckpt, batch_size=preset["batch_size"]), "tuned free", False)
-
-    # The tuned constrained answers come from the real job: the held-out documents as a raw
-    # corpus, chunked, extracted on a Ray Data actor pool, merged per document.
-    name = "tuned constrained"
-    print(f"[demo] {name}: extracting the held-out corpus on Ray Data", flush=True)
-    t = time.time()
-    corpus = run_extract(
-        _extract_config(
-            out,
-            "corpus",
-            {"checkpoint": ckpt},
-            preset,
-            input={"path": str(DATA / "corpus.jsonl"), "id_field": "id"},
-            schema=str(schema),
-            split_num=-1,
-            chunk={"max_tokens": 1024, "overlap": 64},  # one chunk per document
-            # every answer follows the SPO shape with the schema's keys (xgrammar)
-            generation={
-                "constrained": True,
-                "grounded": True,  # subjects and objects are spans of the document
-                "max_new_tokens": preset["max_new_constrained"],
-                **BOUNDS,
-            },
-        ),
-        progress=False,
-    )
-    answers = corpus_answers(out / "corpus", records)
-    table.append(_row(name, score(records, answers, out / "predictions-tuned-constrained.jsonl")))
-    timings[name] = time.time() - t
-    print("[demo] building the knowledge graph", flush=True)
-    t = time.time()
-    graph = run_build(
-        GraphConfig.model_validate(
-            {
-                "input": {"paths": [str(out / "corpus")]},
-                "output": {"path": str(out / "graph")},
-                "strict": True,  # labels outside the schema are dropped and counted
-                "grounded": True,  # so are names the text does not contain (inventions)
-                "schema": str(schema),
-                "html": {"title": "kgc demo graph"},
-            }
-        ),
-        progress=False,
-    )
-    timings["graph"] = time.time() - t
-    vs = graph_vs_gold(out / "graph", DATA / "heldout.json")
-
-    n_docs = len(records)
-    print(f"\n[demo] held-out documents ({n_docs}; unseen names and wordings): triple scores")
-    print(f"  {'model':<22} {'P':>6} {'R':>6} {'F1':>6} {'parse errors':>13} {'time':>7}")
-    for r in table:
-        print(
-            f"  {r['model']:<22} {r['p']:6.3f} {r['r']:6.3f} {r['f1']:6.3f} "
-            f"{r['errors']:13.1%} {timings[r['model']]:6.0f}s"
-        )
-    zs, tc = table[1]["f1"], table[3]["f1"]
-    print(f"held-out F1 (constrained): zero-shot {zs:.3f} → tuned {tc:.3f}")
-    print(
-        f"[demo] corpus: {corpus['documents']} documents, {corpus['rows']} rows, "
-        f"parse-error rate {corpus['parse_error_rate']:.3f}"
-    )
-    kinds = {k: graph[k] for k in ("nodes", "edges", "nodes_by_type", "edges_by_type")}
-    print(f"[demo] graph: {json.dumps(kinds, ensure_ascii=False)}")
-    print(f"[demo] graph: records dropped (strict schema, not in the text): {graph['dropped']}")
-    print(
-        f"[demo] graph edges vs the held-out documents' facts: {vs['correct']} of {vs['edges']} "
-        f"correct (precision {vs['precision']:.3f}), {vs['gold']} facts (recall {vs['recall']:.3f})"
-    )
-    print(
-        "[demo] times: "
-        + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
-        + f" ({steps} fine-tuning steps)"
-    )
-    report = {"model": model, "steps": steps, "table": table, "graph": vs, "timings": timings}
-    (out / "demo.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print("[demo] outputs:")
-    for label, path in (
-        ("checkpoint", ckpt),
-        ("model", model),
-        ("report", out / "demo.json"),
-        ("predictions (tuned)", out / "predictions-tuned-constrained.jsonl"),
-        ("extraction rows", out / "corpus" / "rows"),
-        ("documents + records", out / "corpus" / "documents.jsonl"),
-        ("graph nodes/edges", f"{graph['files']['nodes']}, {graph['files']['edges']}"),
-        *((f"export {k}", v) for k, v in graph["exports"].items()),
-    ):
-        print(f"  {label:<22} {path}")
-    print(f"[demo] done in {time.time() - t0:.0f} s")
+    demo = Demo(args)
+    demo.prepare()
+    demo.zero_shot()
+    demo.fine_tune()
+    demo.tuned_free()
+    corpus = demo.extract_corpus()
+    graph, vs = demo.graph()
+    demo.report(corpus, graph, vs)
     return 0
 
 

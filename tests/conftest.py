@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import pytest
 
 from kgc.tasks import TASK_NAMES
 
-IEPILE = Path(__file__).resolve().parent.parent / "examples" / "iepile"
+ROOT = Path(__file__).resolve().parent.parent
+IEPILE = ROOT / "examples" / "iepile"
 TASKS = TASK_NAMES  # every built-in task (test_tasks.py pins the list itself)
 
 
@@ -60,18 +62,34 @@ def ner_train_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def local_ray():
-    """A local Ray on loopback with 2 CPUs for the whole session."""
+def local_ray(tmp_path_factory):
+    """A local Ray on loopback with 2 CPUs for the whole session. Its workers arm the test
+    faults (tests/support/faults.py) at start; tests choose them with `faults.plan`."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(
-            num_cpus=2,
-            _node_ip_address="127.0.0.1",
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-        )
+    from tests.support import faults
+
+    os.environ[faults.ENV] = str(tmp_path_factory.mktemp("faults") / "plan.json")
+    if ray.is_initialized():  # an earlier test's library call started one without the hook
+        ray.shutdown()
+    ray.init(
+        num_cpus=2,
+        _node_ip_address="127.0.0.1",
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        runtime_env={
+            "worker_process_setup_hook": "tests.support.faults.install",
+            # the hook runs before a worker takes the driver's sys.path: the checkout's
+            # root must be on PYTHONPATH for `tests.support` to import
+            "env_vars": {
+                faults.ENV: os.environ[faults.ENV],
+                "PYTHONPATH": os.pathsep.join(
+                    p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p
+                ),
+            },
+        },
+    )
     yield ray
     ray.shutdown()
 

@@ -184,14 +184,14 @@ def test_two_thousand_chunks_on_two_actors(local_ray, tiny_llama, tmp_path):
     assert len(list(iter_documents(tmp_path / "out"))) == 2001
 
 
-def test_killed_actor_loses_and_duplicates_nothing(local_ray, tiny_llama, tmp_path, monkeypatch):
+def test_killed_actor_loses_and_duplicates_nothing(local_ray, tiny_llama, tmp_path):
     from kgc.runtime.extract import run_extract
+    from tests.support import faults
 
     marker = tmp_path / "killed"
-    monkeypatch.setenv("KGC_TEST_KILL_ACTOR_AFTER", "3")
-    monkeypatch.setenv("KGC_TEST_KILL_MARKER", str(marker))
     cfg = ex_cfg(tmp_path, tiny_llama, corpus(tmp_path, 600), "engine.batch_size=16")
-    summary = run_extract(cfg, progress=False)
+    with faults.plan(kill_after=3, marker=marker):  # one actor dies after its 3rd batch
+        summary = run_extract(cfg, progress=False)
     assert marker.exists(), "no actor was killed"
     # nothing written twice or damaged had to be set aside by the post-run check
     assert summary["rows_duplicate"] == 0 and summary["shards_corrupt"] == 0, summary

@@ -16,6 +16,7 @@ from kgc.config import load_config  # noqa: E402
 from kgc.errors import KgcError  # noqa: E402
 from kgc.modeling.training import validate  # noqa: E402
 from kgc.runtime.train import run  # noqa: E402
+from tests.support import faults  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -70,18 +71,15 @@ def test_two_workers_complete(strategy, local_ray, tiny_llama, ner_train_file, t
 
 
 def test_killed_worker_resumes_from_last_checkpoint(
-    local_ray, tiny_llama, ner_train_file, tmp_path, monkeypatch
+    local_ray, tiny_llama, ner_train_file, tmp_path
 ):
     steps_log = tmp_path / "steps.log"
     marker = tmp_path / "killed"
-    monkeypatch.setenv("KGC_STEP_LOG", str(steps_log))
-    monkeypatch.setenv("KGC_TEST_KILL_STEP", "5")
-    monkeypatch.setenv("KGC_TEST_KILL_RANK", "1")
-    monkeypatch.setenv("KGC_TEST_KILL_MARKER", str(marker))
     cfg = cfg_for(
         tiny_llama, ner_train_file, tmp_path, "crash", "train.max_steps=8", "train.save_every=3"
     )
-    result = run(cfg)
+    with faults.plan(kill_step=5, kill_rank=1, marker=marker, step_log=steps_log):
+        result = run(cfg)
     assert marker.exists(), "the worker was not killed"
     assert result.error is None and result.metrics["step"] == 8
     # first attempt ran 1..5 (killed after step 5); the group restarted from the step-3
@@ -89,12 +87,12 @@ def test_killed_worker_resumes_from_last_checkpoint(
     assert read_steps(steps_log) == [1, 2, 3, 4, 5, 4, 5, 6, 7, 8]
 
     # resubmitting the same run name resumes: a longer schedule runs only the new steps
-    monkeypatch.delenv("KGC_TEST_KILL_STEP")
     steps_log.unlink()
     longer = cfg_for(
         tiny_llama, ner_train_file, tmp_path, "crash", "train.max_steps=10", "train.save_every=3"
     )
-    result = run(longer)
+    with faults.plan(step_log=steps_log):
+        result = run(longer)
     assert result.error is None and result.metrics["step"] == 10
     assert read_steps(steps_log) == [9, 10]
 

@@ -443,14 +443,14 @@ def test_stop_head_stops_its_own_processes_and_no_other_ray(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_resume_skips_a_truncated_checkpoint_in_ray_train(
-    local_ray, tiny_llama, ner_train_file, tmp_path, monkeypatch
+    local_ray, tiny_llama, ner_train_file, tmp_path
 ):
     """Real Ray Train: checkpoints carry the manifest as persisted; resubmitting after the
     latest trainer_state.pt was cut falls back to the checkpoint before it."""
     from kgc.runtime.train import run
+    from tests.support import faults
 
     steps_log = tmp_path / "steps.log"
-    monkeypatch.setenv("KGC_STEP_LOG", str(steps_log))
 
     def cfg(max_steps: int):
         data = {
@@ -464,7 +464,8 @@ def test_resume_skips_a_truncated_checkpoint_in_ray_train(
         }  # fmt: skip
         return load_config(None, [], data=data)
 
-    result = run(cfg(4))
+    with faults.plan(step_log=steps_log):
+        result = run(cfg(4))
     assert result.error is None and result.metrics["step"] == 4
     latest = Path(result.checkpoint.path)
     assert checkpoint_problem(latest) is None, sorted(os.listdir(latest))
@@ -472,7 +473,8 @@ def test_resume_skips_a_truncated_checkpoint_in_ray_train(
     truncate(latest / STATE_FILE)
 
     steps_log.unlink()
-    result = run(cfg(6))
+    with faults.plan(step_log=steps_log):
+        result = run(cfg(6))
     assert result.error is None and result.metrics["step"] == 6
     # resumed from the step-2 checkpoint (the step-4 one is cut): steps 3..6 ran again
     assert [int(x) for x in steps_log.read_text().split()] == [3, 4, 5, 6]

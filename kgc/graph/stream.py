@@ -183,57 +183,20 @@ def map_reduce_local(
     return maps, reds
 
 
-def run_build(
-    cfg: GraphConfig,
-    *,
-    progress: bool = True,
-    address: str | None = None,
-    ray_map_reduce: MapReduce | None = None,
-) -> dict:
-    """Build the graph and its exports; returns the summary (also written to summary.json).
-
-    `executor: ray` runs the tasks with `ray_map_reduce` (pass `kgc.runtime.graph.map_reduce`)
-    on the Ray cluster at `address` (default: a local Ray)."""
-    from kgc.graph.inputs import input_files
-
-    if cfg.executor == "ray" and ray_map_reduce is None:
-        raise ValueError(
-            "executor: ray needs ray_map_reduce=kgc.runtime.graph.map_reduce (kgc.graph never "
-            "imports Ray; `kgc graph build` passes it)"
-        )
-
-    t0 = time.time()
-    files = input_files(cfg)
-    out = Path(cfg.output.path)
-    out.mkdir(parents=True, exist_ok=True)
-    work = out / WORK
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
+def _plan(cfg: GraphConfig, files: list) -> tuple[int, int, list]:
+    """Input bytes, bucket count and map-task groups for the input files."""
     in_bytes = sum(os.path.getsize(f) for f, _ in files)
     target = int(cfg.bucket_mb * (1 << 20))
     n_buckets = (
         cfg.buckets if cfg.buckets != "auto" else max(1, min(4096, math.ceil(in_bytes / target)))
     )
     # at most ~64 map tasks: each writes one file per bucket, so files grow as tasks × buckets
-    groups = _groups(files, max(target, in_bytes // 64 + 1))
-    cfg_json = cfg.model_dump(mode="json", by_alias=True)
-    say(
-        progress,
-        f"{len(files)} row files ({in_bytes / 1e6:.1f} MB) → {len(groups)} map tasks, {n_buckets} buckets",
-    )
-    try:
-        if cfg.executor == "ray":
-            maps, reds = ray_map_reduce(cfg, groups, cfg_json, work, n_buckets, progress, address)
-        else:
-            maps, reds = map_reduce_local(cfg, groups, cfg_json, work, n_buckets, progress)
-        read = _merge_counts(maps)
-        if read.get("rows", 0) == 0:
-            raise KgcError(f"input.paths {list(cfg.input.paths)} hold no rows; nothing to build")
-        _concat([work / f"red-{b:05d}.nodes.jsonl" for b in range(n_buckets)], out / NODES)
-        _concat([work / f"red-{b:05d}.edges.jsonl" for b in range(n_buckets)], out / EDGES)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    red = _merge_counts(reds)
+    return in_bytes, n_buckets, _groups(files, max(target, in_bytes // 64 + 1))
+
+
+def _summary(cfg: GraphConfig, files: list, in_bytes: int, n_buckets: int, read: dict, red: dict):
+    """summary.json's counts from the map (`read`) and reduce (`red`) tallies."""
+    out = Path(cfg.output.path)
 
     def split(prefix: str) -> dict:
         got = {k.split(":", 1)[1]: v for k, v in red.items() if k.startswith(prefix + ":")}
@@ -264,6 +227,54 @@ def run_build(
         "output": str(out),
         "files": {"nodes": str(out / NODES), "edges": str(out / EDGES)},
     }
+    return summary
+
+
+def run_build(
+    cfg: GraphConfig,
+    *,
+    progress: bool = True,
+    address: str | None = None,
+    ray_map_reduce: MapReduce | None = None,
+) -> dict:
+    """Build the graph and its exports; returns the summary (also written to summary.json).
+
+    `executor: ray` runs the tasks with `ray_map_reduce` (pass `kgc.runtime.graph.map_reduce`)
+    on the Ray cluster at `address` (default: a local Ray)."""
+    from kgc.graph.inputs import input_files
+
+    if cfg.executor == "ray" and ray_map_reduce is None:
+        raise ValueError(
+            "executor: ray needs ray_map_reduce=kgc.runtime.graph.map_reduce (kgc.graph never "
+            "imports Ray; `kgc graph build` passes it)"
+        )
+
+    t0 = time.time()
+    files = input_files(cfg)
+    out = Path(cfg.output.path)
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / WORK
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    in_bytes, n_buckets, groups = _plan(cfg, files)
+    cfg_json = cfg.model_dump(mode="json", by_alias=True)
+    say(
+        progress,
+        f"{len(files)} row files ({in_bytes / 1e6:.1f} MB) → {len(groups)} map tasks, {n_buckets} buckets",
+    )
+    try:
+        if cfg.executor == "ray":
+            maps, reds = ray_map_reduce(cfg, groups, cfg_json, work, n_buckets, progress, address)
+        else:
+            maps, reds = map_reduce_local(cfg, groups, cfg_json, work, n_buckets, progress)
+        read = _merge_counts(maps)
+        if read.get("rows", 0) == 0:
+            raise KgcError(f"input.paths {list(cfg.input.paths)} hold no rows; nothing to build")
+        _concat([work / f"red-{b:05d}.nodes.jsonl" for b in range(n_buckets)], out / NODES)
+        _concat([work / f"red-{b:05d}.edges.jsonl" for b in range(n_buckets)], out / EDGES)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    summary = _summary(cfg, files, in_bytes, n_buckets, read, _merge_counts(reds))
     from kgc.graph.export import run_exports
 
     summary["exports"] = run_exports(out, cfg, progress=progress)

@@ -1,21 +1,8 @@
-"""Connect to Ray, and the environment that must reach its workers (Ray is imported lazily)."""
+"""Connect to Ray (imported lazily)."""
 
 from __future__ import annotations
 
 import os
-
-# Test hooks that must reach Ray workers, which do not inherit the driver's environment.
-TEST_HOOKS = (
-    "KGC_STEP_LOG",
-    "KGC_TEST_KILL_STEP",
-    "KGC_TEST_KILL_RANK",
-    "KGC_TEST_KILL_MARKER",
-    "KGC_TEST_KILL_ACTOR_AFTER",
-)
-
-
-def forwarded_env() -> dict:
-    return {k: os.environ[k] for k in TEST_HOOKS if k in os.environ}
 
 
 def ensure_ray(address: str | None = None) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -141,7 +140,6 @@ class ExtractUDF:
             n_records.append(len(parsed.records))
         write_shard(self.out, rows, self.cfg.output.format)
         self.batches += 1
-        _maybe_kill_actor(self.batches)
         return {
             "id": ids,
             "parse_error": n_errors,
@@ -196,18 +194,3 @@ class ExtractUDF:
 
 def _plain(v):
     return v.item() if hasattr(v, "item") else v
-
-
-def _maybe_kill_actor(batches: int) -> None:
-    """Test hook: KGC_TEST_KILL_ACTOR_AFTER=N SIGKILLs one actor (once) after N batches."""
-    n, marker = os.environ.get("KGC_TEST_KILL_ACTOR_AFTER"), os.environ.get("KGC_TEST_KILL_MARKER")
-    if n and marker and batches == int(n):
-        try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # only the first actor
-        except FileExistsError:
-            return
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)

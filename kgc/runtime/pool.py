@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from kgc.errors import KgcError
-from kgc.runtime.cluster import forwarded_env
 
 
 def run_pool(
@@ -37,12 +36,11 @@ def run_pool(
     DataFrame of the UDF's output columns) to `on_batch`, in the driver.
 
     Each actor is built once, `udf(*args)`, then called on batches of `batch_size` rows (the
-    input is split in `blocks` blocks). `env` is added to the variables every worker gets
-    (`forwarded_env`): workers do not inherit the driver's environment. If no batch finishes
+    input is split in `blocks` blocks). `env`: variables the actors get (workers do not
+    inherit the driver's environment). If no batch finishes
     for `stall_s` seconds the run fails with "`what` stalled: …" followed by `advice`."""
     import ray
 
-    env = {**forwarded_env(), **(env or {})}
     ds = ray.data.from_items(items, override_num_blocks=blocks)
     ds = ds.map_batches(
         udf,

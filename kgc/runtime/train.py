@@ -15,8 +15,6 @@ checkpoint. The torch side of each step: kgc.modeling.training.
 from __future__ import annotations
 
 import math
-import os
-import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -41,7 +39,7 @@ from kgc.modeling.training import (
     validate,
     write_checkpoint,
 )
-from kgc.runtime.cluster import ensure_ray, forwarded_env
+from kgc.runtime.cluster import ensure_ray
 
 
 # ----------------------------------------------------------------------------- driver
@@ -68,7 +66,7 @@ def run(cfg: FinetuneConfig, *, ray_address: str | None = None):
     )
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "env": forwarded_env()},
+        train_loop_config={"cfg": cfg.model_dump(mode="json")},
         scaling_config=scaling,
         run_config=run_config,
     )
@@ -92,15 +90,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
     """One Ray Train worker: set up, resume, then train step by step, evaluating and
     checkpointing (or only reporting) as the config says."""
     cfg = FinetuneConfig.model_validate(loop_config["cfg"])
-    os.environ.update(loop_config.get("env", {}))
     me = _start_worker(cfg)
     data = load_train_data(cfg)
     steps = total_steps(cfg, len(data.rows))
     state = _build(cfg, steps)
     for step in range(_resume(state, me), steps):
         metrics = _step(cfg, data, state, me, step)
-        _log_step(step + 1, me.rank)
-        _maybe_kill(step + 1, me.rank)
         _evaluate_and_report(cfg, data, state, me, metrics, steps)
 
 
@@ -218,23 +213,3 @@ def _checkpoint_to_restore(ckpt, rank: int, world: int, device) -> Path | None:
     if choice["error"]:
         raise KgcError(choice["error"])
     return Path(choice["path"]) if choice["path"] else None
-
-
-# ----------------------------------------------------------------------------- test hooks
-def _maybe_kill(step: int, rank: int) -> None:
-    """Test hook: KGC_TEST_KILL_STEP=N kills this worker process (SIGKILL) once, at step N."""
-    target = os.environ.get("KGC_TEST_KILL_STEP")
-    marker = os.environ.get("KGC_TEST_KILL_MARKER")
-    if not target or not marker or step != int(target):
-        return
-    if rank != int(os.environ.get("KGC_TEST_KILL_RANK", "0")) or os.path.exists(marker):
-        return
-    Path(marker).write_text(str(os.getpid()))
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _log_step(step: int, rank: int) -> None:
-    path = os.environ.get("KGC_STEP_LOG")
-    if path and rank == 0:
-        with open(path, "a") as fh:
-            fh.write(f"{step}\n")
