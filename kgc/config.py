@@ -175,6 +175,9 @@ class EngineConfig(_Strict):
     trust_remote_code: bool = False
     # hf: prefill the prompt prefix a batch shares once (same greedy answers, less compute)
     prefix_cache: bool = True
+    # hf: continuous batching (a finished row's slot is refilled at the next step) on kgc's
+    # own decode loop; false: transformers' `generate` on static batches
+    continuous: bool = True
     base_url: str | None = None  # openai: http://127.0.0.1:8000/v1
     api_key_env: str = "OPENAI_API_KEY"  # the key is read from this environment variable
     timeout_s: float = Field(120.0, gt=0)  # openai: per request

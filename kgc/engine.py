@@ -42,6 +42,10 @@ class GenerationSettings(BaseModel):
     # grounded_max_words words): the model can copy names, not invent them (NER, RE, SPO)
     grounded: bool = False
     grounded_max_words: int = Field(6, ge=1, le=16)
+    # constrained, greedy (HF engine, continuous path): text the grammar forces (keys,
+    # brackets, the rest of the only name that fits) is proposed at once and verified in
+    # one multi-token step; answers stay the greedy answers (kgc.modeling.continuous)
+    jump_forward: bool = True
 
 
 class Engine(Protocol):

@@ -103,8 +103,8 @@ def test_engine_prefix_cache_gives_the_same_greedy_answers(tiny_llama, ner_train
 
     prompts = [r["instruction"] for r in read_jsonl(ner_train_file)]
     cfg = GenerationSettings(max_new_tokens=24)
-    plain = HFEngine(str(tiny_llama), batch_size=8, prefix_cache=False)
-    cached = HFEngine(str(tiny_llama), batch_size=8, prefix_cache=True)
+    plain = HFEngine(str(tiny_llama), batch_size=8, prefix_cache=False, continuous=False)
+    cached = HFEngine(str(tiny_llama), batch_size=8, prefix_cache=True, continuous=False)
     encoded = [cached.encode(p) for p in prompts]
     assert shared_prefix_len(encoded) >= 16
     assert plain.generate(prompts, cfg) == cached.generate(prompts, cfg)

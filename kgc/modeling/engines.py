@@ -34,6 +34,7 @@ def build_engine(
             checkpoint=e.checkpoint,
             batch_size=e.batch_size,
             prefix_cache=e.prefix_cache,
+            continuous=e.continuous,
             trust_remote_code=e.trust_remote_code,
         )
         if max_loaded_adapters is not None:

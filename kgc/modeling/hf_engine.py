@@ -11,12 +11,17 @@ through `prompt_learning_generate` (see kgc.modeling.generation for why).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from kgc.checkpoint import resolve_checkpoint, trained_weights
 from kgc.config import ModelConfig
 from kgc.engine import GenerationSettings, Prompt, as_messages, cut_at_stop
 from kgc.errors import KgcError
+from kgc.modeling.continuous import (  # noqa: F401  (shared_prefix_len: tests)
+    ContinuousDecoder,
+    cache_keyword,
+    shared_prefix_len,
+)
 from kgc.modeling.export import load_trainable
 from kgc.modeling.loading import load_model, load_tokenizer, resolve_chat_format
 from kgc.templates import ChatFormat
@@ -89,23 +94,6 @@ class PromptEncoder:
         return self.fmt.prompt_ids(user, system)
 
 
-MIN_SHARED_PREFIX = 16  # tokens; below this a separate prefill costs more than it saves
-
-
-def shared_prefix_len(batch: list[list[int]]) -> int:
-    """Tokens every prompt of the batch starts with (each keeps at least one of its own), or
-    0 when too few to be worth a separate prefill or the batch has one row."""
-    if len(batch) < 2:
-        return 0
-    first, n = batch[0], min(len(x) for x in batch) - 1
-    for x in batch[1:]:
-        i = 0
-        while i < n and x[i] == first[i]:
-            i += 1
-        n = i
-    return n if n >= MIN_SHARED_PREFIX else 0
-
-
 def pad_after_prefix(batch: list[list[int]], shared: int, pad: int):
     """Token ids and attention mask, each row laid out as [shared prefix][pads][own tokens].
 
@@ -127,6 +115,39 @@ def pad_after_prefix(batch: list[list[int]], shared: int, pad: int):
     return ids, mask
 
 
+class TextDeltas:
+    """Token ids → text pieces for streaming: a piece is sent once the decoded text is
+    stable (no half UTF-8 character at its end, no possible start of a stop string), and
+    the text stops at a stop string, so a prompt's pieces joined equal its final text."""
+
+    def __init__(self, tok, stops: Sequence[str], emit: Callable[[int, str], None]):
+        self.tok, self.emit = tok, emit
+        self.stops = [s for s in stops if s]
+        self.hold = max((len(s) for s in self.stops), default=1) - 1
+        self.ids: dict[int, list[int]] = {}
+        self.sent: dict[int, int] = {}
+
+    def push(self, i: int, token: int) -> None:
+        ids = self.ids.setdefault(i, [])
+        ids.append(token)
+        text = self.tok.decode(ids, skip_special_tokens=True)
+        cut = cut_at_stop(text, self.stops)
+        ready = cut if len(cut) < len(text) else text[: max(len(text) - self.hold, 0)]
+        ready = ready.rstrip("\ufffd")
+        self._send(i, ready)
+
+    def _send(self, i: int, ready: str) -> None:
+        sent = self.sent.get(i, 0)
+        if len(ready) > sent:
+            self.emit(i, ready[sent:])
+            self.sent[i] = len(ready)
+
+    def finish(self, texts: Sequence[str]) -> None:
+        """The rest of every prompt's final text."""
+        for i, text in enumerate(texts):
+            self._send(i, text)
+
+
 class HFEngine:
     def __init__(
         self,
@@ -138,6 +159,7 @@ class HFEngine:
         device: str | None = None,
         chat: ChatFormat | None = None,
         prefix_cache: bool = True,
+        continuous: bool = True,
         trust_remote_code: bool | None = None,
     ):
         """`trust_remote_code`: run the model folder's own Python code (the operator's
@@ -176,6 +198,12 @@ class HFEngine:
         # the batch's common prompt prefix (chat header, instruction, schema) is prefilled once
         # and its KV cache shared by every row (greedy answers unchanged: tests)
         self.prefix_cache = prefix_cache
+        # continuous batching (kgc.modeling.continuous): a row that ends leaves the batch and
+        # the next prompt takes its slot; off: transformers' `generate` on static batches
+        self.continuous = continuous
+        # a forward's fixed cost in tokens' worth (how wide multi-token steps get)
+        self.step_overhead_tokens = 48 if self.device == "cpu" else 512
+        self.last_stats: dict = {}
         self._grammar_cache = None  # compiled output grammars (constrained decoding)
         self.model_id = f"{cfg.path}" + (f"+{adapter}" if adapter else "")
 
@@ -218,11 +246,36 @@ class HFEngine:
         prompts: Sequence[Prompt],
         config: GenerationSettings,
         schemas: Sequence[dict | None] | None = None,
+        on_text: Callable[[int, str], None] | None = None,
     ) -> list[str]:
         """Texts per prompt. `schemas` (one JSON Schema or None per prompt) constrains each
-        answer to that shape (xgrammar); greedy or sampling only, not beam search."""
+        answer to that shape (xgrammar); greedy or sampling only, not beam search.
+
+        `on_text(i, delta)` (streaming) gets prompt i's text in pieces as it is generated
+        (continuous path: token by token; otherwise whole, when its batch ends); the pieces
+        of a prompt joined equal its returned text."""
         encoded = [self.encode(p) for p in prompts]
         grammars = self._grammars(schemas, config) if schemas else [None] * len(encoded)
+        stops = config.stop + tuple(self.fmt.stop_strings())
+        if self.continuous and not self.prompt_learning and config.num_beams == 1:
+            deltas = TextDeltas(self.tok, stops, on_text) if on_text is not None else None
+            decoder = ContinuousDecoder(
+                self.model,
+                eos_ids=self.eos_ids,
+                pad_id=self.tok.pad_token_id,
+                slots=self.batch_size,
+                prefix=self.prefix_cache,
+                device=self.device,
+                jump_forward=config.jump_forward,
+                encode_text=lambda t: self.tok(t, add_special_tokens=False)["input_ids"],
+                step_overhead_tokens=self.step_overhead_tokens,
+            )
+            ids = decoder.run(encoded, config, grammars, deltas.push if deltas else None)
+            self.last_stats = dict(decoder.stats)
+            out = [cut_at_stop(self.tok.decode(x, skip_special_tokens=True), stops) for x in ids]
+            if deltas is not None:
+                deltas.finish(out)
+            return out
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         out: list[str] = [""] * len(encoded)
         for start in range(0, len(order), self.batch_size):
@@ -231,7 +284,9 @@ class HFEngine:
                 [encoded[i] for i in idx], config, [grammars[i] for i in idx]
             )
             for i, t in zip(idx, texts):
-                out[i] = cut_at_stop(t, config.stop + tuple(self.fmt.stop_strings()))
+                out[i] = cut_at_stop(t, stops)
+                if on_text is not None and out[i]:
+                    on_text(i, out[i])
         return out
 
     def compile_schema(self, schema: dict):
@@ -304,7 +359,7 @@ class HFEngine:
                     # prefill the shared prefix once and give every row a copy of its cache
                     cache = self.model(input_ids=ids[:1, :shared], use_cache=True).past_key_values
                     cache.batch_repeat_interleave(len(batch))
-                    kwargs["past_key_values"] = cache
+                    kwargs[cache_keyword(self.model)] = cache
                 seqs = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
         new = seqs[:, width:]
         return [self.tok.decode(row, skip_special_tokens=True) for row in new]

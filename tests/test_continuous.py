@@ -1,0 +1,113 @@
+"""kgc's continuous-batching decode loop (kgc.modeling.continuous) gives the answers of
+transformers' `generate` on static batches: free and constrained, with and without the shared
+prefix and jump-forward, with a LoRA adapter; streaming pieces join to the answer and start
+before the generation ends."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from conftest import read_jsonl  # noqa: E402
+
+from kgc.engine import GenerationSettings, bounded  # noqa: E402
+from kgc.modeling.continuous import _compact, shared_prefix_len  # noqa: E402
+from kgc.modeling.hf_engine import HFEngine  # noqa: E402
+from kgc.tasks import get  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def prompts_and_schemas(ner_train_file):
+    prompts = [r["instruction"] for r in read_jsonl(ner_train_file)] * 2
+    task = get("NER")
+    # small bounds: constrained answers close early, at different lengths (rows leave the
+    # batch at different steps, and their slots are refilled)
+    schemas = [bounded(task.output_schema(json.loads(p)["schema"]), 6, 1) for p in prompts]
+    return prompts, schemas
+
+
+@pytest.fixture(scope="module")
+def static(tiny_llama):
+    return HFEngine(str(tiny_llama), batch_size=5, prefix_cache=False, continuous=False)
+
+
+@pytest.mark.parametrize("prefix", [False, True])
+def test_continuous_gives_the_static_batches_answers(
+    tiny_llama, static, prompts_and_schemas, prefix
+):
+    prompts, schemas = prompts_and_schemas
+    eng = HFEngine(str(tiny_llama), batch_size=5, prefix_cache=prefix, continuous=True)
+    assert shared_prefix_len([eng.encode(p) for p in prompts]) >= 16
+    free = GenerationSettings(max_new_tokens=20)
+    assert eng.generate(prompts, free) == static.generate(prompts, free)
+    assert eng.last_stats["prefills"] >= 3  # 12 prompts through 5 slots: refilled
+    assert (eng.last_stats["prefix_tokens"] > 0) == prefix
+    for jump in (False, True):
+        cfg = GenerationSettings(max_new_tokens=120, jump_forward=jump)
+        got, want = eng.generate(prompts, cfg, schemas), static.generate(prompts, cfg, schemas)
+        assert got == want, jump
+        assert all(a.startswith("{") for a in got)
+        assert (eng.last_stats["forced_tokens"] > 0) == jump
+    # constrained answers end at different lengths: rows left early, so the loop fed fewer
+    # tokens than 12 rows × the longest answer
+    lengths = [len(eng.tok(a)["input_ids"]) for a in want]
+    assert min(lengths) < max(lengths)
+
+
+def test_continuous_with_a_lora_adapter(tiny_llama, tmp_path, prompts_and_schemas):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    lora = LoraConfig(
+        r=4, lora_alpha=8, init_lora_weights=False, target_modules=["q_proj", "v_proj"]
+    )
+    get_peft_model(model, lora).save_pretrained(tmp_path / "adapter")
+    prompts, schemas = prompts_and_schemas
+    kw = dict(adapter=str(tmp_path / "adapter"), batch_size=4)
+    cont = HFEngine(str(tiny_llama), continuous=True, **kw)
+    plain = HFEngine(str(tiny_llama), continuous=False, prefix_cache=False, **kw)
+    cfg = GenerationSettings(max_new_tokens=60)
+    assert cont.generate(prompts, cfg, schemas) == plain.generate(prompts, cfg, schemas)
+    base = HFEngine(str(tiny_llama), batch_size=4).generate(prompts, cfg, schemas)
+    assert cont.generate(prompts, cfg, schemas) != base  # the adapter is in use
+
+
+def test_streaming_pieces_join_to_the_answer_and_come_early(tiny_llama, prompts_and_schemas):
+    prompts, schemas = prompts_and_schemas
+    eng = HFEngine(str(tiny_llama), batch_size=3)
+    seen: dict[int, list[str]] = {}
+    first_at: list[int] = []
+    decoder_forwards = []
+
+    def on_text(i, piece):
+        assert piece  # no empty pieces
+        seen.setdefault(i, []).append(piece)
+        decoder_forwards.append(1)
+        if len(decoder_forwards) == 1:
+            first_at.append(len(seen))
+
+    cfg = GenerationSettings(max_new_tokens=40, stop=("],",))
+    texts = eng.generate(prompts[:4], cfg, schemas[:4], on_text=on_text)
+    for i, text in enumerate(texts):
+        assert "".join(seen.get(i, [])) == text
+    # token by token: many pieces per answer, not one at the end
+    assert max(len(v) for v in seen.values()) > 3
+    plain = HFEngine(str(tiny_llama), batch_size=3, continuous=False)
+    assert plain.generate(prompts[:4], cfg, schemas[:4]) == texts
+
+
+def test_compact_keeps_each_rows_columns_in_order():
+    mask = torch.tensor([[0, 1, 0, 1, 1, 0], [1, 1, 1, 0, 0, 1]])
+    keys = torch.arange(12, dtype=torch.float).reshape(2, 1, 6, 1)
+    kv, new_mask = _compact([(keys, keys + 100)], mask)
+    assert new_mask.tolist() == [[0, 1, 1, 1], [1, 1, 1, 1]]
+    assert kv[0][0][:, 0, :, 0].tolist()[0][1:] == [1.0, 3.0, 4.0]
+    assert kv[0][0][:, 0, :, 0].tolist()[1] == [6.0, 7.0, 8.0, 11.0]
+    assert kv[0][1][1, 0, :, 0].tolist() == [106.0, 107.0, 108.0, 111.0]
+    same, m = _compact([(keys, keys)], torch.ones(2, 6, dtype=torch.long))
+    assert m.shape == (2, 6) and same[0][0] is keys  # nothing masked: left as it is
