@@ -74,6 +74,36 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[:cut]
 
 
+class StopCutter:
+    """Cuts a stream of text pieces at the first stop string: `push` returns what can be
+    sent now (a possible start of a stop string is held back), `finish` the rest. The
+    pieces it returns, joined, equal `cut_at_stop` of the whole text."""
+
+    def __init__(self, stop: Sequence[str]):
+        self.stop = [s for s in stop if s]
+        self.hold = max((len(s) for s in self.stop), default=1) - 1
+        self.text, self.sent, self.done = "", 0, False
+
+    def push(self, piece: str) -> str:
+        if self.done:
+            return ""
+        self.text += piece
+        cut = cut_at_stop(self.text, self.stop)
+        if len(cut) < len(self.text):
+            self.done = True
+            ready = cut
+        else:
+            ready = self.text[: max(len(self.text) - self.hold, self.sent)]
+        out, self.sent = ready[self.sent :], max(self.sent, len(ready))
+        return out
+
+    def finish(self) -> str:
+        out = cut_at_stop(self.text, self.stop)[self.sent :]
+        self.sent += len(out)
+        self.done = True
+        return out
+
+
 def as_messages(prompt: Prompt, system: str | None = None) -> list[Message]:
     if isinstance(prompt, str):
         msgs = [{"role": "system", "content": system}] if system else []

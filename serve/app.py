@@ -16,6 +16,7 @@ built from the settings) and `IngressServer` + `create_api` (the routes over any
 
 import asyncio
 import contextlib
+import inspect
 import json
 import time
 import uuid
@@ -28,7 +29,7 @@ from pydantic import ValidationError
 from ray import serve
 from ray.serve.config import BackpressureConfig
 
-from kgc.engine import cut_at_stop
+from kgc.engine import StopCutter, cut_at_stop
 from kgc.errors import KgcError
 from kgc.serving import (
     BadRequest,
@@ -94,17 +95,19 @@ class ModelServer:
         self.engine = engine if engine is not None else engine_from_settings(self.s)
         self._engine_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kgc-engine")
 
-    def _run(self, adapter: str | None, items: list[tuple]) -> list[str]:
+    def _run(self, adapter: str | None, items: list[tuple], on_text=None) -> list[str]:
         from kgc.engine import GenerationSettings
 
         path = resolve_adapter(adapter, self.s) if adapter else None
         schemas = [it[3] for it in items]
         use = getattr(self.engine, "use_adapter", None)  # vLLM: no named adapters
+        extra = {"on_text": on_text} if on_text is not None else {}
         with use(adapter, path) if use else contextlib.nullcontext():
             return self.engine.generate(
                 [it[1] for it in items],
                 GenerationSettings(max_new_tokens=items[0][2]),
                 schemas if any(schemas) else None,
+                **extra,
             )
 
     async def _engine_call(self, adapter: str | None, items: list[tuple]) -> list[str]:
@@ -139,28 +142,70 @@ class ModelServer:
         `ModelDeployment`'s `@serve.batch`."""
         return (await self.run_batch([item]))[0]
 
+    async def _schema_problem(self, schema: dict | None) -> dict | None:
+        """A request's answer schema compiled on its own, off the event loop (batches keep
+        decoding), with a time limit: None, or the failure as the request's result."""
+        compile_schema = getattr(self.engine, "compile_schema", None)
+        if schema is None or compile_schema is None:
+            return None
+        try:
+            await asyncio.wait_for(
+                asyncio.to_thread(compile_schema, schema), timeout=self.s.limits.grammar_timeout_s
+            )
+        except TimeoutError:
+            return {
+                "error": "response schema: its grammar did not compile within "
+                f"{self.s.limits.grammar_timeout_s} s (limits.grammar_timeout_s); "
+                "send a smaller schema",
+                "status": 413,
+            }
+        except KgcError as exc:
+            return {"error": f"response schema: {exc}", "status": 422}
+        return None
+
     async def generate(
         self, adapter: str | None, prompt: Any, max_new_tokens: int, schema: dict | None = None
     ) -> dict:
-        if schema is not None:
-            compile_schema = getattr(self.engine, "compile_schema", None)
-            if compile_schema is not None:
-                # off the event loop (batches keep decoding), with a time limit
-                try:
-                    await asyncio.wait_for(
-                        asyncio.to_thread(compile_schema, schema),
-                        timeout=self.s.limits.grammar_timeout_s,
-                    )
-                except TimeoutError:
-                    return {
-                        "error": "response schema: its grammar did not compile within "
-                        f"{self.s.limits.grammar_timeout_s} s (limits.grammar_timeout_s); "
-                        "send a smaller schema",
-                        "status": 413,
-                    }
-                except KgcError as exc:
-                    return {"error": f"response schema: {exc}", "status": 422}
+        problem = await self._schema_problem(schema)
+        if problem is not None:
+            return problem
         return await self.generate_batched((adapter, prompt, max_new_tokens, schema))
+
+    async def stream(
+        self, adapter: str | None, prompt: Any, max_new_tokens: int, schema: dict | None = None
+    ):
+        """`stream: true`: the answer as it is generated, as {"text": piece} items (token by
+        token where the engine streams: the HF engine's continuous path; one piece at the
+        end otherwise), or one {"error", "status"} item. A streamed request is its own
+        engine call, taking its turn on the engine thread with the batches."""
+        problem = await self._schema_problem(schema)
+        if problem is not None:
+            yield problem
+            return
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        end = object()
+        streams = "on_text" in inspect.signature(self.engine.generate).parameters
+
+        def on_text(_i: int, piece: str) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, piece)
+
+        item = (adapter, prompt, max_new_tokens, schema)
+        call = loop.run_in_executor(
+            self._engine_thread, self._run, adapter, [item], on_text if streams else None
+        )
+        call.add_done_callback(lambda _f: queue.put_nowait(end))
+        try:
+            while (piece := await queue.get()) is not end:
+                yield {"text": piece}
+            texts = call.result()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            yield _failure(exc)
+            return
+        if not streams and texts[0]:
+            yield {"text": texts[0]}
 
 
 @serve.deployment
@@ -177,18 +222,49 @@ class ModelDeployment(ModelServer):
         return await self.run_batch(items)
 
 
-async def _sse(head: dict, text: str):
-    """`stream: true`: the answer as OpenAI chat-completion chunks (server-sent events).
-    The text is generated whole first (batched with other requests), then sent as one
-    content chunk; token-by-token streaming is not implemented."""
-    deltas = ({"role": "assistant", "content": ""}, {"content": text}, {})
-    for i, delta in enumerate(deltas):
-        chunk = {
-            **head,
-            "object": "chat.completion.chunk",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": "stop" if i == 2 else None}],
-        }
-        yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+def _chunk(head: dict, delta: dict, finish: str | None = None) -> str:
+    chunk = {
+        **head,
+        "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+
+
+async def _sse(head: dict, first: str, rest, stop: list[str]):
+    """`stream: true`: the answer as OpenAI chat-completion chunks (server-sent events), a
+    chunk per piece the model replica sends (token by token on the HF engine), cut at the
+    request's stop strings. A failure after the first chunk ends the stream with an error
+    event (the status line has been sent)."""
+    cutter = StopCutter(stop)
+    yield _chunk(head, {"role": "assistant", "content": ""})
+    piece = cutter.push(first)
+    if piece:
+        yield _chunk(head, {"content": piece})
+    try:
+        async for item in rest:
+            if "error" in item:
+                yield f"data: {json.dumps({'error': {'message': item['error']}})}\n\n"
+                return
+            piece = cutter.push(item["text"])
+            if piece:
+                yield _chunk(head, {"content": piece})
+            if cutter.done:
+                break
+    except Exception as exc:  # the replica went away mid-answer
+        message = "the model replica was lost" if _replica_lost(exc) else str(exc)
+        yield f"data: {json.dumps({'error': {'message': message}})}\n\n"
+        return
+    finally:  # the client left, a stop string, or the end: no orphaned generation
+        with contextlib.suppress(Exception):
+            if hasattr(rest, "cancel"):
+                rest.cancel()
+            elif hasattr(rest, "aclose"):
+                await rest.aclose()
+    piece = cutter.finish()
+    if piece:
+        yield _chunk(head, {"content": piece})
+    yield _chunk(head, {}, "stop")
     yield "data: [DONE]\n\n"
 
 
@@ -313,6 +389,28 @@ class IngressServer:
     async def _generate(self, calls: list[tuple]) -> list[str]:
         return await call_model(self.model, calls, self.s.retry_after_s)
 
+    async def _stream(self, head: dict, call: tuple, stop: list[str]) -> Any:
+        """A streamed answer: the first piece is awaited here, so a request that fails
+        before any text gets its 4xx (or 503) as a plain response; then server-sent events."""
+        pieces = self.model.options(stream=True).stream.remote(*call)
+        try:
+            first = await pieces.__anext__()
+        except StopAsyncIteration:
+            first = {"text": ""}
+        except Exception as exc:
+            if _replica_lost(exc):
+                return JSONResponse(
+                    {"error": {"message": "the model replica was lost; retry shortly"}},
+                    status_code=503,
+                    headers={"Retry-After": str(max(self.s.retry_after_s, 1))},
+                )
+            raise
+        if "error" in first:
+            return _error(first["status"], first["error"])
+        return StreamingResponse(
+            _sse(head, first["text"], pieces, stop), media_type="text/event-stream"
+        )
+
     async def healthz(self) -> dict:
         return {"status": "ok"}
 
@@ -392,15 +490,15 @@ class IngressServer:
             return _error(413, str(exc), field="response_format")
         except KgcError as exc:
             return _error(422, str(exc), field="response_format")
-        text = (await self._generate([(adapter, prompt, max_new, schema)]))[0]
-        text = cut_at_stop(text, body.stops())
         head = {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
             "created": int(time.time()),
             "model": body.model or self.s.name,
         }
         if body.stream:
-            return StreamingResponse(_sse(head, text), media_type="text/event-stream")
+            return await self._stream(head, (adapter, prompt, max_new, schema), body.stops())
+        text = (await self._generate([(adapter, prompt, max_new, schema)]))[0]
+        text = cut_at_stop(text, body.stops())
         return {
             **head,
             "object": "chat.completion",

@@ -120,7 +120,8 @@ SERVE_KEY = "sk-kgc-test"
 class LocalModelHandle:
     """Stands in for Serve's handle to the model deployment, without Ray:
     `.generate.remote(...)` runs `ModelServer.generate` as an asyncio task (awaitable and
-    cancellable, like a DeploymentResponse)."""
+    cancellable, like a DeploymentResponse); `.options(stream=True).stream.remote(...)`
+    gives `ModelServer.stream`'s async generator."""
 
     def __init__(self, server):
         import types
@@ -132,6 +133,14 @@ class LocalModelHandle:
         import asyncio
 
         return asyncio.ensure_future(self.server.generate(*args))
+
+    def options(self, stream: bool = False):
+        """`.options(stream=True).stream.remote(...)`: the replica's async generator, as
+        Serve's DeploymentResponseGenerator gives it."""
+        import types
+
+        assert stream
+        return types.SimpleNamespace(stream=types.SimpleNamespace(remote=self.server.stream))
 
 
 def local_serve_api(settings: dict, engine=None):

@@ -56,6 +56,16 @@ def test_chat_completions_match_the_engine(serve_app):
         [prompt], GenerationSettings(max_new_tokens=12)
     )
     assert a.choices[0].message.content == with_adapter[0]
+    # stream: true through Serve's streaming handle, token by token from the HF engine
+    chunks = list(
+        api.chat.completions.create(
+            model="kgc:ner", max_tokens=12, messages=[{"role": "user", "content": prompt}],
+            stream=True,
+        )
+    )  # fmt: skip
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices[0].delta.content]
+    assert "".join(pieces) == with_adapter[0]
+    assert len(pieces) > 2  # several pieces, not the whole answer at once
 
 
 def test_ptuning_model_is_served(tiny_llama, ptuning_adapter):

@@ -640,3 +640,61 @@ def test_lost_replica_is_503_and_failures_cancel_the_rest():
         assert r.status_code == 503 and r.headers["retry-after"] == "2", r.text
         r = c.post("/v1/extract", json={"task": "NER", "schema": ["人物"], "text": "张三。"})
         assert r.status_code == 503, r.text
+
+
+class StreamingEngine(FakeEngine):
+    """A FakeEngine that streams its answers a character at a time through `on_text`; with
+    `wait_first`, it blocks after the first piece until the test has received it (so a
+    server that sent nothing before the end would time out here)."""
+
+    def __init__(self, wait_first=False):
+        super().__init__()
+        self.wait_first = wait_first
+        self.first_seen = threading.Event()
+
+    def generate(self, prompts, config, schemas=None, on_text=None):
+        texts = super().generate(prompts, config, schemas)
+        for i, text in enumerate(texts if on_text is not None else []):
+            for k, ch in enumerate(text):
+                on_text(i, ch)
+                if k == 0 and self.wait_first and not self.first_seen.wait(10):
+                    raise RuntimeError("the first piece did not reach the caller in time")
+        return texts
+
+
+def test_model_stream_sends_pieces_before_the_answer_ends():
+    from serve.app import ModelServer
+
+    engine = StreamingEngine(wait_first=True)
+
+    async def collect():
+        server = ModelServer(SETTINGS, engine=engine)
+        got = []
+        async for item in server.stream(None, "张三在北京。", 12, None):
+            assert "text" in item, item
+            got.append(item["text"])
+            engine.first_seen.set()  # the engine goes on only once this piece arrived
+        return got
+
+    got = asyncio.run(collect())
+    assert got == list("答：张三在北京。")
+
+
+def test_chat_stream_chunks_are_the_engines_pieces():
+    """With a streaming engine each piece is its own chunk; joined they are the plain
+    answer; a stop string cuts the stream as it cuts a plain answer."""
+    pytest.importorskip("openai")
+    with _client(StreamingEngine()) as c:
+        api = _openai(c)
+        msgs = [{"role": "user", "content": "王五在广州。"}]
+        text = api.chat.completions.create(model="kgc", messages=msgs).choices[0].message.content
+        chunks = list(api.chat.completions.create(model="kgc", messages=msgs, stream=True))
+        content = [ch.choices[0].delta.content for ch in chunks if ch.choices[0].delta.content]
+        assert "".join(content) == text and len(content) == len(text)
+        assert chunks[-1].choices[0].finish_reason == "stop"
+        cut = list(api.chat.completions.create(model="kgc", messages=msgs, stream=True, stop="广"))
+        assert "".join(ch.choices[0].delta.content or "" for ch in cut) == text[: text.index("广")]
+        # a schema that cannot compile fails before any chunk: a plain 422
+        bad = {"type": "object", "properties": {"x": {"type": "nonsense"}}}
+        r = c.post(CHAT, json={**VALID, "stream": True, "response_format": _schema_format(bad)})
+        assert r.status_code == 422 and "response schema" in r.json()["error"]["message"]

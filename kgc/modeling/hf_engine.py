@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 from kgc.checkpoint import resolve_checkpoint, trained_weights
 from kgc.config import ModelConfig
-from kgc.engine import GenerationSettings, Prompt, as_messages, cut_at_stop
+from kgc.engine import GenerationSettings, Prompt, StopCutter, as_messages, cut_at_stop
 from kgc.errors import KgcError
 from kgc.modeling.continuous import (  # noqa: F401  (shared_prefix_len: tests)
     ContinuousDecoder,
@@ -117,35 +117,34 @@ def pad_after_prefix(batch: list[list[int]], shared: int, pad: int):
 
 class TextDeltas:
     """Token ids → text pieces for streaming: a piece is sent once the decoded text is
-    stable (no half UTF-8 character at its end, no possible start of a stop string), and
-    the text stops at a stop string, so a prompt's pieces joined equal its final text."""
+    stable (no half UTF-8 character at its end) and cannot be the start of a stop string
+    (`StopCutter`), so a prompt's pieces joined equal its final text."""
 
     def __init__(self, tok, stops: Sequence[str], emit: Callable[[int, str], None]):
-        self.tok, self.emit = tok, emit
-        self.stops = [s for s in stops if s]
-        self.hold = max((len(s) for s in self.stops), default=1) - 1
+        self.tok, self.emit, self.stops = tok, emit, stops
         self.ids: dict[int, list[int]] = {}
-        self.sent: dict[int, int] = {}
+        self.decoded: dict[int, str] = {}
+        self.cutters: dict[int, StopCutter] = {}
+
+    def _push(self, i: int, text: str) -> None:
+        cutter = self.cutters.setdefault(i, StopCutter(self.stops))
+        piece = cutter.push(text[len(self.decoded.get(i, "")) :])
+        self.decoded[i] = text
+        if piece:
+            self.emit(i, piece)
 
     def push(self, i: int, token: int) -> None:
         ids = self.ids.setdefault(i, [])
         ids.append(token)
-        text = self.tok.decode(ids, skip_special_tokens=True)
-        cut = cut_at_stop(text, self.stops)
-        ready = cut if len(cut) < len(text) else text[: max(len(text) - self.hold, 0)]
-        ready = ready.rstrip("\ufffd")
-        self._send(i, ready)
+        self._push(i, self.tok.decode(ids, skip_special_tokens=True).rstrip("\ufffd"))
 
-    def _send(self, i: int, ready: str) -> None:
-        sent = self.sent.get(i, 0)
-        if len(ready) > sent:
-            self.emit(i, ready[sent:])
-            self.sent[i] = len(ready)
-
-    def finish(self, texts: Sequence[str]) -> None:
-        """The rest of every prompt's final text."""
-        for i, text in enumerate(texts):
-            self._send(i, text)
+    def finish(self, count: int) -> None:
+        """The rest of every prompt's text."""
+        for i in range(count):
+            self._push(i, self.tok.decode(self.ids.get(i, []), skip_special_tokens=True))
+            rest = self.cutters.setdefault(i, StopCutter(self.stops)).finish()
+            if rest:
+                self.emit(i, rest)
 
 
 class HFEngine:
@@ -274,7 +273,7 @@ class HFEngine:
             self.last_stats = dict(decoder.stats)
             out = [cut_at_stop(self.tok.decode(x, skip_special_tokens=True), stops) for x in ids]
             if deltas is not None:
-                deltas.finish(out)
+                deltas.finish(len(out))
             return out
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         out: list[str] = [""] * len(encoded)
