@@ -23,6 +23,7 @@ from kgc.shards import SetAside
 SUMMARY = "summary.json"
 DOCUMENTS = "documents.jsonl"
 SCORES = "scores.json"
+PREDICTIONS = "predictions.jsonl"  # IEPile inputs: the input records + `output` (DeepKE's shape)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -196,11 +197,12 @@ def read_documents(cfg: ExtractConfig) -> list[dict]:
     return docs
 
 
-def read_instruction_rows(cfg: ExtractConfig) -> list[Row]:
-    """IEPile instruction records (e.g. a test split with labels) → rows, no chunking."""
+def _instruction_records(cfg: ExtractConfig) -> list[tuple[dict, Row]]:
+    """IEPile instruction records in input order, each with its row; bad records are
+    reported together (file:line), never skipped."""
     from kgc.prompting import check_record
 
-    rows: list[Row] = []
+    out: list[tuple[dict, Row]] = []
     problems: list[Problem] = []
     seen: dict[tuple[str, str], int] = {}
     for f in _files(cfg.input.path, (".jsonl", ".json")):
@@ -228,12 +230,29 @@ def read_instruction_rows(cfg: ExtractConfig) -> list[Row]:
                 source=rec.get("source") or "",
                 label=rec.get("label") if isinstance(rec.get("label"), str) else None,
             )
-            rows.append(row)
+            out.append((rec, row))
     if problems:
         raise KgcError(problems)
-    if not rows:
+    if not out:
         raise KgcError(Problem("the input has no instruction records", cfg.input.path))
-    return rows
+    return out
+
+
+def read_instruction_rows(cfg: ExtractConfig) -> list[Row]:
+    """IEPile instruction records (e.g. a test split with labels) → rows, no chunking."""
+    return [row for _rec, row in _instruction_records(cfg)]
+
+
+def write_predictions(cfg: ExtractConfig, rows: list[ExtractedRow], path: Path) -> int:
+    """DeepKE's prediction file: every input instruction record once, in input order, with
+    all its fields as given (`id`, `label`, …) and the model's text in `output`. DeepKE's
+    scorer and `kgc eval` read it (records grouped by `id`)."""
+    from kgc.io import write_jsonl_atomic
+
+    outputs = {r["id"]: r["output"] for r in rows}
+    return write_jsonl_atomic(
+        path, ({**rec, "output": outputs[row["id"]]} for rec, row in _instruction_records(cfg))
+    )
 
 
 # ----------------------------------------------------------------------------- rows
@@ -334,6 +353,9 @@ def finish(
         "set_aside": aside.moved,
         "output": str(out_dir),
     }
+    if _detect_format(cfg) == "iepile":
+        write_predictions(cfg, rows, out_dir / PREDICTIONS)
+        summary["predictions"] = str(out_dir / PREDICTIONS)
     if cfg.score and any(isinstance(r.get("label"), str) for r in rows):
         summary["scores"] = score_rows(cfg, rows)
         (out_dir / SCORES).write_text(json.dumps(summary["scores"], ensure_ascii=False, indent=1))

@@ -250,6 +250,17 @@ def test_iepile_test_file_is_scored(local_ray, tiny_llama, tmp_path):
     assert scores["task"] == "NER" and scores["records"] == 6
     assert scores["scores"]["entity"]["gold"] == 3  # the sample's 3 gold entities
     assert (tmp_path / "out" / SCORES).exists()
+    # DeepKE's shape: the input records, in order, with their own ids, plus `output`
+    from kgc.evaluate import evaluate_file
+    from kgc.extract import PREDICTIONS
+
+    pred = [json.loads(x) for x in (tmp_path / "out" / PREDICTIONS).read_text().splitlines()]
+    given = [json.loads(x) for x in test.read_text().splitlines()]
+    assert [{k: v for k, v in p.items() if k != "output"} for p in pred] == given
+    assert all(isinstance(p["output"], str) for p in pred)
+    assert summary["predictions"] == str(tmp_path / "out" / PREDICTIONS)
+    rescored = evaluate_file("NER", tmp_path / "out" / PREDICTIONS)
+    assert rescored["records"] == 6 and rescored["scores"] == scores["scores"]
 
 
 @pytest.mark.parametrize(
