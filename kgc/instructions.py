@@ -91,6 +91,17 @@ def instruction_text(task: str, language: str) -> str:
         ) from None
 
 
+def task_of(inst: dict) -> str | None:
+    """The task an IEPile instruction (the parsed `instruction` JSON) was written for, from
+    its instruction text (RE and SPO share theirs: SPO's schema items are objects), or None
+    when the text is not one of IEPile's."""
+    tasks = {t for (t, _lang), text in INSTRUCTIONS.items() if text == inst.get("instruction")}
+    if tasks == {"RE", "SPO"}:
+        schema = inst.get("schema") or []
+        return "SPO" if schema and all(isinstance(x, dict) for x in schema) else "RE"
+    return tasks.pop() if len(tasks) == 1 else None
+
+
 def build_instruction(task: str, language: str, schema: list[Any], text: str) -> str:
     """The `instruction` field of an IEPile record: a JSON string with keys in IEPile's order."""
     return json.dumps(

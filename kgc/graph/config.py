@@ -25,13 +25,18 @@ NODE_FIELDS = ("name", "type", "kind", "support", "confidence", "mention_count",
 
 
 class GraphInput(_Strict):
-    # extraction output folders (with rows/), folders or files of row shards, or annotated
-    # JSONL ({text, entity|relation|event}); one path or a list
+    # extraction output folders (with rows/), folders or files of row shards, annotated
+    # JSONL ({text, entity|relation|event}), or DeepKE prediction files (IEPile instruction
+    # records with the model's `output`); one path or a list
     paths: list[str] = Field(min_length=1)
-    format: Literal["auto", "rows", "annotated"] = "auto"
+    format: Literal["auto", "rows", "annotated", "predictions"] = "auto"
     # annotated input: which task reads each annotation field
     annotation_tasks: dict[str, str] = {"entity": "NER", "relation": "RE", "event": "EE"}
-    id_field: str | None = "id"  # annotated input: document id field (default: file:line)
+    # predictions: the task that parses `output` (None: from each record's instruction text)
+    task: str | None = None
+    # annotated and predictions input: document id field (default: the file's path relative
+    # to the input paths' common folder, and its line: NER/test.json:3)
+    id_field: str | None = "id"
 
     @field_validator("paths", mode="before")
     @classmethod

@@ -1,11 +1,16 @@
 """Where graph rows come from: extraction outputs (row shards) or annotated JSONL.
 
-`input_files` resolves `input.paths` into (file, format) pairs; `iter_rows` streams one
-file's rows without loading it whole (JSONL line by line, Parquet batch by batch).
+`input_files` resolves `input.paths` into (file, format, name) triples (name: the file's
+path relative to the input paths' common folder, unique across them, used in document ids);
+`iter_rows` streams one file's rows without loading it whole (JSONL line by line, Parquet
+batch by batch).
 
 Annotated input (`{id, text, entity | relation | event}`, the raw IEPile layout) becomes one
 row per document and annotation field, with the annotation records as the row's records
-(their shapes are the parsed-output shapes), model `annotation`.
+(their shapes are the parsed-output shapes), model `annotation`. DeepKE prediction files
+(IEPile instruction records with the model's text in `output`, as DeepKE's inference and
+`kgc extract`'s predictions.jsonl write them) become one row per record, its output parsed
+by the instruction's task, model `predictions`.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ def _row_dirs(d: Path) -> list[Path]:
     return sorted(p for p in d.rglob("rows") if p.is_dir() and any(p.glob("part-*")))
 
 
-def input_files(cfg: GraphConfig) -> list[tuple[str, str]]:
+def input_files(cfg: GraphConfig) -> list[tuple[str, str, str]]:
     out: list[tuple[str, str]] = []
     problems = []
     for raw in cfg.input.paths:
@@ -59,7 +64,11 @@ def input_files(cfg: GraphConfig) -> list[tuple[str, str]]:
         raise KgcError(problems)
     if not out:
         raise KgcError("input.paths is empty: give extraction output folders or row files")
-    return out
+    import os
+
+    # names relative to the folder all input paths share: NER/test.json, RE/test.json
+    common = os.path.commonpath([str(Path(p).resolve().parent) for p in cfg.input.paths])
+    return [(f, fmt, Path(os.path.relpath(Path(f).resolve(), common)).as_posix()) for f, fmt in out]
 
 
 def _format(f: Path, cfg: GraphConfig) -> str:
@@ -76,11 +85,15 @@ def _format(f: Path, cfg: GraphConfig) -> str:
                     return "rows"  # reported with its line number when read
                 if isinstance(first, dict) and "records" in first and "task" in first:
                     return "rows"
+                if isinstance(first, dict) and "instruction" in first and "output" in first:
+                    return "predictions"
                 return "annotated"
     return "rows"
 
 
-def iter_rows(path: str, fmt: str, cfg: GraphConfig) -> Iterator[dict]:
+def iter_rows(path: str, fmt: str, cfg: GraphConfig, name: str | None = None) -> Iterator[dict]:
+    """`name`: the file's name in document ids (default: its base name)."""
+    name = name or Path(path).name
     if path.endswith(".parquet"):
         import pyarrow.parquet as pq
 
@@ -104,18 +117,82 @@ def iter_rows(path: str, fmt: str, cfg: GraphConfig) -> Iterator[dict]:
                     )
                 )
             yield rec
+        elif fmt == "predictions":
+            yield prediction_row(rec, path, n, cfg, name)
         else:
-            yield from annotated_rows(rec, path, n, cfg)
+            yield from annotated_rows(rec, path, n, cfg, name)
 
 
-def annotated_rows(rec: dict, path: str, n: int, cfg: GraphConfig) -> Iterator[dict]:
+def _doc_id(rec: dict, cfg: GraphConfig, name: str, n: int) -> str:
+    idf = cfg.input.id_field
+    return str(rec[idf]) if idf and rec.get(idf) is not None else f"{name}:{n}"
+
+
+def prediction_row(rec: dict, path: str, n: int, cfg: GraphConfig, name: str) -> dict:
+    """A DeepKE prediction record (IEPile instruction + `output`) → one row, its output
+    parsed by the instruction's task (or `input.task`)."""
+    from kgc.instructions import task_of
+    from kgc.rows import row_id
+    from kgc.tasks import get
+
+    try:
+        inst = json.loads(rec["instruction"]) if isinstance(rec.get("instruction"), str) else None
+    except json.JSONDecodeError:
+        inst = None
+    if not isinstance(inst, dict) or not isinstance(inst.get("input"), str):
+        raise KgcError(
+            Problem(
+                "a prediction record needs `instruction`, an IEPile instruction JSON string "
+                "with `input`",
+                path,
+                n,
+            )
+        )
+    if not isinstance(rec.get("output"), str):
+        raise KgcError(Problem("a prediction record needs a string `output`", path, n))
+    task = cfg.input.task or task_of(inst)
+    if task is None:
+        raise KgcError(
+            Problem(
+                "the record's instruction text is not one of IEPile's, so its task is unknown; "
+                "set input.task (NER, RE, SPO, EE, EET, EEA or KG)",
+                path,
+                n,
+            )
+        )
+    parsed = get(task).parse(rec["output"])
+    doc_id = _doc_id(rec, cfg, name, n)
+    text, schema = inst["input"], inst.get("schema") or []
+    return {
+        "id": row_id(f"{doc_id}@{name}:{n}", 0, len(text), schema),
+        "doc_id": doc_id,
+        "chunk_index": 0,
+        "chunk_start": 0,
+        "chunk_end": len(text),
+        "task": task.upper(),
+        "schema": json.dumps(schema, ensure_ascii=False),
+        "instruction": rec["instruction"],
+        "source": rec.get("source") if isinstance(rec.get("source"), str) else "",
+        "records": parsed.records,
+        "errors": parsed.errors,
+        "model_id": "predictions",
+    }
+
+
+def annotated_rows(rec: dict, path: str, n: int, cfg: GraphConfig, name: str) -> Iterator[dict]:
     from kgc.rows import row_id
 
     text = rec.get("text")
     if not isinstance(text, str):
-        raise KgcError(Problem("annotated record needs a string field 'text'", path, n))
-    idf = cfg.input.id_field
-    doc_id = str(rec[idf]) if idf and rec.get(idf) is not None else f"{Path(path).name}:{n}"
+        raise KgcError(
+            Problem(
+                "annotated record needs a string field 'text' (DeepKE prediction files: "
+                "set input.format=predictions)",
+                path,
+                n,
+            )
+        )
+    doc_id = _doc_id(rec, cfg, name, n)
     found = False
     for fieldname, task in cfg.input.annotation_tasks.items():
         if fieldname not in rec:

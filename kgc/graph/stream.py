@@ -45,7 +45,7 @@ def bucket_of(key: str, n: int) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "big") % n
 
 
-def _groups(files: list[tuple[str, str]], target: int) -> list[list[tuple[str, str]]]:
+def _groups(files: list[tuple[str, str, str]], target: int) -> list[list[tuple[str, str, str]]]:
     groups, cur, size = [], [], 0
     for f in files:
         s = os.path.getsize(f[0])
@@ -82,8 +82,8 @@ def map_task(gi: int, files: list, cfg_json: dict, work: str, n_buckets: int) ->
         buf.clear()
         held = 0
 
-    for path, fmt in files:
-        for row in iter_rows(path, fmt, cfg):
+    for path, fmt, name in files:
+        for row in iter_rows(path, fmt, cfg, name):
             for it in mapper.items(row):
                 # "<id>\t<item>": the reducer groups lines by id without parsing them
                 line = it["id"] + "\t" + json.dumps(it, ensure_ascii=False) + "\n"
@@ -185,7 +185,7 @@ def map_reduce_local(
 
 def _plan(cfg: GraphConfig, files: list) -> tuple[int, int, list]:
     """Input bytes, bucket count and map-task groups for the input files."""
-    in_bytes = sum(os.path.getsize(f) for f, _ in files)
+    in_bytes = sum(os.path.getsize(f) for f, *_ in files)
     target = int(cfg.bucket_mb * (1 << 20))
     n_buckets = (
         cfg.buckets if cfg.buckets != "auto" else max(1, min(4096, math.ceil(in_bytes / target)))
