@@ -175,3 +175,77 @@ def test_f1_on_the_bundled_conll04_file(tmp_path):
 
 def SCHEMA_FOR(cfg):  # noqa: N802 - reads like the thing it builds
     return codekgc.build_schema(cfg, codekgc.load_demos(cfg), []).code()
+
+
+DEEPKE = Path(__file__).resolve().parent / "data" / "deepke" / "codekgc"
+
+
+def _deepke_cfg(tmp_path, srv, **codekgc):
+    from kgc.icl.config import load_icl_config
+
+    return load_icl_config(
+        None,
+        data={
+            "mode": "codekgc",
+            "input": str(EX / "conll04_test.json"),
+            "output": str(tmp_path / "out"),
+            "client": {"base_url": srv.base_url, "model": "m", "allow_no_key": True,
+                       "cache_dir": None},  # fmt: skip
+            "codekgc": codekgc,
+        },
+    )
+
+
+def test_deepke_prompt_files_run_as_they_are(tmp_path):
+    """DeepKE's own CodeKGC schema_prompt and ICL_prompt (copies in tests/data/deepke/):
+    read as text, parsed with ast, sent verbatim ahead of the query; the answers are read
+    against the schema their classes define."""
+    pytest.importorskip("openai")
+    from kgc.icl.runner import run_icl
+    from tests.support.replay import ReplayServer, load_rules
+
+    rules, default = load_rules(EX / "replay_codekgc.json")
+    schema_text = (DEEPKE / "schema_prompt").read_text()
+    icl_text = (DEEPKE / "ICL_prompt").read_text()
+    with ReplayServer(rules, default=default) as srv:
+        cfg = _deepke_cfg(tmp_path, srv, schema_prompt=str(DEEPKE / "schema_prompt"),
+                          icl_prompt=str(DEEPKE / "ICL_prompt"))  # fmt: skip
+        res = run_icl(cfg)
+        prompt = srv.requests[0]["body"]["messages"][1]["content"]
+    assert prompt.startswith(schema_text.rstrip()) and icl_text.rstrip() in prompt
+    assert prompt.endswith("extract =")
+    assert res.summary["demonstrations"] == 15
+    assert res.summary["entity_types"] == ["person", "organization", "location"]
+    assert res.summary["relations"] == ["Work for", "Kill", "Organization based in",
+                                        "Live in", "Located in"]  # fmt: skip
+    s = res.summary["scores"]["triple"]
+    assert (s["tp"], s["pred"], s["gold"]) == (5, 6, 9)  # as with kgc's own prompt
+    assert not Path("/tmp/kgc-codekgc-pwned").exists()
+
+
+def test_deepke_prompt_files_are_never_run(tmp_path):
+    """Code in a prompt file is data: a schema prompt's statements are not run; an ICL
+    prompt statement outside the whitelist is an error naming its line."""
+    from kgc.errors import KgcError
+
+    marker = tmp_path / "pwned"
+    schema = tmp_path / "schema_prompt"
+    schema.write_text(
+        f"import os\nos.system('touch {marker}')\n" + (DEEPKE / "schema_prompt").read_text()
+    )
+    parsed, _ = codekgc.schema_from_prompt(str(schema))
+    assert parsed.relations[0] == "Work for" and not marker.exists()
+    icl = tmp_path / "ICL_prompt"
+    icl.write_text(
+        '""" Ann Lee works for Acme . """\n'
+        "extract = Extract([Triple(person('Ann Lee'), Rel('Work for'), organization('Acme'))])\n"
+        '""" Bad . """\n'
+        f"extract = Extract([__import__('os').system('touch {marker}')])\n"
+    )
+    with pytest.raises(KgcError, match=r"ICL_prompt:4.*codekgc.icl_prompt statement"):
+        codekgc.demos_from_prompt(str(icl), CodeReader(parsed))
+    assert not marker.exists()
+    with pytest.raises(KgcError, match="not Python code"):
+        bad = tmp_path / "bad"
+        bad.write_text("class (:\n")
+        codekgc.schema_from_prompt(str(bad))

@@ -519,6 +519,77 @@ SYSTEM = (
 )
 
 
+def _prompt_file(path: str, key: str) -> tuple[str, ast.Module]:
+    from kgc.io import check_readable
+
+    p = check_readable(path, f"CodeKGC prompt file ({key})")
+    text = p.read_text(encoding="utf-8")
+    try:
+        tree = ast.parse(text)  # a syntax tree only: nothing in the file runs
+    except SyntaxError as exc:
+        raise KgcError(
+            Problem(f"{key} is not Python code: {exc.msg} at line {exc.lineno}", str(p))
+        ) from None
+    return text, tree
+
+
+def _bases(node: ast.ClassDef) -> set[str]:
+    return {b.id for b in node.bases if isinstance(b, ast.Name)}
+
+
+def schema_from_prompt(path: str) -> tuple[CodeSchema, str]:
+    """DeepKE's schema prompt (Python classes) → the schema and the file's text: every class
+    of `Entity` is an entity type (its name), every class of `Rel` a relation (its name with
+    spaces for underscores, as DeepKE's demonstrations write it: Work_for → 'Work for')."""
+    text, tree = _prompt_file(path, "codekgc.schema_prompt")
+    types, rels = [], []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ClassDef) or node.name in RESERVED:
+            continue
+        if "Entity" in _bases(node):
+            types.append(node.name)
+        elif "Rel" in _bases(node):
+            label = node.name.replace("_", " ").strip()
+            rels.append(label if class_name(label, set()) == node.name else node.name)
+    if not types or not rels:
+        raise KgcError(
+            Problem(
+                "codekgc.schema_prompt defines no entity classes (class X(Entity)) or no "
+                "relation classes (class Y(Rel))",
+                path,
+            )
+        )
+    schema = CodeSchema(types, rels)
+    renamed = {t: c for t, c in schema.entity_class.items() if c != t}
+    if renamed:  # a type name the schema could not keep as its class name
+        raise KgcError(Problem(f"codekgc.schema_prompt: class names {sorted(renamed)} "
+                               "collide with each other or with kgc's own names", path))  # fmt: skip
+    return schema, text
+
+
+def demos_from_prompt(path: str, reader: CodeReader) -> tuple[list[dict], str]:
+    """DeepKE's ICL prompt (docstring, then `extract = Extract([...])`, repeated) → the
+    demonstrations, each statement read by the whitelist reader, and the file's text."""
+    text, tree = _prompt_file(path, "codekgc.icl_prompt")
+    demos, problems, doc = [], [], None
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
+            if isinstance(stmt.value.value, str):
+                doc = stmt.value.value.strip()
+                continue
+        segment = ast.get_source_segment(text, stmt) or ""
+        parsed = reader.parse(segment)
+        if parsed.errors or doc is None:
+            why = "; ".join(parsed.errors) or "no text (docstring) before it"
+            problems.append(Problem(f"codekgc.icl_prompt statement: {why}", path, stmt.lineno))
+            continue
+        demos.append({"text": doc, "triples": parsed.triples})
+        doc = None
+    if problems:
+        raise KgcError(problems)
+    return demos, text
+
+
 def prompt_code(schema: CodeSchema, demos: list[dict], text: str) -> str:
     parts = [schema.code(), ""]
     for d in demos:
@@ -543,20 +614,29 @@ def plan(cfg: IclConfig, client, single: dict | None) -> Plan:
         if problems:
             raise KgcError(problems)
         inputs = unique_ids(inputs)
-    demos = load_demos(cfg)
-    schema = build_schema(cfg, demos, [r for _, r in inputs])
-    reader = CodeReader(
-        schema,
-        max_source_chars=cfg.codekgc.max_source_chars,
-        max_nodes=cfg.codekgc.max_nodes,
-        max_string_chars=cfg.codekgc.max_string_chars,
-    )
+    cc = cfg.codekgc
+    limits = dict(max_source_chars=cc.max_source_chars, max_nodes=cc.max_nodes,
+                  max_string_chars=cc.max_string_chars)  # fmt: skip
+    head = None  # DeepKE's prompt files, verbatim
+    demos: list[dict] = []
+    if cc.schema_prompt:
+        schema, head = schema_from_prompt(cc.schema_prompt)
+        if cc.icl_prompt:
+            demos, icl_text = demos_from_prompt(cc.icl_prompt, CodeReader(schema, **limits))
+            head = head.rstrip() + "\n\n" + icl_text.rstrip()
+    elif cc.icl_prompt:
+        raise KgcError("codekgc.icl_prompt needs codekgc.schema_prompt (the classes it uses)")
+    else:
+        demos = load_demos(cfg)
+        schema = build_schema(cfg, demos, [r for _, r in inputs])
+    reader = CodeReader(schema, **limits)
     requests = []
     for rid, rec in inputs:
-        msgs = [
-            {"role": "system", "content": SYSTEM},
-            {"role": "user", "content": prompt_code(schema, demos, rec["text"])},
-        ]
+        if head is not None:
+            code = head.rstrip() + "\n" + text_docstring(rec["text"]) + "\nextract ="
+        else:
+            code = prompt_code(schema, demos, rec["text"])
+        msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": code}]
         requests.append(Request(rid, msgs, params_for(cfg, max_tokens=512, temperature=0.0)))
 
     def finish(comps):

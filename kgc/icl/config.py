@@ -98,6 +98,11 @@ class CodeKgcConfig(_Strict):
     relations: list[str] = Field(default_factory=list)
     entity_types: list[str] = Field(default_factory=list)
     demos: str | None = None  # JSON/JSONL {text, triples: [{head, head_type, ...}]}
+    # DeepKE's CodeKGC prompt files, used as they are (read as text, parsed with `ast`, never
+    # run): the schema as Python classes (entity types: classes of Entity, relations:
+    # classes of Rel) and the demonstrations as docstring + `extract = Extract([...])` pairs
+    schema_prompt: str | None = None
+    icl_prompt: str | None = None
     num_demos: int | None = Field(None, ge=0)
     seed: int = 42
     max_source_chars: int = Field(20_000, ge=100)
