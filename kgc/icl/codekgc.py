@@ -573,10 +573,10 @@ def demos_from_prompt(path: str, reader: CodeReader) -> tuple[list[dict], str]:
     text, tree = _prompt_file(path, "codekgc.icl_prompt")
     demos, problems, doc = [], [], None
     for stmt in tree.body:
-        if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
-            if isinstance(stmt.value.value, str):
-                doc = stmt.value.value.strip()
-                continue
+        value = stmt.value if isinstance(stmt, ast.Expr) else None
+        if isinstance(value, ast.Constant) and isinstance(value.value, str):
+            doc = value.value.strip()
+            continue
         segment = ast.get_source_segment(text, stmt) or ""
         parsed = reader.parse(segment)
         if parsed.errors or doc is None:
