@@ -189,8 +189,12 @@ def _deepke_cfg(tmp_path, srv, **codekgc):
             "mode": "codekgc",
             "input": str(EX / "conll04_test.json"),
             "output": str(tmp_path / "out"),
-            "client": {"base_url": srv.base_url, "model": "m", "allow_no_key": True,
-                       "cache_dir": None},  # fmt: skip
+            "client": {
+                "base_url": srv.base_url,
+                "model": "m",
+                "allow_no_key": True,
+                "cache_dir": None,
+            },  # fmt: skip
             "codekgc": codekgc,
         },
     )
