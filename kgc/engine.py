@@ -26,6 +26,10 @@ class GenerationSettings(BaseModel):
     do_sample: bool = False  # greedy unless sampling is asked for
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)  # sampling: only the k likeliest tokens (0: all)
+    # > 1 discourages tokens already in the prompt or the answer (HF semantics: a seen
+    # token's positive logit is divided by it, a negative one multiplied)
+    repetition_penalty: float = Field(1.0, gt=0)
     num_beams: int = Field(1, ge=1)
     stop: tuple[str, ...] = ()  # cut the text at the first of these
     seed: int | None = None

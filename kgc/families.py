@@ -73,6 +73,16 @@ FAMILIES: dict[str, Family] = {
         Family("falcon", ("falcon", "RefinedWeb", "RefinedWebModel"), "falcon", _GLM_TARGETS),
         Family("mistral", ("mistral", "mixtral"), "mistral", _LLAMA_TARGETS),
         Family("cpm-bee", ("cpmbee",), "vanilla", ("project_q", "project_v"), remote_code=True),
+        # OpenBA is an encoder-decoder: templates and LoRA targets as in DeepKE, but kgc trains
+        # and decodes causal LMs only (load_model says so)
+        Family(
+            "openba",
+            ("openba",),
+            "openba",
+            ("q", "kv", "qkv", "o", "fc_in", "fc_out"),
+            remote_code=True,
+            notes="OpenBA (encoder-decoder)",
+        ),
         Family(
             "internlm",
             ("internlm", "internlm2"),

@@ -32,12 +32,36 @@ VICUNA_SYSTEM = (
     "gives helpful, detailed, and polite answers to the user's questions."
 )
 HELPFUL = "You are a helpful assistant."
+HELPFUL_ZH = "You are a helpful assistant. 你是一个乐于助人的助手。"
+CHATGLM3_SYSTEM = (
+    "You are ChatGLM3, a large language model trained by Zhipu.AI. Follow the user's "
+    "instructions carefully. Respond using markdown."
+)
+AQUILA_SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. The assistant "
+    "gives helpful, detailed, and polite answers to the human's questions."
+)
+DEEPSEEK_SYSTEM = (
+    "You are an AI programming assistant, utilizing the Deepseek Coder model, developed by "
+    "Deepseek Company, and you only answer questions related to computer science. For "
+    "politically sensitive questions, security and privacy issues, and other non-computer "
+    "science questions, you will refuse to answer."
+)
+YAYI_SYSTEM = (
+    "You are a helpful, respectful and honest assistant named YaYi developed by Beijing Wenge "
+    "Technology Co.,Ltd. Always answer as helpfully as possible, while being safe.  Your "
+    "answers should not include any harmful, unethical, racist, sexist, toxic, dangerous, or "
+    "illegal content. Please ensure that your responses are socially unbiased and positive in "
+    "nature.\n\nIf a question does not make any sense, or is not factually coherent, explain "
+    "why instead of answering something not correct. If you don't know the answer to a "
+    "question, please don't share false information."
+)
 
 
 @dataclass(frozen=True)
 class Template:
-    """One turn: `prefix` (formatted with {system}, only when a system text exists) +
-    `user` (formatted with {query}, ending with the assistant marker)."""
+    """One turn: `prefix` (formatted with {system}, when a system text exists; `bare` in
+    its place when not) + `user` (formatted with {query}, ending with the assistant marker)."""
 
     name: str
     user: str
@@ -46,10 +70,11 @@ class Template:
     stop: tuple[str, ...] = ()  # extra end-of-turn strings (besides the tokenizer's EOS)
     eos: str | None = None  # the string that closes an answer, when not the tokenizer's EOS
     add_bos: bool = True  # prepend the tokenizer's BOS token
+    bare: str = ""  # what opens the prompt when there is no system text ("[gMASK]sop")
 
     def prompt(self, query: str, system: str | None = None) -> str:
         sys_text = self.system if system is None else system
-        head = self.prefix.format(system=sys_text) if (self.prefix and sys_text) else ""
+        head = self.prefix.format(system=sys_text) if (self.prefix and sys_text) else self.bare
         return head + self.user.format(query=query)
 
     def to_dict(self) -> dict:
@@ -61,6 +86,7 @@ class Template:
             "stop": list(self.stop),
             "eos": self.eos,
             "add_bos": self.add_bos,
+            "bare": self.bare,
         }
 
     @classmethod
@@ -82,21 +108,24 @@ TEMPLATES: dict[str, Template] = {
             "alpaca", "### Instruction:\n{query}\n\n### Response:\n", "{system}\n\n", ALPACA_SYSTEM
         ),
         Template("vanilla", "{query}"),
-        Template("default", "Human: {query}\nAssistant:", "{system}\n", HELPFUL),
+        Template("default", "Human: {query}\nAssistant:", "{system}\n", VICUNA_SYSTEM),
         Template("vicuna", "USER: {query} ASSISTANT:", "{system} ", VICUNA_SYSTEM),
         # llama2 puts the system block inside the first [INST]; without one, "[INST] q [/INST]"
-        Template("llama2", "{query} [/INST]", _LLAMA2, LLAMA2_SYSTEM),
-        Template(
-            "llama2_zh",
-            "{query} [/INST]",
-            _LLAMA2,
-            "You are a helpful assistant. 你是一个乐于助人的助手。",
-        ),
+        Template("llama2", "{query} [/INST]", _LLAMA2, LLAMA2_SYSTEM, bare="[INST] "),
+        Template("llama2_zh", "{query} [/INST]", _LLAMA2, HELPFUL_ZH, bare="[INST] "),
         Template(
             "llama3",
             _LLAMA3_USER,
             "<|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>",
             HELPFUL,
+            stop=("<|eot_id|>",),
+            eos="<|eot_id|>",
+        ),
+        Template(
+            "llama3_zh",
+            _LLAMA3_USER,
+            "<|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>",
+            HELPFUL_ZH,
             stop=("<|eot_id|>",),
             eos="<|eot_id|>",
         ),
@@ -112,17 +141,20 @@ TEMPLATES: dict[str, Template] = {
         Template("baichuan", "<reserved_102>{query}<reserved_103>"),
         Template("baichuan2", "<reserved_106>{query}<reserved_107>"),
         Template("chatglm2", "[gMASK]sop[Round 1]\n\n问：{query}\n\n答：", add_bos=False),
+        # [gMASK]sop opens every ChatGLM3 prompt, with or without a system turn
         Template(
             "chatglm3",
             "<|user|>\n{query}<|assistant|>",
             "[gMASK]sop<|system|>\n{system}",
+            CHATGLM3_SYSTEM,
             stop=("<|user|>", "<|observation|>"),
             add_bos=False,
+            bare="[gMASK]sop",
         ),
         Template(
             "moss", "<|Human|>: {query}<eoh>\n<|MOSS|>:", "{system}", stop=("<eom>",), eos="<eom>"
         ),
-        Template("mistral", "[INST] {query} [/INST]"),
+        Template("mistral", "[INST] {query} [/INST]", "{system} "),
         Template("falcon", "User: {query}\nFalcon:", add_bos=False),
         Template("belle", "Human: {query}\n\nBelle: "),
         Template("ziya", "<human>:{query}\n<bot>:"),
@@ -147,6 +179,45 @@ TEMPLATES: dict[str, Template] = {
         ),
     ]
 }
+TEMPLATES.update(
+    (t.name, t)
+    for t in [
+        # the rest of DeepKE-LLM's templates (example/llm/InstructKGC/src/datamodule/template.py)
+        Template(
+            "aquila",
+            "Human: {query}###Assistant:",
+            "{system}###",
+            AQUILA_SYSTEM,
+            stop=("</s>",),
+        ),
+        Template("openba", "<S>{query}<extra_id_0>"),  # OpenBA (encoder-decoder)
+        Template("bluelm", "[|Human|]:{query}[|AI|]:"),
+        Template(
+            "deepseek",
+            "### Instruction:\n{query}\n\n### Response:\n",
+            "{system}\n<|EOT|>\n\n",
+            DEEPSEEK_SYSTEM,
+            stop=("<|EOT|>",),
+            eos="<|EOT|>",
+        ),
+        Template(
+            "starchat",
+            "<|user|>\n{query}<|end|>\n<|assistant|>",
+            "<|system|>\n{system}<|end|>\n",
+            stop=("<|end|>",),
+            eos="<|end|>",
+            bare="<|system|>\n<|end|>\n",
+        ),
+        Template(
+            "yayi",
+            "<|Human|>:\n{query}\n\n<|YaYi|>:",
+            "<|System|>:\n{system}\n\n",
+            YAYI_SYSTEM,
+            stop=("<|End|>",),
+            eos="<|End|>",
+        ),
+    ]
+)
 TEMPLATES["chatml"] = TEMPLATES["qwen"]
 
 TOKENIZER = "tokenizer"  # use the tokenizer's own chat_template

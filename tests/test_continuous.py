@@ -111,3 +111,17 @@ def test_compact_keeps_each_rows_columns_in_order():
     assert kv[0][1][1, 0, :, 0].tolist() == [106.0, 107.0, 108.0, 111.0]
     same, m = _compact([(keys, keys)], torch.ones(2, 6, dtype=torch.long))
     assert m.shape == (2, 6) and same[0][0] is keys  # nothing masked: left as it is
+
+
+def test_repetition_penalty_and_top_k_match_generate(tiny_llama, static, prompts_and_schemas):
+    """`repetition_penalty` (over prompt + answer, HF semantics) gives `generate`'s greedy
+    answers on the continuous path too, and changes them; `top_k=1` sampling is greedy."""
+    prompts, _ = prompts_and_schemas
+    eng = HFEngine(str(tiny_llama), batch_size=5)
+    plain = GenerationSettings(max_new_tokens=16)
+    rep = GenerationSettings(max_new_tokens=16, repetition_penalty=1.5)
+    got = eng.generate(prompts, rep)
+    assert got == static.generate(prompts, rep)
+    assert got != eng.generate(prompts, plain)
+    one = GenerationSettings(max_new_tokens=16, do_sample=True, top_k=1, seed=3)
+    assert eng.generate(prompts, one) == eng.generate(prompts, plain)

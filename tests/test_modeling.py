@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 
 from conftest import read_jsonl  # noqa: E402
 
-from kgc.config import load_config  # noqa: E402
+from kgc.config import ModelConfig, load_config  # noqa: E402
 from kgc.errors import KgcError  # noqa: E402
 from kgc.modeling.data import IGNORE, Encoder, as_rows, collate, pack  # noqa: E402
 from kgc.modeling.loading import (  # noqa: E402
@@ -354,3 +354,27 @@ def test_continue_from_adapter_and_gradient_checkpointing(tiny_llama, ner_train_
     assert all(torch.equal(now[n], saved[n]) for n in saved)
     losses = _train(again, cont, steps=3)
     assert losses[-1] < losses[0]
+
+
+def test_remote_code_family_without_the_flag_names_it(tiny_llama, tmp_path):
+    """A folder whose config needs its own Python code (ChatGLM-style auto_map, a model
+    type transformers does not know) → one error naming model.trust_remote_code=true and
+    the risk, before transformers is asked to load anything."""
+    import shutil
+
+    from kgc.modeling.loading import load_model
+
+    glm = tmp_path / "chatglm3-6b"
+    shutil.copytree(tiny_llama, glm)
+    conf = json.loads((glm / "config.json").read_text())
+    conf.update(
+        model_type="chatglm",
+        auto_map={"AutoConfig": "configuration_chatglm.ChatGLMConfig",
+                  "AutoModel": "modeling_chatglm.ChatGLMForConditionalGeneration"},
+    )  # fmt: skip
+    (glm / "config.json").write_text(json.dumps(conf))
+    cfg = ModelConfig(path=str(glm))
+    for load in (load_tokenizer, load_model):
+        with pytest.raises(KgcError, match=r"model.trust_remote_code=true.*trust") as err:
+            load(cfg)
+        assert "ChatGLM" in str(err.value) and "AutoModel" in str(err.value)

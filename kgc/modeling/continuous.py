@@ -206,7 +206,7 @@ class ContinuousDecoder:
             torch.manual_seed(config.seed)
             gen = torch.Generator(device=self.device).manual_seed(config.seed)
         jump = self.jump and not config.do_sample  # drafts are verified against greedy
-        ctx = _Ctx(self, config, gen, out, on_token, jump)
+        ctx = _Ctx(self, config, gen, out, on_token, jump, prompts)
         shared = shared_prefix_len(prompts) if self.prefix else 0
         prefix_kv = None
         with torch.no_grad():
@@ -368,20 +368,24 @@ class _Ctx:
     """One `run`'s choosing: picks (grammar-masked greedy or sampling), accepting,
     emitting, ending rows."""
 
-    def __init__(self, dec: ContinuousDecoder, config, gen, out, on_token, jump: bool):
+    def __init__(self, dec: ContinuousDecoder, config, gen, out, on_token, jump: bool, prompts):
         self.dec, self.config, self.gen, self.out, self.on_token = dec, config, gen, out, on_token
+        self.prompts = prompts
         self.jump = jump
         self.budget = config.max_new_tokens
         self.stop = set() if config.ignore_eos else dec.eos
         self.vocab = 0
 
     def pick(self, row: _Row, logits) -> int:
-        from kgc.modeling.generation import _pick
+        from kgc.modeling.generation import _pick, penalize
 
         self.vocab = logits.shape[-1]
-        logits = _constrain([row], logits[None])
         c = self.config
-        return int(_pick(logits, c.do_sample, c.temperature, c.top_p, self.gen)[0])
+        if c.repetition_penalty != 1.0:
+            logits = penalize(logits, list(self.prompts[row.index]) + row.tokens,
+                              c.repetition_penalty)  # fmt: skip
+        logits = _constrain([row], logits[None])
+        return int(_pick(logits, c.do_sample, c.temperature, c.top_p, self.gen, c.top_k)[0])
 
     def accept(self, row: _Row, tok: int) -> None:
         """A verified token: into the grammar, the answer and the stream."""

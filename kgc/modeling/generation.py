@@ -26,12 +26,27 @@ def _output_cache(out):
     return cache if cache is not None else getattr(out, "past_key_values", None)
 
 
-def _pick(logits, do_sample: bool, temperature: float, top_p: float, generator=None):
+def penalize(logits, seen, penalty: float):
+    """HF's repetition penalty on one row's logits for the token ids in `seen`."""
+    import torch
+
+    if penalty == 1.0 or not len(seen):
+        return logits
+    ids = torch.as_tensor(sorted(set(seen)), device=logits.device)
+    picked = logits.index_select(-1, ids)
+    picked = torch.where(picked > 0, picked / penalty, picked * penalty)
+    return logits.index_copy(-1, ids, picked)
+
+
+def _pick(logits, do_sample: bool, temperature: float, top_p: float, generator=None, top_k=0):
     import torch
 
     if not do_sample:
         return logits.argmax(-1)
     logits = logits / max(temperature, 1e-5)
+    if top_k and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits.float(), dim=-1)
     if top_p < 1.0:
         sorted_p, idx = probs.sort(dim=-1, descending=True)

@@ -352,6 +352,10 @@ class HFEngine:
                 )
                 if config.do_sample:
                     kwargs.update(temperature=config.temperature, top_p=config.top_p)
+                    if config.top_k:
+                        kwargs["top_k"] = config.top_k
+                if config.repetition_penalty != 1.0:
+                    kwargs["repetition_penalty"] = config.repetition_penalty
                 if constrain is not None:
                     kwargs["logits_processor"] = GrammarLogitsProcessor.as_hf(constrain)
                 if shared:

@@ -66,10 +66,43 @@ def check_model_dir(path: str) -> str:
     return str(p)
 
 
+def check_remote_code(cfg: ModelConfig, path: str) -> None:
+    """A model folder whose config names its own Python code (`auto_map`: ChatGLM, Baichuan,
+    MOSS, Qwen v1, …) loads only with model.trust_remote_code=true; without it, say so
+    (instead of transformers' traceback), with the family and the risk."""
+    import json
+
+    if cfg.trust_remote_code:
+        return
+    try:
+        conf = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # transformers reports an unreadable config itself
+    auto_map = conf.get("auto_map") if isinstance(conf, dict) else None
+    if not auto_map:
+        return
+    from transformers import CONFIG_MAPPING
+
+    if conf.get("model_type") in CONFIG_MAPPING:
+        return  # transformers has its own class for it: the folder's code is not needed
+    fam = detect_family(path)
+    who = f"a {fam.notes or fam.name} model" if fam else "this model"
+    raise KgcError(
+        Problem(
+            f"{who} comes with its own Python code (config.json auto_map: "
+            f"{', '.join(sorted(auto_map))}); set model.trust_remote_code=true to load it. That "
+            "runs the .py files in the model folder with your permissions: only do it for a "
+            "folder from a source you trust.",
+            path,
+        )
+    )
+
+
 def load_tokenizer(cfg: ModelConfig):
     from transformers import AutoTokenizer
 
     path = check_model_dir(cfg.path)
+    check_remote_code(cfg, path)
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
     if tok.pad_token_id is None:
         # batching needs a pad id; EOS is safe because padded positions are masked out
@@ -97,6 +130,17 @@ def load_model(cfg: ModelConfig, *, device_map: Any = None, for_training: bool =
     from transformers import AutoModelForCausalLM
 
     path = check_model_dir(cfg.path)
+    fam = resolve_family(cfg)
+    if fam is not None and fam.name == "openba":
+        raise KgcError(
+            Problem(
+                "OpenBA is an encoder-decoder model; kgc trains and decodes causal "
+                "(decoder-only) language models only. Its chat template (openba) and family "
+                "settings are there for converting and serving prompts.",
+                path,
+            )
+        )
+    check_remote_code(cfg, path)
     kwargs: dict[str, Any] = {
         "dtype": torch_dtype(cfg.dtype),
         "trust_remote_code": cfg.trust_remote_code,

@@ -97,6 +97,8 @@ class VLLMEngine:
             max_tokens=config.max_new_tokens,
             temperature=config.temperature if config.do_sample else 0.0,
             top_p=config.top_p if config.do_sample else 1.0,
+            top_k=config.top_k if config.do_sample and config.top_k else -1,
+            repetition_penalty=config.repetition_penalty,
             seed=config.seed,
             stop=list(config.stop) or None,
             stop_token_ids=list(self.prompts.eos_ids),
