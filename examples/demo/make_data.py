@@ -119,26 +119,6 @@ FACTS = {
             "{p} (born in {c}) chairs the committee.",
             "{p}'s parents lived in {c} when SHE was born.",
             "In {c}, where {p} was born, the winters are long.",
-            "{p} was born to a family of teachers in {c}.",
-            "{p} grew up in {c}, the town of HER birth.",
-            "{c} gave the world {p}, who was born there.",
-            "{p}, whose birthplace is {c}, runs marathons.",
-            "It was in {c} that {p} was born.",
-            "{p} hails from {c}.",
-            "{p} was delivered at the main clinic of {c}.",
-            "{p} proudly calls {c} HER place of birth.",
-            "The birth certificate of {p} names {c}.",
-            "{p}, a child of {c}, returned for the festival.",
-            "Decades ago, {p} was born in {c}.",
-            "{p} is a {c} native who now teaches music.",
-            "{p} was born in {c} but moved away as a child.",
-            "Friends of {p} know that SHE was born in {c}.",
-            "The place where {p} was born is {c}.",
-            "{p} is by birth a citizen of {c}.",
-            "{p}, who hails from {c}, sings in a choir.",
-            "{c}, HER birthplace, honoured {p} with a prize.",
-            "{p}'s life began in {c}.",
-            "{p} was born in {c}, like HER mother.",
         ],
         "works_for": [
             "{p} works for {o}.",
@@ -169,26 +149,6 @@ FACTS = {
             "{p} writes software for {o}.",
             "{p} has a job with {o}.",
             "{p} recently became a partner at {o}.",
-            "{p} is a driver for {o}.",
-            "{p} draws a salary from {o}.",
-            "{p} is on the team of {o}.",
-            "{o} recruited {p} as a data scientist.",
-            "{p} got a position at {o} in 2021.",
-            "{p} now teaches new staff at {o}.",
-            "Since joining {o}, {p} has led two projects.",
-            "{p} is a longtime employee of {o}.",
-            "{p} clocks in every morning at {o}.",
-            "{o} pays {p} to design its products.",
-            "{p} holds a post at {o}.",
-            "{p}, a technician with {o}, repaired the machine.",
-            "The board of {o} appointed {p} as treasurer.",
-            "{p} is one of the pilots of {o}.",
-            "{p} works in the legal department of {o}.",
-            "{p} accepted an offer from {o} and works there now.",
-            "{o} has employed {p} for a decade.",
-            "{p} is a colleague of many at {o}, where SHE works.",
-            "For {o}, {p} handles customer support.",
-            "{p} is currently with {o} as an editor.",
         ],
         "located_in": [
             "{o} is based in {c}.",
@@ -211,21 +171,6 @@ FACTS = {
             "Most of the staff of {o} work at its head office in {c}.",
             "{o} calls {c} its home.",
             "{o}'s headquarters stand in {c}.",
-            "{o} is a firm from {c}.",
-            "{o} has always been based in {c}.",
-            "The home of {o} is {c}.",
-            "{o} has its main campus in {c}.",
-            "{o}, with its head office in {c}, hires widely.",
-            "{o} is a company located in {c}.",
-            "{o} runs everything from its office in {c}.",
-            "Visitors to {c} can see the headquarters of {o}.",
-            "{o} is seated in {c}.",
-            "{o} has been headquartered in {c} since 1998.",
-            "{o} keeps its main office in the centre of {c}.",
-            "In {c}, {o} occupies a tall office tower that serves as its headquarters.",
-            "{c} hosts the head office of {o}.",
-            "{o}, a {c} firm, exports machinery.",
-            "{o} is registered and based in {c}.",
         ],
     },
     "heldout": {
@@ -253,10 +198,6 @@ COMBINED = {
     "train": [
         ("{p}, born in {c}, works for {o}.", ("born_in", "works_for")),
         ("{p} works at {o}, a firm based in {c}.", ("works_for", "located_in")),
-        ("A native of {c}, {p} is employed at {o}.", ("born_in", "works_for")),
-        ("{p} was born in {c} and joined {o} later.", ("born_in", "works_for")),
-        ("{p} joined {o}, whose head office is in {c}.", ("works_for", "located_in")),
-        ("{p} works for {c}-based {o}.", ("works_for", "located_in")),
     ],
     "heldout": [
         ("Born in {c}, {p} now works as a consultant for {o}.", ("born_in", "works_for")),
@@ -318,13 +259,6 @@ def pick_unique(rng: random.Random, pool: dict, used: set, first: str, second: s
             return name
 
 
-def pick_combined(rng: random.Random, split: str, covers: tuple) -> tuple:
-    """A combined wording stating both facts of `covers` (no draw where there is one only, so
-    the held-out documents stay as they were generated)."""
-    options = [x for x in COMBINED[split] if x[1] == covers]
-    return options[0] if len(options) == 1 else rng.choice(options)
-
-
 # first names read as female (the rest as male), for "she"/"he" in the pronoun sentences
 FEMALE = set(
     "Alice Clara Elena Greta Irene Karin Maria Nora Paula Rosa Tina Vera Yara Zoe Bianca Dana "
@@ -367,12 +301,12 @@ def document(rng: random.Random, split: str, cast: dict) -> dict:
                 facts.append("works_for")
         parts: list[str] = []
         if {"born_in", "works_for"} <= set(facts) and rng.random() < 0.3:
-            text, covers = pick_combined(rng, split, ("born_in", "works_for"))
+            text, covers = COMBINED[split][0]
             parts.append(text.format(**fill))
             facts = [f for f in facts if f not in covers]
             rels += [("born_in", p, c), ("works_for", p, o)]
         elif {"works_for", "located_in"} <= set(facts) and rng.random() < 0.3:
-            text, covers = pick_combined(rng, split, ("works_for", "located_in"))
+            text, covers = COMBINED[split][1]
             parts.append(text.format(**{**fill, "c": oc}))
             facts = [f for f in facts if f not in covers]
             rels += [("works_for", p, o), ("located_in", o, oc)]
