@@ -136,29 +136,34 @@ def test_the_module_never_evaluates_or_executes():
     assert "parse" in called  # ast.parse is how the output is read
 
 
+def _codekgc_cfg(tmp_path, srv, **codekgc):
+    from kgc.icl.config import load_icl_config
+
+    return load_icl_config(
+        None,
+        data={
+            "mode": "codekgc",
+            "input": str(EX / "conll04_test.json"),
+            "output": str(tmp_path / "out"),
+            "client": {
+                "base_url": srv.base_url,
+                "model": "m",
+                "allow_no_key": True,
+                "cache_dir": None,
+            },  # fmt: skip
+            "codekgc": codekgc,
+        },
+    )
+
+
 def test_f1_on_the_bundled_conll04_file(tmp_path):
     pytest.importorskip("openai")
-    from kgc.icl.config import load_icl_config
     from kgc.icl.runner import run_icl
     from tests.support.replay import ReplayServer, load_rules
 
     rules, default = load_rules(EX / "replay_codekgc.json")
     with ReplayServer(rules, default=default) as srv:
-        cfg = load_icl_config(
-            None,
-            data={
-                "mode": "codekgc",
-                "input": str(EX / "conll04_test.json"),
-                "output": str(tmp_path / "out"),
-                "client": {
-                    "base_url": srv.base_url,
-                    "model": "m",
-                    "allow_no_key": True,
-                    "cache_dir": None,
-                },
-                "codekgc": {"demos": str(EX / "codekgc_demos.json")},
-            },
-        )
+        cfg = _codekgc_cfg(tmp_path, srv, demos=str(EX / "codekgc_demos.json"))
         res = run_icl(cfg)
         prompt = srv.requests[0]["body"]["messages"][1]["content"]
     assert "class Work_for(Rel):" in prompt and prompt.endswith("extract =")
@@ -180,26 +185,6 @@ def SCHEMA_FOR(cfg):  # noqa: N802 - reads like the thing it builds
 DEEPKE = Path(__file__).resolve().parent / "data" / "deepke" / "codekgc"
 
 
-def _deepke_cfg(tmp_path, srv, **codekgc):
-    from kgc.icl.config import load_icl_config
-
-    return load_icl_config(
-        None,
-        data={
-            "mode": "codekgc",
-            "input": str(EX / "conll04_test.json"),
-            "output": str(tmp_path / "out"),
-            "client": {
-                "base_url": srv.base_url,
-                "model": "m",
-                "allow_no_key": True,
-                "cache_dir": None,
-            },  # fmt: skip
-            "codekgc": codekgc,
-        },
-    )
-
-
 def test_deepke_prompt_files_run_as_they_are(tmp_path):
     """DeepKE's own CodeKGC schema_prompt and ICL_prompt (copies in tests/data/deepke/):
     read as text, parsed with ast, sent verbatim ahead of the query; the answers are read
@@ -212,7 +197,7 @@ def test_deepke_prompt_files_run_as_they_are(tmp_path):
     schema_text = (DEEPKE / "schema_prompt").read_text()
     icl_text = (DEEPKE / "ICL_prompt").read_text()
     with ReplayServer(rules, default=default) as srv:
-        cfg = _deepke_cfg(tmp_path, srv, schema_prompt=str(DEEPKE / "schema_prompt"),
+        cfg = _codekgc_cfg(tmp_path, srv, schema_prompt=str(DEEPKE / "schema_prompt"),
                           icl_prompt=str(DEEPKE / "ICL_prompt"))  # fmt: skip
         res = run_icl(cfg)
         prompt = srv.requests[0]["body"]["messages"][1]["content"]
