@@ -122,8 +122,9 @@ def main() -> None:
                     "model": {"path": str(model)},
                     "data": {
                         "train_file": str(data),
-                        "max_source_length": 384,
-                        "cutoff_len": 512,
+                        # the real model's tokenizer and chat template make longer prompts
+                        "max_source_length": 768 if args.model == "smollm2" else 384,
+                        "cutoff_len": 1024 if args.model == "smollm2" else 512,
                         "packing": packing,
                     },
                     "train": {

@@ -187,6 +187,9 @@ class EngineConfig(_Strict):
     tensor_parallel_size: int = Field(1, ge=1)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     max_model_len: int | None = Field(None, ge=16)
+    # hf: load a plain model's weights in 4 or 8 bits (bitsandbytes, as QLoRA training does;
+    # DeepKE's `--bits 4`): less memory, and on a GPU often faster for large models
+    quantization: QuantConfig | None = None
 
 
 class WorkersConfig(_Strict):
@@ -225,6 +228,12 @@ class ExtractConfig(_Strict):
                 f"engine.type=vllm with engine.tensor_parallel_size={e.tensor_parallel_size} "
                 f"needs workers.gpus_per_actor >= {e.tensor_parallel_size}, got "
                 f"{w.gpus_per_actor}; vLLM runs on CUDA GPUs only (use engine.type=hf on CPU)"
+            )
+        if e.quantization is not None and e.type != "hf":
+            raise ValueError(
+                f"engine.quantization (bitsandbytes) is for engine.type=hf, not {e.type}; "
+                "for vllm give a pre-quantized model (AWQ, GPTQ) in engine.model, or remove "
+                "engine.quantization"
             )
         if e.type == "vllm" and self.generation.num_beams > 1:
             raise ValueError("engine.type=vllm: set generation.num_beams to 1")

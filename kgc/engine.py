@@ -14,7 +14,19 @@ from typing import Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
-Prompt = str | list[Message]
+# a user message (the chat format is applied), a conversation, or {"raw": text}: text fed to
+# the model as it is (OpenAI /v1/completions)
+Prompt = str | list[Message] | dict
+
+
+def raw_text(prompt: Prompt) -> str | None:
+    """The text of a raw prompt ({"raw": text}), or None for a chat prompt."""
+    if isinstance(prompt, dict):
+        text = prompt.get("raw")
+        if not isinstance(text, str):
+            raise TypeError("a raw prompt is {'raw': text}")
+        return text
+    return None
 
 
 class GenerationSettings(BaseModel):
@@ -36,8 +48,9 @@ class GenerationSettings(BaseModel):
     ignore_eos: bool = False  # always generate max_new_tokens (benchmarks)
     # Schema-constrained decoding: every answer follows the task's JSON shape with the keys
     # of its instruction's schema (HF engine: xgrammar; openai engine: response_format
-    # json_schema, which vLLM's server honours). Strings and lists are capped so an answer
-    # always closes before max_new_tokens. (Batch extraction reads these to build each
+    # json_schema, which vLLM's server honours). Strings and lists are capped; on the HF
+    # engine's continuous path an answer near the end of max_new_tokens is closed in the
+    # tokens left (kgc.modeling.constrained.Closer), so it always parses. (Batch extraction reads these to build each
     # row's answer schema; engines get the schemas themselves.)
     constrained: bool = False
     max_text_chars: int = Field(200, ge=1)
@@ -109,6 +122,10 @@ class StopCutter:
 
 
 def as_messages(prompt: Prompt, system: str | None = None) -> list[Message]:
+    if isinstance(prompt, dict):
+        from kgc.errors import KgcError
+
+        raise KgcError("a raw text prompt has no chat messages; this engine takes chat prompts")
     if isinstance(prompt, str):
         msgs = [{"role": "system", "content": system}] if system else []
         return msgs + [{"role": "user", "content": prompt}]

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from kgc.config import QuantConfig
 from kgc.errors import KgcError
 from kgc.schema import Schema
 from kgc.tasks.registry import TaskName
@@ -76,6 +77,8 @@ class ServeSettings(BaseModel):
     tensor_parallel_size: int = Field(1, ge=1)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     max_model_len: int | None = Field(None, ge=16)
+    # hf: 4/8-bit weights (bitsandbytes), as extraction's engine.quantization
+    quantization: QuantConfig | None = None
     name: str = "kgc"  # model name clients use for the base model
     adapters: dict[str, str] = {}  # name → adapter directory
     adapter_dir: str | None = None  # more adapters by folder name, loaded on first use
@@ -106,6 +109,11 @@ def check_engine(s: ServeSettings) -> None:
     """Settings the chosen engine cannot serve, as one clear error."""
     if s.engine == "vllm" and s.replica_gpus < 1:
         raise KgcError("engine: vllm runs on a CUDA GPU: set replica_gpus: 1 (or use engine: hf)")
+    if s.engine == "vllm" and s.quantization is not None:
+        raise KgcError(
+            "quantization (bitsandbytes) is for engine: hf; for vllm serve a pre-quantized "
+            "model (AWQ, GPTQ) or remove quantization"
+        )
     if s.engine == "vllm" and (s.adapters or s.adapter_dir):
         raise KgcError(
             "engine: vllm serves one model (optionally with `adapter:` or a kgc "
@@ -127,14 +135,26 @@ def engine_config(s: ServeSettings) -> EngineConfig:
         tensor_parallel_size=s.tensor_parallel_size,
         gpu_memory_utilization=s.gpu_memory_utilization,
         max_model_len=s.max_model_len,
+        quantization=s.quantization,
         **({"dtype": s.dtype} if s.dtype else {}),
     )
+
+
+class SpoLabel(BaseModel):
+    """An SPO schema item as IEPile writes it in an instruction."""
+
+    model_config = ConfigDict(extra="forbid")
+    subject_type: str = Field(min_length=1)
+    predicate: str = Field(min_length=1)
+    object_type: str = Field(min_length=1)
 
 
 class ExtractRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     task: TaskName
-    schema_: list[str] | dict[str, list[str]] = Field(alias="schema")
+    # labels; SPO: "人物_出生地_地点" or {"subject_type", "predicate", "object_type"};
+    # EE, EEA, KG: {type: [roles]}
+    schema_: list[str | SpoLabel] | dict[str, list[str]] = Field(alias="schema")
     text: str | None = None
     texts: list[str] | None = None
     language: Literal["zh", "en"] = "zh"
@@ -194,14 +214,36 @@ def request_schema(req: ExtractRequest) -> Schema:
     else:
         if not isinstance(req.schema_, list):
             raise KgcError(f"'schema' for {req.task} must be a list of labels")
+        labels = [_label(req.task, i, x) for i, x in enumerate(req.schema_)]
         if req.task == "RE":
-            schema = Schema.from_lists(roles=req.schema_)
+            schema = Schema.from_lists(roles=labels)
         else:
-            schema = Schema.from_lists(types=req.schema_)
+            schema = Schema.from_lists(types=labels)
     problems = task.check_schema(schema)
     if problems:
         raise KgcError("; ".join(problems))
     return schema
+
+
+def _label(task: str, i: int, item: str | SpoLabel) -> str:
+    """A schema item as the label kgc's tasks use (SPO objects joined as s_p_o)."""
+    if isinstance(item, str):
+        return item
+    if task != "SPO":
+        raise BadRequest(
+            f"schema[{i}]", f"an object item is for task SPO; {task} takes label strings"
+        )
+    from kgc.tasks.spo import split_typed
+
+    label = f"{item.subject_type}_{item.predicate}_{item.object_type}"
+    if "_" in item.subject_type or "_" in item.object_type:
+        raise BadRequest(
+            f"schema[{i}]",
+            f"subject_type {item.subject_type!r} / object_type {item.object_type!r}: a type "
+            "name cannot contain '_' (IEPile joins SPO labels with '_'); rename the type",
+        )
+    assert split_typed(label) == (item.subject_type, item.predicate, item.object_type)
+    return label
 
 
 def build_instructions(
@@ -482,6 +524,83 @@ class ChatRequest(BaseModel):
         if isinstance(v, list) and len(v) > 4:
             raise ValueError("at most 4 stop strings")
         return v
+
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+
+class CompletionRequest(BaseModel):
+    """The OpenAI (legacy) completions request: `prompt` is raw text, fed to the model as it
+    is (no chat template), as vLLM's /v1/completions does. Unsupported values kgc would
+    silently get wrong are refused."""
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+    model: str | None = None
+    prompt: str | list[str]
+    max_tokens: int | None = Field(None, ge=1, strict=True)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    n: int | None = Field(None, strict=True)
+    best_of: int | None = Field(None, strict=True)
+    stop: str | list[str] | None = None
+    stream: bool = False
+    echo: bool = False
+    logprobs: int | None = None
+    suffix: str | None = None
+    seed: int | None = None
+    user: str | None = None
+
+    @field_validator("temperature", "top_p", mode="before")
+    @classmethod
+    def _no_nan(cls, v, info):
+        if isinstance(v, bool) or (v is not None and not isinstance(v, (int, float))):
+            raise ValueError(f"{info.field_name} must be a number")
+        return _finite(info.field_name, v)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompts(cls, v):
+        if isinstance(v, list) and not v:
+            raise ValueError("prompt is an empty list; send a string or a list of strings")
+        return v
+
+    @field_validator("n", "best_of")
+    @classmethod
+    def _one(cls, v, info):
+        if v is not None and v != 1:
+            raise ValueError(f"{info.field_name}={v} is not supported: one choice per prompt")
+        return v
+
+    @field_validator("echo")
+    @classmethod
+    def _no_echo(cls, v):
+        if v:
+            raise ValueError("echo=true is not supported: the prompt is not repeated")
+        return v
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, v):
+        if v is not None:
+            raise ValueError("logprobs are not supported by kgc")
+        return v
+
+    @field_validator("suffix")
+    @classmethod
+    def _no_suffix(cls, v):
+        if v:
+            raise ValueError("suffix (insertion) is not supported by kgc")
+        return v
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v):
+        if isinstance(v, list) and len(v) > 4:
+            raise ValueError("at most 4 stop strings")
+        return v
+
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

@@ -34,6 +34,7 @@ from kgc.errors import KgcError
 from kgc.serving import (
     BadRequest,
     ChatRequest,
+    CompletionRequest,
     ExtractRequest,
     RequestTooLarge,
     ServeSettings,
@@ -125,32 +126,47 @@ class ModelServer:
             try:
                 texts = await self._engine_call(adapter, [items[i] for i in idx])
                 for i, t in zip(idx, texts):
-                    out[i] = {"text": t}
+                    out[i] = self._result(items[i], t)
             except Exception as exc:
                 if len(idx) == 1:
                     out[idx[0]] = _failure(exc)
                     continue
                 for i in idx:  # the group failed: each item alone, so only the bad one fails
                     try:
-                        out[i] = {"text": (await self._engine_call(adapter, [items[i]]))[0]}
+                        text = (await self._engine_call(adapter, [items[i]]))[0]
+                        out[i] = self._result(items[i], text)
                     except Exception as one:
                         out[i] = _failure(one)
         return out
+
+    def _result(self, item: tuple, text: str) -> dict:
+        """An answer with its token counts (OpenAI `usage`): the prompt as the model read
+        it, the answer's text re-tokenized (engines without a tokenizer: 0)."""
+        count = getattr(self.engine, "count_tokens", None)
+        p, c = count(item[1], text) if count is not None else (0, 0)
+        return {"text": text, "prompt_tokens": p, "completion_tokens": c}
 
     async def generate_batched(self, item: tuple) -> dict:
         """One item's result; here a batch of its own, batched with concurrent items by
         `ModelDeployment`'s `@serve.batch`."""
         return (await self.run_batch([item]))[0]
 
-    async def _schema_problem(self, schema: dict | None) -> dict | None:
+    async def _schema_problem(self, schema: dict | None, max_new: int) -> dict | None:
         """A request's answer schema compiled on its own, off the event loop (batches keep
-        decoding), with a time limit: None, or the failure as the request's result."""
+        decoding), with a time limit, and its shortest answer measured against the
+        request's token budget: None, or the failure as the request's result."""
         compile_schema = getattr(self.engine, "compile_schema", None)
         if schema is None or compile_schema is None:
             return None
+        shortest = getattr(self.engine, "min_answer_tokens", None)
+
+        def check() -> int | None:
+            compile_schema(schema)
+            return shortest(schema) if shortest is not None else None
+
         try:
-            await asyncio.wait_for(
-                asyncio.to_thread(compile_schema, schema), timeout=self.s.limits.grammar_timeout_s
+            need = await asyncio.wait_for(
+                asyncio.to_thread(check), timeout=self.s.limits.grammar_timeout_s
             )
         except TimeoutError:
             return {
@@ -161,12 +177,20 @@ class ModelServer:
             }
         except KgcError as exc:
             return {"error": f"response schema: {exc}", "status": 422}
+        if need is not None and max_new < need:
+            return {
+                "error": f"a token budget of {max_new} cannot hold a complete answer of this "
+                f"schema: its shortest answer takes {need} tokens; ask for at least {need} "
+                "(max_tokens, or max_new_tokens in /v1/extract)",
+                "status": 422,
+                "minimum": need,
+            }
         return None
 
     async def generate(
         self, adapter: str | None, prompt: Any, max_new_tokens: int, schema: dict | None = None
     ) -> dict:
-        problem = await self._schema_problem(schema)
+        problem = await self._schema_problem(schema, max_new_tokens)
         if problem is not None:
             return problem
         return await self.generate_batched((adapter, prompt, max_new_tokens, schema))
@@ -178,7 +202,7 @@ class ModelServer:
         token where the engine streams: the HF engine's continuous path; one piece at the
         end otherwise), or one {"error", "status"} item. A streamed request is its own
         engine call, taking its turn on the engine thread with the batches."""
-        problem = await self._schema_problem(schema)
+        problem = await self._schema_problem(schema, max_new_tokens)
         if problem is not None:
             yield problem
             return
@@ -223,11 +247,17 @@ class ModelDeployment(ModelServer):
 
 
 def _chunk(head: dict, delta: dict, finish: str | None = None) -> str:
-    chunk = {
-        **head,
-        "object": "chat.completion.chunk",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-    }
+    """One server-sent event: a chat-completion chunk, or, when `head` is a text
+    completion's, a text-completion chunk (`delta`'s content as its text)."""
+    if head.get("object") == "text_completion":
+        choice = {"index": 0, "text": delta.get("content", ""), "logprobs": None}
+        chunk = {**head, "choices": [{**choice, "finish_reason": finish}]}
+    else:
+        chunk = {
+            **head,
+            "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
     return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
 
 
@@ -237,7 +267,8 @@ async def _sse(head: dict, first: str, rest, stop: list[str]):
     request's stop strings. A failure after the first chunk ends the stream with an error
     event (the status line has been sent)."""
     cutter = StopCutter(stop)
-    yield _chunk(head, {"role": "assistant", "content": ""})
+    if head.get("object") != "text_completion":
+        yield _chunk(head, {"role": "assistant", "content": ""})
     piece = cutter.push(first)
     if piece:
         yield _chunk(head, {"content": piece})
@@ -291,9 +322,10 @@ async def _gather_or_cancel(responses: list) -> list:
         raise
 
 
-async def call_model(model, calls: list[tuple], retry_after_s: int) -> list[str]:
-    """Model calls (adapter, prompt, max_new, schema) on the ModelDeployment handle → texts;
-    an item's failure → its 4xx; a lost replica → 503 with Retry-After (never a 500)."""
+async def call_model(model, calls: list[tuple], retry_after_s: int) -> list[dict]:
+    """Model calls (adapter, prompt, max_new, schema) on the ModelDeployment handle → their
+    results ({"text", "prompt_tokens", "completion_tokens"}); an item's failure → its 4xx;
+    a lost replica → 503 with Retry-After (never a 500)."""
     try:
         results = await _gather_or_cancel([model.generate.remote(*c) for c in calls])
     except Exception as exc:
@@ -307,7 +339,19 @@ async def call_model(model, calls: list[tuple], retry_after_s: int) -> list[str]
     for r in results:
         if "error" in r:
             raise HTTPException(r["status"], r["error"])
-    return [r["text"] for r in results]
+    return results
+
+
+def usage(results: list[dict]) -> dict:
+    """OpenAI `usage` over answers."""
+    p = sum(r.get("prompt_tokens", 0) for r in results)
+    c = sum(r.get("completion_tokens", 0) for r in results)
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+def finish_reason(result: dict, max_new: int) -> str:
+    """ "length" when the answer used the whole budget, else "stop"."""
+    return "length" if result.get("completion_tokens", 0) >= max_new else "stop"
 
 
 class IngressServer:
@@ -386,7 +430,7 @@ class IngressServer:
                 404, {"message": f"unknown model {model!r}", "models": known_models(self.s)}
             ) from None
 
-    async def _generate(self, calls: list[tuple]) -> list[str]:
+    async def _generate(self, calls: list[tuple]) -> list[dict]:
         return await call_model(self.model, calls, self.s.retry_after_s)
 
     async def _stream(self, head: dict, call: tuple, stop: list[str]) -> Any:
@@ -447,14 +491,20 @@ class IngressServer:
                 f"splits); at most {self.s.limits.max_model_calls} (limits.max_model_calls): "
                 "send fewer texts per request or a larger split_num",
             )
-        outputs = iter(
-            await self._generate([(adapter, p, max_new, a) for per in prompts for p, a in per])
+        answers = await self._generate(
+            [(adapter, p, max_new, a) for per in prompts for p, a in per]
         )
+        outputs = iter(a["text"] for a in answers)
         results = []
         for text, per in zip(texts, prompts):
             mine = [next(outputs) for _ in per]
             results.append({"text": text, **merge_outputs(body.task, mine)})
-        return {"task": body.task, "model": body.model or self.s.name, "results": results}
+        return {
+            "task": body.task,
+            "model": body.model or self.s.name,
+            "results": results,
+            "usage": usage(answers),
+        }
 
     async def chat(self, request: Request) -> Any:
         raw = await self._json(request)
@@ -497,19 +547,75 @@ class IngressServer:
         }
         if body.stream:
             return await self._stream(head, (adapter, prompt, max_new, schema), body.stops())
-        text = (await self._generate([(adapter, prompt, max_new, schema)]))[0]
-        text = cut_at_stop(text, body.stops())
+        answer = (await self._generate([(adapter, prompt, max_new, schema)]))[0]
+        text = cut_at_stop(answer["text"], body.stops())
         return {
             **head,
             "object": "chat.completion",
             "choices": [
                 {
                     "index": 0,
-                    "finish_reason": "stop",
+                    "finish_reason": finish_reason(answer, max_new),
                     "message": {"role": "assistant", "content": text},
                 }
             ],
-            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+            "usage": usage([answer]),
+        }
+
+    async def completions(self, request: Request) -> Any:
+        """OpenAI /v1/completions: raw text prompts, continued as they are (no chat
+        template), one choice per prompt, as vLLM's server does (OneKE's documented way)."""
+        raw = await self._json(request)
+        try:
+            body = CompletionRequest.model_validate(raw)
+        except ValidationError as exc:
+            fields = validation_fields(exc)
+            first = fields[0]
+            return _error(
+                422, f"{first['field']}: {first['message']}", field=first["field"], fields=fields
+            )
+        limits = self.s.limits
+        prompts = body.prompts()
+        if len(prompts) > limits.max_texts:
+            return _error(
+                413, f"{len(prompts)} prompts; at most {limits.max_texts}", field="prompt"
+            )
+        for i, p in enumerate(prompts):
+            if len(p) > limits.max_text_chars:
+                where = "prompt" if isinstance(body.prompt, str) else f"prompt[{i}]"
+                return _error(
+                    413, f"{where} has {len(p)} characters; at most {limits.max_text_chars}",
+                    field=where,
+                )  # fmt: skip
+            if not p:
+                where = "prompt" if isinstance(body.prompt, str) else f"prompt[{i}]"
+                return _error(422, f"{where} is empty", field=where)
+        if body.stream and len(prompts) > 1:
+            return _error(422, "stream: true takes one prompt, not a list", field="stream")
+        adapter = self._adapter(body.model)
+        max_new = min(body.max_tokens or self.s.max_new_tokens, limits.max_new_tokens)
+        head = {
+            "id": f"cmpl-{uuid.uuid4().hex[:24]}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": body.model or self.s.name,
+        }
+        calls = [(adapter, {"raw": p}, max_new, None) for p in prompts]
+        if body.stream:
+            return await self._stream(head, calls[0], body.stops())
+        answers = await self._generate(calls)
+        return {
+            **head,
+            "choices": [
+                {
+                    "index": i,
+                    "text": cut_at_stop(a["text"], body.stops()),
+                    "logprobs": None,
+                    "finish_reason": finish_reason(a, max_new),
+                }
+                for i, a in enumerate(answers)
+            ],
+            "usage": usage(answers),
         }
 
 
@@ -532,6 +638,7 @@ def create_api(server: IngressServer) -> FastAPI:
     api.get("/v1/models")(server.models)
     api.post("/v1/extract", openapi_extra=EXTRACT_BODY)(server.extract)
     api.post("/v1/chat/completions")(server.chat)
+    api.post("/v1/completions")(server.completions)
     return api
 
 

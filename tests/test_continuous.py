@@ -125,3 +125,38 @@ def test_repetition_penalty_and_top_k_match_generate(tiny_llama, static, prompts
     assert got != eng.generate(prompts, plain)
     one = GenerationSettings(max_new_tokens=16, do_sample=True, top_k=1, seed=3)
     assert eng.generate(prompts, one) == eng.generate(prompts, plain)
+
+
+@pytest.mark.parametrize("task_name", ["NER", "RE", "EE", "KG"])
+def test_constrained_answers_close_within_any_budget(tiny_llama, ner_train_file, task_name):
+    """A random model fills strings up to their cap (200 characters): without help, its
+    constrained answers are cut off by max_new_tokens. Near the end of the budget the decoder
+    switches to the closing path, so at every budget from the schema's shortest answer up,
+    every answer parses and stays within the budget; with room to spare nothing changes."""
+    from kgc.schema import Schema
+    from kgc.schema_splits import answer_schema, instructions
+
+    task = get(task_name)
+    schema = {
+        "NER": Schema.from_lists(types=["人物", "地点", "组织"]),
+        "RE": Schema.from_lists(roles=["出生地", "工作于"]),
+        "EE": Schema.from_lists(type_roles={"裁员": ["裁员方", "时间"]}),
+        "KG": Schema.from_lists(type_roles={"人物": ["出生地", "配偶"]}),
+    }[task_name]
+    texts = ["张三在北京工作，李四出生于上海。" * 3, "Alice met Bob in Paris.", "王五"]
+    splits = [instructions(task, "zh", schema, t, split_num=-1)[0] for t in texts]
+    prompts = [s.instruction for s in splits]
+    schemas = [answer_schema(task, s.schema, max_text_chars=200, max_list_items=64) for s in splits]
+    engine = HFEngine(str(tiny_llama), batch_size=3)
+    need = max(engine.min_answer_tokens(s) for s in schemas)
+    closed = 0
+    for budget in (need, need + 3, 40):
+        out = engine.generate(prompts, GenerationSettings(max_new_tokens=budget), schemas)
+        assert all(task.parse(o).errors == [] or "skipped" in str(task.parse(o).errors)
+                   for o in out), (budget, out)  # fmt: skip
+        assert all(isinstance(json.loads(o, strict=False), dict) for o in out), (budget, out)
+        lengths = [len(engine.tok(o, add_special_tokens=False)["input_ids"]) for o in out]
+        assert max(lengths) <= budget
+        closed += engine.last_stats["closed_early"]
+    if task_name != "EE":  # (its random answers close at once: `{"裁员": []}`)
+        assert closed > 0  # the random model's long answers needed it

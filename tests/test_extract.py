@@ -148,6 +148,53 @@ def test_udf_runs_without_a_cluster(tiny_llama, tmp_path):
     assert all(isinstance(r["output"], str) and r["model_id"] for r in written)
 
 
+@pytest.mark.parametrize("bits, layer", [(4, "Linear4bit"), (8, "Linear8bitLt")])
+def test_quantized_engine_in_the_extract_udf(bits, layer, tiny_llama, tmp_path):
+    """`engine.quantization`: the extract actor's engine holds bitsandbytes layers on CPU,
+    writes every row, and constrained answers parse (DeepKE's `--bits 4` inference)."""
+    import numpy as np
+
+    from kgc.extract import document_rows
+    from kgc.runtime.extract import ExtractUDF
+    from kgc.schema import read_schema
+    from kgc.shards import read_rows
+    from kgc.tasks import get
+
+    cfg = ex_cfg(
+        tmp_path,
+        tiny_llama,
+        corpus(tmp_path, 2),
+        f"engine.quantization.bits={bits}",
+        "generation.constrained=true",
+        "generation.max_text_chars=8",  # a random model's answers, bounded to fit the budget
+        "generation.max_list_items=2",
+        "generation.max_new_tokens=200",
+    )
+    schema = read_schema(cfg.schema_path)
+    rows = document_rows({"doc_id": "x", "text": TEXTS[0]}, cfg, schema, regex_offsets)
+    batch = {k: np.array([r[k] for r in rows], dtype=object) for k in rows[0]}
+    udf = ExtractUDF(cfg.model_dump(mode="json", by_alias=True), str(tmp_path / "out"))
+    assert {type(m).__name__ for m in udf.engine.model.modules()} >= {layer}
+    udf(batch)
+    written = read_rows(tmp_path / "out")
+    assert sorted(r["id"] for r in written) == sorted(r["id"] for r in rows)
+    assert all(get(cfg.task).parse(r["output"]).errors == [] for r in written), [
+        r["output"] for r in written
+    ]
+
+
+def test_quantization_is_for_the_hf_engine(tiny_llama, tmp_path):
+    with pytest.raises(KgcError, match="engine.quantization .bitsandbytes. is for engine.type=hf"):
+        ex_cfg(
+            tmp_path,
+            tiny_llama,
+            corpus(tmp_path, 1),
+            "engine.type=vllm",
+            "workers.gpus_per_actor=1",
+            "engine.quantization.bits=4",
+        )
+
+
 def _ids_once(out_dir: Path) -> Counter:
     from kgc.shards import read_rows
 

@@ -66,6 +66,44 @@ def test_chat_completions_match_the_engine(serve_app):
     pieces = [c.choices[0].delta.content for c in chunks if c.choices[0].delta.content]
     assert "".join(pieces) == with_adapter[0]
     assert len(pieces) > 2  # several pieces, not the whole answer at once
+    # usage: the prompt as the model read it, the answer re-tokenized
+    engine = HFEngine(serve_app["model"])
+    assert (got.usage.prompt_tokens, got.usage.completion_tokens) == engine.count_tokens(
+        prompt, got.choices[0].message.content
+    )
+    assert got.usage.total_tokens == got.usage.prompt_tokens + got.usage.completion_tokens
+    # /v1/completions: the raw text continued, no chat template
+    raw = "张三出生于北京。张三的出生地是"
+    done = api.completions.create(model="kgc", prompt=raw, max_tokens=12, temperature=0)
+    direct = engine.generate([{"raw": raw}], GenerationSettings(max_new_tokens=12))
+    assert done.choices[0].text == direct[0] and done.usage.prompt_tokens == len(engine.tok(raw)[
+        "input_ids"])  # fmt: skip
+
+
+def test_quantized_replica_usage_and_constrained_budgets(tiny_llama):
+    """A 4-bit replica (quantization: {bits: 4}, bitsandbytes on CPU) in this process: it
+    answers; a constrained request below its schema's shortest answer is a 422 naming the
+    minimum; at small budgets above it every constrained answer still closes and parses."""
+    from fastapi.testclient import TestClient
+
+    from serve.app import resolved_settings
+
+    settings = resolved_settings(
+        {"model": str(tiny_llama), "quantization": {"bits": 4}, "auth_disabled": True}
+    )
+    api = local_serve_api(settings)
+    texts = ["张三在北京工作。", "李四是上海人。"]
+    req = {"task": "NER", "schema": ["人物", "地点"], "texts": texts, "constrained": True}
+    with TestClient(api) as c:
+        r = c.post("/v1/extract", json={**req, "max_new_tokens": 3})
+        assert r.status_code == 422, r.text
+        need = int(r.json()["detail"].split("at least ")[1].split()[0])
+        assert need > 3
+        for budget in (need, need + 5, need + 20):
+            r = c.post("/v1/extract", json={**req, "max_new_tokens": budget})
+            assert r.status_code == 200, r.text
+            assert all(x["errors"] == [] for x in r.json()["results"]), (budget, r.text)
+            assert r.json()["usage"]["completion_tokens"] > 0
 
 
 def test_ptuning_model_is_served(tiny_llama, ptuning_adapter):

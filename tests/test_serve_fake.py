@@ -39,7 +39,10 @@ JSON_TYPES = {"object", "array", "string", "number", "integer", "boolean", "null
 
 
 def _text(prompt) -> str:
-    """A prompt's text: the prompt itself, or the last message of a conversation."""
+    """A prompt's text: the prompt itself, a raw prompt's text, or the last message of a
+    conversation."""
+    if isinstance(prompt, dict):
+        return prompt["raw"]
     return prompt if isinstance(prompt, str) else prompt[-1]["content"]
 
 
@@ -96,6 +99,10 @@ class FakeEngine:
             return [self.answer(p) for p in prompts]
         finally:
             self._busy.release()
+
+    def count_tokens(self, prompt, text):
+        """A character is a token here."""
+        return len(_text(prompt)), len(text)
 
     def compile_schema(self, schema):
         self.compiled.append(schema)
@@ -545,11 +552,11 @@ def test_a_failing_item_fails_alone_in_its_batch():
         (None, "d", 4, None),
     ]
     out = asyncio.run(_server(engine).run_batch(items))
-    assert out[0] == {"text": "答：a"} and out[3] == {"text": "答：c"}
+    texts = [r.get("text") for r in out]
+    assert texts[0] == "答：a" and texts[3] == "答：c" and texts[2] == "答：b"
     assert out[1]["status"] == 500 and "boom" in out[1]["error"]
-    assert out[2] == {"text": "答：b"}
     assert out[4] == {"error": "this prompt is refused", "status": 422}
-    assert out[5] == {"text": "答：d"}
+    assert out[5] == {"text": "答：d", "prompt_tokens": 1, "completion_tokens": 3}
     groups = [(c["adapter"], c["prompts"], c["max_new_tokens"]) for c in engine.calls]
     assert groups[0] == (None, ["a", "boom", "c"], 8)  # one call per group, then one by one
     assert groups[1:4] == [(None, ["a"], 8), (None, ["boom"], 8), (None, ["c"], 8)]
@@ -592,7 +599,7 @@ def test_a_cancelled_batch_leaves_engine_calls_serialized():
             await first
         return await server.run_batch([(None, "second", 8, None)])
 
-    assert asyncio.run(go()) == [{"text": "答：second"}]
+    assert [r["text"] for r in asyncio.run(go())] == ["答：second"]
     assert engine.prompts == ["first", "second"] and engine.overlaps == 0
 
 
@@ -698,3 +705,130 @@ def test_chat_stream_chunks_are_the_engines_pieces():
         bad = {"type": "object", "properties": {"x": {"type": "nonsense"}}}
         r = c.post(CHAT, json={**VALID, "stream": True, "response_format": _schema_format(bad)})
         assert r.status_code == 422 and "response schema" in r.json()["error"]["message"]
+
+
+# ------------------------------------------------- usage, /v1/completions, SPO schema items
+def test_usage_counts_and_finish_reason():
+    """`usage` adds up the engine's token counts (here one token per character): the chat
+    answer, every schema split of /v1/extract; an answer that fills the budget ends with
+    finish_reason "length"."""
+    pytest.importorskip("openai")
+    with _client() as c:
+        api = _openai(c)
+        got = api.chat.completions.create(
+            model="kgc", max_tokens=50, messages=[{"role": "user", "content": "你好"}]
+        )
+        assert (got.usage.prompt_tokens, got.usage.completion_tokens) == (2, 4)  # "答：你好"
+        assert got.usage.total_tokens == 6 and got.choices[0].finish_reason == "stop"
+        got = api.chat.completions.create(
+            model="kgc", max_tokens=4, messages=[{"role": "user", "content": "你好"}]
+        )
+        assert got.choices[0].finish_reason == "length"
+        body = {"task": "NER", "schema": ["人物", "地点"], "text": "张三在北京。", "split_num": 1}
+        r = c.post("/v1/extract", json=body)
+    assert r.status_code == 200, r.text
+    u = r.json()["usage"]
+    assert u["completion_tokens"] > 0 and u["prompt_tokens"] > 0
+    assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
+
+
+def test_completions_take_raw_prompts():
+    """/v1/completions with the official client: the prompt reaches the engine as raw text
+    (no chat template), a list gives one choice per prompt in order, `stop` cuts, usage is
+    counted, streaming gives the same text."""
+    pytest.importorskip("openai")
+    engine = FakeEngine()
+    oneke = "[INST] <<SYS>>\nYou are a helpful assistant. 你是一个乐于助人的助手。\n<</SYS>>\n\n{}[/INST]"
+    with _client(engine) as c:
+        api = _openai(c)
+        got = api.completions.create(model="kgc", prompt=oneke, max_tokens=100, temperature=0)
+        assert got.object == "text_completion" and got.id.startswith("cmpl-")
+        assert got.choices[0].text == "答：" + oneke and got.choices[0].finish_reason == "stop"
+        assert got.usage.prompt_tokens == len(oneke)
+        assert got.usage.completion_tokens == len(oneke) + 2
+        two = api.completions.create(model="kgc:ner", prompt=["甲", "乙乙"], max_tokens=100)
+        assert [(ch.index, ch.text) for ch in two.choices] == [(0, "答：甲"), (1, "答：乙乙")]
+        cut = api.completions.create(model="kgc", prompt="甲乙丙", stop="乙", max_tokens=100)
+        assert cut.choices[0].text == "答：甲"
+        chunks = list(api.completions.create(model="kgc", prompt="甲乙丙", stream=True))
+        assert "".join(ch.choices[0].text for ch in chunks) == "答：甲乙丙"
+    assert engine.calls[0]["prompts"] == [{"raw": oneke}]
+    listed = [c for c in engine.calls if c["adapter"] == "ner"]
+    assert sorted(_text(p) for c in listed for p in c["prompts"]) == ["乙乙", "甲"]
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"prompt": "x", "n": 2}, "n"),
+        ({"prompt": "x", "echo": True}, "echo"),
+        ({"prompt": "x", "logprobs": 2}, "logprobs"),
+        ({"prompt": "x", "suffix": "y"}, "suffix"),
+        ({"prompt": []}, "prompt"),
+        ({"prompt": ["a", ""]}, "prompt[1]"),
+        ({"prompt": 5}, "prompt"),
+        ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
+        ({"prompt": ["a", "b"], "stream": True}, "stream"),
+    ],
+)
+def test_completions_refuse_what_they_would_get_wrong(shared_client, body, field):
+    r = shared_client.post("/v1/completions", json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["field"] == field
+
+
+def test_completions_limits():
+    with _client() as c:
+        r = c.post("/v1/completions", json={"prompt": "x" * 2001})
+        assert r.status_code == 413 and r.json()["error"]["field"] == "prompt"
+        r = c.post("/v1/completions", json={"prompt": ["x"] * 65})
+        assert r.status_code == 413 and "at most 64" in r.text
+
+
+def test_spo_schema_items_as_objects():
+    """An SPO schema item may be IEPile's object form; it builds the same instructions as
+    the joined label. A malformed object is a 422 naming the item."""
+    engine = FakeEngine()
+    text = "张三出生于北京。"
+    obj = {"subject_type": "人物", "predicate": "出生地", "object_type": "地点"}
+    with _client(engine) as c:
+        a = c.post("/v1/extract", json={"task": "SPO", "schema": [obj], "text": text})
+        b = c.post(
+            "/v1/extract", json={"task": "SPO", "schema": ["人物_出生地_地点"], "text": text}
+        )
+        assert a.status_code == b.status_code == 200, a.text
+        bad = [
+            (
+                {"task": "SPO", "schema": [{"subject_type": "人物", "predicate": "x"}]},
+                "object_type",
+            ),
+            ({"task": "SPO", "schema": [{**obj, "object_type": "城_市"}]}, "schema[0]"),
+            ({"task": "NER", "schema": ["人物", obj]}, "schema[1]"),
+        ]
+        for body, needle in bad:
+            r = c.post("/v1/extract", json={**body, "text": text})
+            assert r.status_code == 422 and needle in r.text, r.text
+    first, second = engine.calls
+    assert first["prompts"] == second["prompts"]
+    assert '"subject_type": "人物"' in first["prompts"][0]
+
+
+def test_constrained_budget_below_the_shortest_answer_is_422():
+    """A constrained request whose token budget cannot hold even the shortest answer of its
+    schema is refused before it reaches a batch, naming the minimum."""
+
+    class Measured(FakeEngine):
+        def min_answer_tokens(self, schema):
+            return 12
+
+    engine = Measured(answer=_labels_answer)
+    body = {"task": "NER", "schema": ["人物"], "text": "张三在北京。", "constrained": True}
+    with _client(engine) as c:
+        r = c.post("/v1/extract", json={**body, "max_new_tokens": 11})
+        assert r.status_code == 422 and "at least 12" in r.text, r.text
+        r = c.post("/v1/extract", json={**body, "max_new_tokens": 12})
+        assert r.status_code == 200, r.text
+        fmt = _schema_format({"type": "object"})
+        r = c.post(CHAT, json={**VALID, "max_tokens": 3, "response_format": fmt})
+        assert r.status_code == 422 and "at least 12" in r.text
+    assert len(engine.calls) == 1

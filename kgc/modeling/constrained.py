@@ -5,7 +5,9 @@ shape with exactly the keys of the instruction's schema chunk). The schema is co
 per (tokenizer, schema) into a grammar; during decoding a logits processor masks every token
 the grammar does not allow at that point, so the answer is always a prefix of a valid JSON
 document of that shape. It ends with the end-of-turn token as soon as the document is
-complete; only `max_new_tokens` can still cut it short.
+complete. Near the end of `max_new_tokens` the continuous decoder closes the answer in the
+tokens left (`Closer`), so a budget cuts no answer short (the static `generate` path, used
+for beam search and prompt-learning adapters, can still cut one).
 
 xgrammar is an optional extra (`pip install 'kgc[constrained]'`); it is imported only when a
 constraint is asked for.
@@ -127,3 +129,112 @@ class GrammarLogitsProcessor:
         from transformers import LogitsProcessorList
 
         return LogitsProcessorList([proc]) if proc is not None else None
+
+
+# single-token texts the closer tries, in order: inside a string, what closes it (and more);
+# outside, closing brackets first (the answer ends soonest), then the shortest complete
+# values, then openers; characters last (a string's minimum length)
+IN_STRING = ('"]}', '"}]', '"]', '"}', '"', "a", "x", "0", " ")
+OUTSIDE = (
+    "]}]", "]}", "}]", "}}", "]]", "]", "}", '""', "[]", "{}", "0", "null", "false", "true",
+    '"', "[", "{", ",", ":", " ",
+)  # fmt: skip
+
+
+def string_state(text: str, inside: bool = False, escaped: bool = False) -> tuple[bool, bool]:
+    """(inside a JSON string, after a backslash) at the end of `text`, from that state at
+    its start."""
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif inside and ch == "\\":
+            escaped = True
+        elif ch == '"':
+            inside = not inside
+    return inside, escaped
+
+
+class Closer:
+    """The shortest way this tokenizer's tokens can finish a constrained answer: from a
+    grammar state, the text the grammar forces, else the first allowed token of `IN_STRING`
+    or `OUTSIDE` (whichever the answer's text so far is in), until the grammar accepts an
+    end-of-turn token.
+
+    With it a budget always closes the answer (`kgc.modeling.continuous`: near the end of
+    `max_new_tokens`, a model token after which the answer could no longer close in the
+    tokens left is replaced by this closing path), and Serve refuses a budget smaller than
+    the shortest answer of a request's schema (`min_tokens`) with a 422. A grammar whose
+    strings need characters none of those lists gives (an enum of names, a pattern) may
+    have no closing path: `path` is then None and nothing is forced."""
+
+    def __init__(self, tokenizer, vocab_size: int, stop_ids: Sequence[int]):
+        self.vocab_size = vocab_size
+        self.stop_ids = [s for s in stop_ids if s is not None and s < vocab_size]
+        self.tok = tokenizer
+        self.encode = lambda t: tokenizer(t, add_special_tokens=False)["input_ids"]
+        self.prefs = {True: self._single(IN_STRING), False: self._single(OUTSIDE)}
+        self._xgr = _xgrammar()
+
+    def _single(self, texts) -> list[int]:
+        out: list[int] = []
+        for text in texts:
+            ids = self.encode(text)
+            if len(ids) == 1 and ids[0] < self.vocab_size and ids[0] not in out:
+                out.append(ids[0])
+        return out
+
+    def path(
+        self, matcher, so_far: Sequence[int] = (), first: int | None = None, limit: int = 96
+    ) -> list[int] | None:
+        """Tokens (end-of-turn not included) that complete the answer from `matcher`'s state
+        (`so_far`: the answer's tokens up to it), after `first` if given; None if `first` is
+        not allowed or no path of at most `limit` tokens is found. The matcher itself is
+        not changed (a fork is walked)."""
+        import numpy as np
+
+        xgr = self._xgr
+        fork = matcher.fork()
+        head = list(so_far) + ([first] if first is not None else [])
+        state = string_state(self.tok.decode(head)) if head else (False, False)
+        if first is not None and not fork.accept_token(first):
+            return None
+        out: list[int] = []
+        bitmask = xgr.allocate_token_bitmask(1, self.vocab_size)
+        while len(out) <= limit:
+            if fork.is_terminated():
+                return out
+            try:
+                forced = fork.find_jump_forward_string()
+            except UnicodeDecodeError:
+                forced = ""
+            took = []
+            for tok in self.encode(forced) if forced else ():
+                if not fork.accept_token(tok):
+                    break
+                took.append(tok)
+            if not took:
+                xgr.reset_token_bitmask(bitmask)
+                fork.fill_next_token_bitmask(bitmask, 0)
+                words = bitmask[0].numpy()
+
+                def allowed(t: int, words=words) -> bool:
+                    return bool((int(words[t >> 5]) >> (t & 31)) & 1)
+
+                if any(allowed(s) for s in self.stop_ids):
+                    return out
+                nxt = next((t for t in self.prefs[state[0]] if allowed(t)), None)
+                if nxt is None:  # e.g. the rest of a character split across tokens
+                    ids = np.flatnonzero(np.unpackbits(words.view(np.uint8), bitorder="little"))
+                    nxt = int(ids[0]) if len(ids) else None
+                if nxt is None or not fork.accept_token(nxt):
+                    return None
+                took = [nxt]
+            out += took
+            state = string_state(self.tok.decode(took), *state)
+        return None
+
+    def min_tokens(self, grammar) -> int | None:
+        """Tokens of the shortest answer (as the closer writes it) plus the end-of-turn
+        token; None when no closing path is found."""
+        p = self.path(self._xgr.GrammarMatcher(grammar))
+        return None if p is None else len(p) + 1

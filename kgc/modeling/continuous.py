@@ -78,6 +78,7 @@ class _Row:
     pending: list[int] = field(default_factory=list)  # to feed next
     drafts: int = 0  # how many of `pending` (its tail) are forced tokens not yet verified
     prev: object = None  # logits after the last fed token, when `pending` is not empty
+    close_len: int = 64  # tokens its answer needed to close when last measured (a guess first)
 
 
 class ContinuousDecoder:
@@ -106,6 +107,7 @@ class ContinuousDecoder:
         jump_forward: bool = False,
         encode_text: Callable[[str], list[int]] | None = None,
         step_overhead_tokens: int = 48,
+        closer=None,
     ):
         self.model = model
         self.eos = set(eos_ids)
@@ -116,6 +118,10 @@ class ContinuousDecoder:
         self.jump = jump_forward and encode_text is not None
         self.encode_text = encode_text
         self.overhead = max(0, step_overhead_tokens)
+        # constrained rows near the end of their budget: a token after which the answer can
+        # no longer close in the tokens left is replaced by the closing path
+        # (kgc.modeling.constrained.Closer), so answers always parse
+        self.closer = closer
         self.cache_kw = cache_keyword(model)
         self.trace: list | None = None  # a list: rejected drafts are recorded (diagnostics)
         self.stats = {
@@ -127,6 +133,7 @@ class ContinuousDecoder:
             "forced_tokens": 0,
             "forced_rejected": 0,
             "padded_tokens": 0,
+            "closed_early": 0,
         }
 
     def _forward(self, ids, mask, positions, kv, keep: int = 1):
@@ -405,6 +412,8 @@ class _Ctx:
             if row.matcher is not None and not row.matcher.is_terminated():
                 row.matcher.accept_token(tok)
             return
+        if self._close_instead(row, tok):
+            return
         self.accept(row, tok)
         room = self.budget - len(row.tokens)
         if room <= 0 or (self.stop and _only_stop(row, self.stop, self.vocab)):
@@ -414,6 +423,29 @@ class _Ctx:
             drafts = self.dec._drafts(row, room)
             row.pending += drafts
             row.drafts = len(drafts)
+
+    def _close_instead(self, row: _Row, tok: int) -> bool:
+        """Near the end of the budget: if the answer could not close after `tok` in the
+        tokens left, end it now with the closing path instead (True). Checked while the
+        tokens left are within a margin of what closing last needed, so a token that
+        lengthens the closing by up to the margin is still caught in time."""
+        closer, m = self.dec.closer, row.matcher
+        room = self.budget - len(row.tokens)
+        if closer is None or m is None or m.is_terminated() or room > row.close_len + 32:
+            return False
+        after = closer.path(m, row.tokens, first=tok)
+        if after is None:
+            return False  # no closing path known (e.g. a string from a fixed list)
+        row.close_len = len(after) + 1
+        if len(after) + 1 <= room:
+            return False
+        now = closer.path(m, row.tokens)
+        if now is None or len(now) > room:
+            return False
+        for t in now:
+            self.accept(row, t)
+        self.dec.stats["closed_early"] += 1
+        return True
 
 
 def _only_stop(row: _Row, stop: set, vocab: int) -> bool:

@@ -36,6 +36,7 @@ def build_engine(
             prefix_cache=e.prefix_cache,
             continuous=e.continuous,
             trust_remote_code=e.trust_remote_code,
+            quantization=e.quantization,
         )
         if max_loaded_adapters is not None:
             engine.max_loaded = max_loaded_adapters

@@ -14,8 +14,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from kgc.checkpoint import resolve_checkpoint, trained_weights
-from kgc.config import ModelConfig
-from kgc.engine import GenerationSettings, Prompt, StopCutter, as_messages, cut_at_stop
+from kgc.config import ModelConfig, QuantConfig
+from kgc.engine import (
+    GenerationSettings,
+    Prompt,
+    StopCutter,
+    as_messages,
+    cut_at_stop,
+    raw_text,
+)
 from kgc.errors import KgcError
 from kgc.modeling.continuous import (  # noqa: F401  (shared_prefix_len: tests)
     ContinuousDecoder,
@@ -34,12 +41,14 @@ def resolve_engine_model(
     chat: ChatFormat | None = None,
     *,
     trust_remote_code: bool | None = None,
+    quantization: QuantConfig | None = None,
 ) -> tuple[ModelConfig, str | None, ChatFormat | None]:
     """What an engine loads: a model (config or path) + adapter, or a kgc checkpoint's base
     model, adapter and chat format (an explicit `chat` wins).
 
     `trust_remote_code`: the caller's decision; None = the caller's own ModelConfig's value
-    (False for a path). A checkpoint's saved config never decides it."""
+    (False for a path). A checkpoint's saved config never decides it. `quantization`: load
+    the weights in 4/8 bits (bitsandbytes), whatever the model config says."""
     if trust_remote_code is None:
         trust_remote_code = isinstance(model, ModelConfig) and model.trust_remote_code
     if checkpoint:
@@ -52,6 +61,8 @@ def resolve_engine_model(
     cfg = ModelConfig(path=model) if isinstance(model, str) else model
     if cfg.trust_remote_code != trust_remote_code:
         cfg = cfg.model_copy(update={"trust_remote_code": trust_remote_code})
+    if quantization is not None:
+        cfg = cfg.model_copy(update={"quantization": quantization})
     return cfg, adapter, chat
 
 
@@ -75,6 +86,9 @@ class PromptEncoder:
         self.eos_ids = sorted(i for i in eos if i is not None)
 
     def encode(self, prompt: Prompt) -> list[int]:
+        raw = raw_text(prompt)
+        if raw is not None:  # as the tokenizer reads plain text (its BOS, if it adds one)
+            return self.tok(raw)["input_ids"]
         if isinstance(prompt, str):
             return self.fmt.prompt_ids(prompt)
         msgs = as_messages(prompt)
@@ -160,24 +174,37 @@ class HFEngine:
         prefix_cache: bool = True,
         continuous: bool = True,
         trust_remote_code: bool | None = None,
+        quantization: QuantConfig | None = None,
     ):
         """`trust_remote_code`: run the model folder's own Python code (the operator's
         decision; None = `model.trust_remote_code` of a ModelConfig, else False). A
-        checkpoint's saved config cannot turn it on."""
+        checkpoint's saved config cannot turn it on. `quantization`: 4/8-bit weights
+        (bitsandbytes) for a plain model or a LoRA checkpoint's base."""
         import torch
 
         cfg, adapter, chat = resolve_engine_model(
-            model, adapter, checkpoint, chat, trust_remote_code=trust_remote_code
+            model,
+            adapter,
+            checkpoint,
+            chat,
+            trust_remote_code=trust_remote_code,
+            quantization=quantization,
         )
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.prompts = PromptEncoder(cfg, chat)
         self.tok, self.chat, self.fmt = self.prompts.tok, self.prompts.chat, self.prompts.fmt
         self.eos_ids = self.prompts.eos_ids
         self.encode = self.prompts.encode
+        weights = trained_weights(checkpoint)
+        if weights is not None and cfg.quantization is not None:
+            raise KgcError(
+                f"engine.quantization: checkpoint {checkpoint} holds fully fine-tuned weights "
+                "(method full/freeze), which load only into full-precision layers; remove "
+                "engine.quantization, or export the checkpoint (kgc export) and quantize that"
+            )
         net = load_model(
             cfg, for_training=False, device_map={"": self.device} if cfg.quantization else None
         )
-        weights = trained_weights(checkpoint)
         if weights is not None:  # full / freeze fine-tuning
             load_trainable(net, weights)
         self.prompt_learning = False
@@ -204,6 +231,7 @@ class HFEngine:
         self.step_overhead_tokens = 48 if self.device == "cpu" else 512
         self.last_stats: dict = {}
         self._grammar_cache = None  # compiled output grammars (constrained decoding)
+        self._closer_obj = None  # constrained answers close within max_new_tokens
         self.model_id = f"{cfg.path}" + (f"+{adapter}" if adapter else "")
 
     def use_adapter(self, name: str | None, path: str | None = None):
@@ -268,6 +296,7 @@ class HFEngine:
                 jump_forward=config.jump_forward,
                 encode_text=lambda t: self.tok(t, add_special_tokens=False)["input_ids"],
                 step_overhead_tokens=self.step_overhead_tokens,
+                closer=self._closer if any(g is not None for g in grammars) else None,
             )
             ids = decoder.run(encoded, config, grammars, deltas.push if deltas else None)
             self.last_stats = dict(decoder.stats)
@@ -297,6 +326,25 @@ class HFEngine:
             vocab = self.model.get_input_embeddings().weight.shape[0]
             self._grammar_cache = GrammarCache(self.tok, vocab, self.eos_ids)
         return self._grammar_cache.get(schema)
+
+    @property
+    def _closer(self):
+        """How constrained answers close within their budget (built with the first grammar)."""
+        if self._closer_obj is None:
+            from kgc.modeling.constrained import Closer
+
+            self._closer_obj = Closer(self.tok, self._grammar_cache.vocab_size, self.eos_ids)
+        return self._closer_obj
+
+    def count_tokens(self, prompt: Prompt, text: str) -> tuple[int, int]:
+        """(prompt tokens as fed to the model, tokens of the answer's text) for usage."""
+        return len(self.encode(prompt)), len(self.tok(text, add_special_tokens=False)["input_ids"])
+
+    def min_answer_tokens(self, schema: dict) -> int | None:
+        """max_new_tokens the shortest answer of `schema` needs (end-of-turn included), or
+        None if unknown. Serve refuses a constrained request with a smaller budget."""
+        grammar = self.compile_schema(schema)
+        return self._closer.min_tokens(grammar)
 
     def _grammars(self, schemas: Sequence[dict | None], config: GenerationSettings) -> list:
         if config.num_beams > 1:

@@ -117,6 +117,7 @@ def quantization_config(cfg: ModelConfig):
     from transformers import BitsAndBytesConfig
 
     if q.bits == 8:
+        _warn_cast_once()
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(
         load_in_4bit=True,
@@ -124,6 +125,26 @@ def quantization_config(cfg: ModelConfig):
         bnb_4bit_use_double_quant=q.double_quant,
         bnb_4bit_compute_dtype=torch_dtype(q.compute_dtype),
     )
+
+
+def _warn_cast_once() -> None:
+    """bitsandbytes logs "inputs will be cast … to float16" on every 8-bit matmul of a float32
+    model (each forward, each layer): let the first through, drop the repeats."""
+    import logging
+
+    log = logging.getLogger("bitsandbytes.autograd._functions")
+    if any(getattr(f, "kgc_once", False) for f in log.filters):
+        return
+    seen: set[str] = set()
+
+    def once(record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        first = msg not in seen
+        seen.add(msg)
+        return first
+
+    once.kgc_once = True  # type: ignore[attr-defined]
+    log.addFilter(once)
 
 
 def load_model(cfg: ModelConfig, *, device_map: Any = None, for_training: bool = True):

@@ -123,3 +123,10 @@ class VLLMEngine:
         outs = self.llm.generate(inputs, params, lora_request=self.lora, use_tqdm=False)
         stops = config.stop + tuple(self.prompts.fmt.stop_strings())
         return [cut_at_stop(o.outputs[0].text, stops) for o in outs]
+
+    def count_tokens(self, prompt: Prompt, text: str) -> tuple[int, int]:
+        """(prompt tokens as fed to the model, tokens of the answer's text) for usage."""
+        tok = self.prompts.tok
+        return len(self.prompts.encode(prompt)), len(
+            tok(text, add_special_tokens=False)["input_ids"]
+        )
