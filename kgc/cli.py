@@ -88,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
         help='cluster mode: JSON {"label": ["hard negative", ...]}',
     )
     c.add_argument(
+        "--schema-info",
+        metavar="FILE",
+        help='OneKE\'s described / example instructions: JSON {"descriptions": {label: '
+        'text, or {"description": text, "roles": {role: text}}}, "examples": '
+        '[{"input": text, "output": {...}}]} (docs/deepke.md)',
+    )
+    c.add_argument(
         "--source",
         help="value of the `source` field (default: the record's own "
         "`source`, else the input's folder name)",
@@ -268,6 +275,7 @@ def _cmd_convert(args) -> int:
         opts=opts,
         source=args.source,
         hard_negatives=args.hard_negatives,
+        schema_info=args.schema_info,
     )
     print(f"kgc convert: {stats.summary()}; wrote {args.output}", file=sys.stderr)
     return 0

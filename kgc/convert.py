@@ -48,6 +48,120 @@ class ConvertStats:
         return "; ".join(parts)
 
 
+@dataclass(frozen=True)
+class SchemaInfo:
+    """OneKE's instruction forms (`kgc convert --schema-info FILE`): label descriptions
+    (label → text, or {"description": text, "roles": {role: text}} for EE and KG types) and
+    worked examples ([{"input": text, "output": {...}}], with the instruction's suffix)."""
+
+    descriptions: dict[str, Any] = field(default_factory=dict)
+    examples: list[dict] = field(default_factory=list)
+
+
+def _labels(task: Task, schema: Schema) -> tuple[list[str], dict[str, tuple[str, ...]]]:
+    """The labels a description may name, and each type's roles (EE, KG)."""
+    if task.name in ("EE", "EEA", "KG"):
+        return list(schema.type_roles), dict(schema.type_roles)
+    if task.name == "RE":
+        return list(schema.roles), {}
+    return list(schema.types), {}
+
+
+def read_schema_info(path: str | os.PathLike, task: Task, schema: Schema) -> SchemaInfo:
+    """Read and check a --schema-info file; every problem is reported with its field."""
+    p = check_readable(path, "schema-info file")
+    where = str(p)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise KgcError(Problem(f"not valid JSON ({exc.msg}, line {exc.lineno})", where)) from None
+    shape = (
+        'a JSON object {"descriptions": {label: text}, "examples": [{"input": text, '
+        '"output": {...}}]} (either key may be left out)'
+    )
+    if not isinstance(data, dict) or not data:
+        raise KgcError(Problem(f"must be {shape}", where))
+    problems = [
+        Problem(f"unknown key {k!r}; the file takes 'descriptions' and 'examples'", where)
+        for k in data
+        if k not in ("descriptions", "examples")
+    ]
+    labels, roles = _labels(task, schema)
+    desc = data.get("descriptions", {})
+    if not isinstance(desc, dict):
+        problems.append(Problem("'descriptions' must be an object {label: text}", where))
+        desc = {}
+    for label, d in desc.items():
+        field_ = f"descriptions.{label}"
+        if label not in labels:
+            problems.append(
+                Problem(
+                    f"{field_}: {label!r} is not a label of the schema "
+                    f"({', '.join(labels[:8])}{', …' if len(labels) > 8 else ''})",
+                    where,
+                )
+            )
+        elif isinstance(d, dict) and task.name in ("EE", "KG"):
+            extra = sorted(set(d) - {"description", "roles"})
+            if extra or not isinstance(d.get("description", ""), str):
+                problems.append(
+                    Problem(
+                        f"{field_}: takes 'description' (text) and 'roles' ({{role: text}})"
+                        + (f"; unknown {extra}" if extra else ""),
+                        where,
+                    )
+                )
+            given = d.get("roles", {})
+            if not isinstance(given, dict) or not all(isinstance(v, str) for v in given.values()):
+                problems.append(Problem(f"{field_}.roles: must be an object {{role: text}}", where))
+            else:
+                bad = sorted(set(given) - set(roles.get(label, ())))
+                if bad:
+                    problems.append(
+                        Problem(
+                            f"{field_}.roles: {bad} are not roles of {label!r} in the schema "
+                            f"({', '.join(roles.get(label, ()))})",
+                            where,
+                        )
+                    )
+        elif not isinstance(d, str) or not d.strip():
+            problems.append(Problem(f"{field_}: must be a non-empty text", where))
+    if desc:
+        from kgc.instructions import DESCRIBED_TASKS
+
+        if task.name not in DESCRIBED_TASKS:
+            problems.append(
+                Problem(
+                    f"'descriptions': OneKE documents described schemas for "
+                    f"{', '.join(DESCRIBED_TASKS)}, not {task.name}; remove 'descriptions'",
+                    where,
+                )
+            )
+    examples = data.get("examples", [])
+    if not isinstance(examples, list):
+        problems.append(Problem("'examples' must be a list of {input, output} objects", where))
+        examples = []
+    for i, ex in enumerate(examples):
+        ok = (
+            isinstance(ex, dict)
+            and set(ex) == {"input", "output"}
+            and isinstance(ex["input"], str)
+            and ex["input"].strip()
+            and isinstance(ex["output"], dict)
+        )
+        if not ok:
+            problems.append(
+                Problem(
+                    f'examples[{i}]: must be {{"input": non-empty text, "output": '
+                    "{an answer object}}",
+                    where,
+                )
+            )
+    if problems:
+        raise KgcError(problems)
+    return SchemaInfo(dict(desc), list(examples))
+
+
 def convert_record(
     task: Task,
     rec: Any,
@@ -59,6 +173,7 @@ def convert_record(
     opts: SamplingOptions,
     source: str | None,
     default_source: str = "",
+    info: SchemaInfo | None = None,
 ) -> tuple[list[dict], list[str], str | None]:
     """One raw record → (instruction records, problems, reason it produced none)."""
     if not isinstance(rec, dict):
@@ -98,7 +213,7 @@ def convert_record(
         return [], [], f"no {key} annotations for {task.name}"
     out = []
     for chunk in chunks:
-        instruction = task.instruction(language, chunk, text)
+        instruction = task.instruction(language, chunk, text, info)
         if split == "train":
             target = task.target(prepared, chunk, text)
             out.append(
@@ -133,6 +248,7 @@ def convert_rows(
     source: str | None = None,
     default_source: str = "",
     path: str = "<input>",
+    info: SchemaInfo | None = None,
 ) -> tuple[list[dict], ConvertStats, list[Problem]]:
     stats = ConvertStats()
     problems: list[Problem] = []
@@ -149,6 +265,7 @@ def convert_rows(
             opts=opts,
             source=source,
             default_source=default_source,
+            info=info,
         )
         problems.extend(Problem(p, path, lineno) for p in probs)
         if skipped:
@@ -200,6 +317,7 @@ def convert_file(
     opts: SamplingOptions | None = None,
     source: str | None = None,
     hard_negatives: str | os.PathLike | None = None,
+    schema_info: str | os.PathLike | None = None,
 ) -> ConvertStats:
     """Convert a file; on any problem nothing is written and every problem is raised."""
     task = get_task(task_name)
@@ -221,6 +339,7 @@ def convert_file(
     if hard_negatives is not None:
         hn = read_hard_negatives(hard_negatives, task, schema)
         opts = SamplingOptions(**{**opts.__dict__, "hard_negatives": hn})
+    info = read_schema_info(schema_info, task, schema) if schema_info is not None else None
     problems: list[Problem] = []
     rows = list(read_jsonl(input_path, problems))
     out, stats, rec_problems = convert_rows(
@@ -233,6 +352,7 @@ def convert_file(
         source=source,
         default_source=Path(input_path).resolve().parent.name,
         path=str(input_path),
+        info=info,
     )
     problems.extend(rec_problems)
     if problems:

@@ -102,9 +102,76 @@ def task_of(inst: dict) -> str | None:
     return tasks.pop() if len(tasks) == 1 else None
 
 
-def build_instruction(task: str, language: str, schema: list[Any], text: str) -> str:
-    """The `instruction` field of an IEPile record: a JSON string with keys in IEPile's order."""
+# OneKE's example instructions end their instruction text with this (OneKE.md documents the
+# Chinese sentence; the English one is kgc's translation)
+EXAMPLE_SUFFIX = {
+    "zh": "你可以参考example进行抽取。",
+    "en": " You can refer to the example for extraction.",
+}
+# OneKE documents described schemas ({label: description}) for these tasks
+DESCRIBED_TASKS = ("NER", "RE", "EET", "EE", "KG")
+
+
+def build_instruction(
+    task: str,
+    language: str,
+    schema: list[Any] | dict[str, Any],
+    text: str,
+    examples: list[dict] | None = None,
+) -> str:
+    """The `instruction` field of an IEPile record: a JSON string with keys in IEPile's order
+    (OneKE's example form: `example` before `input`, and the suffix after the instruction)."""
+    head = instruction_text(task, language)
+    if not examples:
+        return json.dumps(
+            {"instruction": head, "schema": schema, "input": text}, ensure_ascii=False
+        )
     return json.dumps(
-        {"instruction": instruction_text(task, language), "schema": schema, "input": text},
+        {
+            "instruction": head + EXAMPLE_SUFFIX[language],
+            "schema": schema,
+            "example": examples,
+            "input": text,
+        },
         ensure_ascii=False,
+    )
+
+
+def described_schema(task: str, chunk: list[Any], descriptions: dict[str, Any]) -> Any:
+    """A schema chunk in OneKE's described form (OneKE.md "定制化schema解释指令"): NER, RE,
+    EET {label: description}; EE {type: {type: description, "trigger": true, "arguments":
+    {role: description}}}; KG [{"entity_type": type, "attributes": {attribute:
+    description}}]. A label without a description is described by its own name."""
+
+    def text_of(label: str) -> str:
+        d = descriptions.get(label, label)
+        return d.get("description", label) if isinstance(d, dict) else d
+
+    def roles_of(label: str, roles: list[str]) -> dict[str, str]:
+        d = descriptions.get(label)
+        given = d.get("roles", {}) if isinstance(d, dict) else {}
+        return {r: given.get(r, r) for r in roles}
+
+    if task in ("NER", "RE", "EET"):
+        return {label: text_of(label) for label in chunk}
+    if task == "EE":
+        return {
+            el["event_type"]: {
+                el["event_type"]: text_of(el["event_type"]),
+                "trigger": True,
+                "arguments": roles_of(el["event_type"], el["arguments"]),
+            }
+            for el in chunk
+        }
+    if task == "KG":
+        return [
+            {
+                "entity_type": el["entity_type"],
+                "attributes": roles_of(el["entity_type"], el["attributes"]),
+            }
+            for el in chunk
+        ]
+    raise KgcError(
+        f"--schema-info descriptions: OneKE documents described schemas for "
+        f"{', '.join(DESCRIBED_TASKS)}, not {task}; remove 'descriptions' (examples still work)"
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -189,3 +190,146 @@ def test_eea_record_without_events_is_counted(tmp_path):
     stats = convert_file("EEA", src, IEPILE / "EEA" / "schema.json", tmp_path / "o", split="train")
     assert stats.records_out == 0
     assert "no event annotations" in stats.summary()
+
+
+# ------------------------------------------------ OneKE described and example instructions
+def _oneke(tmp_path, task, records, types=(), roles=(), type_roles=None, info=None, **kw):
+    """Convert `records` with a 3-line schema and a --schema-info file; the instructions."""
+    schema = tmp_path / f"{task}.schema"
+    schema.write_text(
+        "\n".join(json.dumps(x, ensure_ascii=False) for x in (list(types), list(roles),
+                                                               type_roles or {})) + "\n"
+    )  # fmt: skip
+    info_path = tmp_path / f"{task}.info.json"
+    info_path.write_text(json.dumps(info, ensure_ascii=False))
+    out = tmp_path / f"{task}.out.jsonl"
+    convert_file(
+        task,
+        write_jsonl(tmp_path / f"{task}.raw.jsonl", records),
+        schema,
+        out,
+        split=kw.pop("split", "test"),
+        opts=SamplingOptions(split_num=-1, **kw),
+        schema_info=info_path,
+    )
+    return [json.loads(r["instruction"]) for r in read_jsonl(out)]
+
+
+NER_ZH = (
+    "你是专门进行实体抽取的专家。请从input中抽取出符合schema定义的实体，不存在的实体类型返回空列表。"
+    "请按照JSON字符串的格式回答。"
+)
+
+
+def test_oneke_described_ner_schema(tmp_path):
+    """OneKE.md's described NER instruction: the schema is {label: description}, in one
+    instruction, the instruction text and key order unchanged."""
+    text = "我很难想象在另外一个项目再做一个海渔广场，当时我们拿到这个项目的时候，我正好在三亚，"
+    desc = {
+        "景点": "景点实体类型包括建筑物、博物馆、纪念馆、美术馆、河流、山峰等。",
+        "电影": "电影实体包括中文或英文电影名称，有时也包括电影人物角色名。",
+    }
+    (inst,) = _oneke(tmp_path, "NER", [{"text": text}], types=["电影", "景点"],
+                     info={"descriptions": desc})  # fmt: skip
+    assert list(inst) == ["instruction", "schema", "input"]
+    assert inst == {"instruction": NER_ZH, "schema": {"景点": desc["景点"], "电影": desc["电影"]},
+                    "input": text}  # fmt: skip
+
+
+def test_oneke_described_ee_and_kg_schemas(tmp_path):
+    """EE: {type: {type: description, "trigger": true, "arguments": {role: description}}};
+    KG: [{"entity_type", "attributes": {attribute: description}}]; an undescribed role or
+    attribute is described by its name (as OneKE's own example does: "民族": "民族")."""
+    (ee,) = _oneke(
+        tmp_path,
+        "EE",
+        [{"text": "蔚来位于美国硅谷的分公司已裁减100名员工。"}],
+        type_roles={"组织关系-裁员": ["裁员方", "被裁员方"]},
+        info={"descriptions": {"组织关系-裁员": {
+            "description": "合同被取消或终止的情况。",
+            "roles": {"裁员方": "发起裁员的一方。"},
+        }}},
+    )  # fmt: skip
+    assert ee["schema"] == {
+        "组织关系-裁员": {
+            "组织关系-裁员": "合同被取消或终止的情况。",
+            "trigger": True,
+            "arguments": {"裁员方": "发起裁员的一方。", "被裁员方": "被裁员方"},
+        }
+    }
+    (kg,) = _oneke(
+        tmp_path,
+        "KG",
+        [{"text": "周杰伦，1979年1月18日出生于台湾省新北市。"}],
+        type_roles={"人物": ["出生日期", "出生地点"]},
+        info={"descriptions": {"人物": {"roles": {"出生日期": "生日、出生年月日"}}}},
+    )
+    assert kg["schema"] == [
+        {
+            "entity_type": "人物",
+            "attributes": {"出生地点": "出生地点", "出生日期": "生日、出生年月日"},
+        }
+    ]
+
+
+def test_oneke_example_instruction(tmp_path):
+    """OneKE.md's example instruction: the suffix after the instruction text, `example`
+    between `schema` and `input`, the schema list as usual; train records keep their output."""
+    examples = [
+        {"input": "DPP-4抑制剂在特殊人群中的应用", "output": {"检查指标": []}},
+        {"input": "肾小球滤过率下降：eGFR≤60", "output": {"检查指标": ["肾小球滤过率", "eGFR"]}},
+    ]
+    text = "丙氨酸氨基转移酶(ALT)>3倍参考值上限可作为肝损害的指标。"
+    rec = {"text": text, "entity": [{"entity": "ALT", "entity_type": "检查指标"}]}
+    (inst,) = _oneke(tmp_path, "NER", [rec], types=["检查指标"], info={"examples": examples},
+                     split="train")  # fmt: skip
+    assert list(inst) == ["instruction", "schema", "example", "input"]
+    assert inst["instruction"] == (
+        "你是专门进行实体抽取的专家。请从input中抽取出符合schema定义的实体，不存在的实体类型返回空列表。"
+        "请按照JSON字符串的格式回答。你可以参考example进行抽取。"
+    )  # OneKE.md's bytes
+    assert inst["schema"] == ["检查指标"] and inst["example"] == examples
+    out = read_jsonl(tmp_path / "NER.out.jsonl")
+    assert json.loads(out[0]["output"]) == {"检查指标": ["ALT"]}
+
+
+@pytest.mark.parametrize(
+    "info, needle",
+    [
+        ({"descriptions": {"未知": "x"}}, "descriptions.未知: '未知' is not a label"),
+        ({"describe": {}}, "unknown key 'describe'"),
+        ({"descriptions": {"人物": ""}}, "descriptions.人物: must be a non-empty text"),
+        ({"examples": [{"input": "x"}]}, "examples[0]: must be"),
+        ({"examples": {"input": "x"}}, "'examples' must be a list"),
+        ([], "must be a JSON object"),
+    ],
+)
+def test_schema_info_problems_name_the_field(tmp_path, info, needle):
+    with pytest.raises(KgcError, match=re.escape(needle)):
+        _oneke(tmp_path, "NER", [{"text": "张三"}], types=["人物"], info=info)
+
+
+def test_schema_info_roles_and_tasks_are_checked(tmp_path):
+    with pytest.raises(
+        KgcError, match=re.escape("descriptions.人物.roles: ['身高'] are not roles")
+    ):
+        _oneke(tmp_path, "KG", [{"text": "张三"}], type_roles={"人物": ["出生地"]},
+               info={"descriptions": {"人物": {"roles": {"身高": "x"}}}})  # fmt: skip
+    with pytest.raises(KgcError, match="not SPO"):
+        _oneke(tmp_path, "SPO", [{"text": "张三"}], types=["人物_出生地_地点"],
+               info={"descriptions": {"人物_出生地_地点": "x"}})  # fmt: skip
+
+
+def test_schema_info_on_the_command_line(tmp_path):
+    info = tmp_path / "info.json"
+    info.write_text(json.dumps({"descriptions": {"人物": "人的名字"}}, ensure_ascii=False))
+    out = tmp_path / "out.jsonl"
+    args = ["convert", "--task", "NER", "--input", str(IEPILE / "NER" / "sample.json"),
+            "--schema", str(IEPILE / "NER" / "schema.json"), "--output", str(out),
+            "--split", "test", "--split-num", "-1", "--schema-info", str(info)]  # fmt: skip
+    from kgc.cli import main
+
+    assert main(args) == 0
+    schema = json.loads(read_jsonl(out)[0]["instruction"])["schema"]
+    assert isinstance(schema, dict) and schema["人物"] == "人的名字"
+    assert all(v == k for k, v in schema.items() if k != "人物")

@@ -168,8 +168,17 @@ class Task(ABC):
         """Schema chunks of a test record (anns is None for label-less input)."""
         ...
 
-    def instruction(self, language: str, chunk: list[Element], text: str) -> str:
-        return build_instruction(self.name, language, chunk, text)
+    def instruction(self, language: str, chunk: list[Element], text: str, info=None) -> str:
+        """The instruction JSON string; `info` (kgc.convert.SchemaInfo): OneKE's described
+        schema and example forms."""
+        if info is None:
+            return build_instruction(self.name, language, chunk, text)
+        from kgc.instructions import described_schema
+
+        schema = (
+            described_schema(self.name, chunk, info.descriptions) if info.descriptions else chunk
+        )
+        return build_instruction(self.name, language, schema, text, info.examples)
 
     @abstractmethod
     def target(self, anns: list[Annotation], chunk: list[Element], text: str) -> dict:
