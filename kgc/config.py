@@ -194,6 +194,10 @@ class EngineConfig(_Strict):
 
 class WorkersConfig(_Strict):
     num_actors: int = Field(1, ge=1)
+    # rows an actor takes per call (one shard each). Default: the engine's batch_size, ×4 on
+    # the HF engine's continuous path, so a finished row's slot is refilled from the same
+    # call instead of idling until the call's longest answer ends
+    rows_per_call: int | None = Field(None, ge=1)
     # fractional is fine (leave CPUs for readers); torch threads = the CPUs rounded up
     cpus_per_actor: float = Field(1.0, gt=0)
     gpus_per_actor: float = Field(0.0, ge=0)
@@ -202,6 +206,9 @@ class WorkersConfig(_Strict):
 class OutputConfig(_Strict):
     path: str
     format: Literal["parquet", "jsonl"] = "parquet"
+
+
+CONTINUOUS_CALL_ROWS = 4  # rows per actor call, in engine batches (continuous HF engine)
 
 
 class ExtractConfig(_Strict):
@@ -219,6 +226,15 @@ class ExtractConfig(_Strict):
     stall_timeout_s: float = Field(600.0, gt=0)  # no progress for this long → fail the job
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), populate_by_name=True)
+
+    def rows_per_call(self) -> int:
+        """Rows an extraction actor takes per call (`workers.rows_per_call`)."""
+        if self.workers.rows_per_call is not None:
+            return self.workers.rows_per_call
+        e = self.engine
+        if e.type == "hf" and e.continuous:
+            return e.batch_size * CONTINUOUS_CALL_ROWS
+        return e.batch_size
 
     @model_validator(mode="after")
     def _vllm_needs_gpus(self):

@@ -284,6 +284,7 @@ def test_rerun_over_damaged_output_and_a_shrunk_corpus_converges(
     src = write_jsonl(tmp_path / "corpus.jsonl", docs)
     overrides = [
         "engine.batch_size=2",
+        "workers.rows_per_call=2",  # several shards to damage
         "generation.max_new_tokens=2",
         "workers.num_actors=1",
         "workers.cpus_per_actor=1",

@@ -83,7 +83,7 @@ def _generate(cfg: ExtractConfig, todo: list[Row], out_dir: Path, progress: bool
         ExtractUDF,
         args=(cfg.model_dump(mode="json", by_alias=True), str(out_dir)),
         actors=cfg.workers.num_actors,
-        batch_size=cfg.engine.batch_size,
+        batch_size=cfg.rows_per_call(),
         blocks=max(1, min(len(todo) // 64, 200)),
         num_cpus=cfg.workers.cpus_per_actor,
         num_gpus=cfg.workers.gpus_per_actor,
