@@ -105,6 +105,28 @@ def build_parser() -> argparse.ArgumentParser:
         default="iepile",
         help="ccks2023 = the 2023 (head,relation,tail) text format (RE only)",
     )
+    c.add_argument(
+        "--ccks-sample",
+        metavar="N",
+        help="--format ccks2023 only (DeepKE kg2instruction --sample): 0-3 = DeepKE's "
+        "instruction template N with output format N; -1 = a random template 0-19 and format "
+        "0-3 per record (seeded by --seed). Default: kgc's own instruction, format 0",
+    )
+    c.add_argument(
+        "--neg-ratio",
+        metavar="SHARE",
+        help="--format ccks2023 only (DeepKE --neg_ratio, 0-1): share of train records given "
+        "negative relations, each answered by a NAN line; each record then lists only its own "
+        "and its sampled relations (on --split test, >0 adds a NAN line per absent schema "
+        "relation). Default: no NAN lines, the whole schema listed; 1 when --neg-schema is given",
+    )
+    c.add_argument(
+        "--neg-schema",
+        metavar="SHARE",
+        help="--format ccks2023 only (DeepKE --neg_schema, >0-1, default 1): share of the "
+        "schema relations drawn per record as candidate negatives; --random-order = DeepKE's "
+        "--random_sort",
+    )
 
     e = sub.add_parser(
         "eval",
@@ -239,14 +261,40 @@ def _cmd_convert(args) -> int:
     from kgc.io import read_jsonl, write_jsonl_atomic
     from kgc.sampling import SamplingOptions
 
+    ccks_flags = [
+        f"{flag} {value}"
+        for flag, value in (
+            ("--ccks-sample", args.ccks_sample),
+            ("--neg-ratio", args.neg_ratio),
+            ("--neg-schema", args.neg_schema),
+        )
+        if value is not None
+    ]
+    if ccks_flags and args.format != "ccks2023":
+        raise KgcError(
+            f"{', '.join(ccks_flags)}: only for --format ccks2023; add --format ccks2023 or "
+            "drop them (IEPile negatives: --neg-prob)"
+        )
     if args.format == "ccks2023":
         if args.task not in legacy.TASKS:
             raise KgcError(f"--format ccks2023 supports --task RE only, got {args.task}")
+        options = legacy.ccks_options(
+            args.ccks_sample,
+            args.neg_ratio,
+            args.neg_schema,
+            random_sort=args.random_order,
+            seed=args.seed,
+        )
         relations = legacy.relations_from_schema(args.schema) if args.schema else None
         problems = []
         rows = list(read_jsonl(args.input, problems))
         out, more = legacy.convert_rows(
-            rows, split=args.split, language=args.language, relations=relations, path=args.input
+            rows,
+            split=args.split,
+            language=args.language,
+            relations=relations,
+            path=args.input,
+            options=options,
         )
         problems += more
         if problems:
