@@ -85,7 +85,21 @@ def bare_loop(cfg, steps: int, packing: bool) -> float:
         opt.zero_grad()
         busy += time.perf_counter() - t0
         tokens += sum(len(r["input_ids"]) for r in batch_rows)
+    del model, opt, loss
+    _release()
     return tokens / busy
+
+
+def _release() -> None:
+    """Give the bare loop's memory back before the next case (the real model's logits take
+    gigabytes; the Ray worker of the next case needs them)."""
+    import contextlib
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def ray_job(cfg, name: str) -> float:
@@ -123,8 +137,8 @@ def main() -> None:
                     "data": {
                         "train_file": str(data),
                         # the real model's tokenizer and chat template make longer prompts
-                        "max_source_length": 768 if args.model == "smollm2" else 384,
-                        "cutoff_len": 1024 if args.model == "smollm2" else 512,
+                        "max_source_length": 512 if args.model == "smollm2" else 384,
+                        "cutoff_len": 768 if args.model == "smollm2" else 512,
                         "packing": packing,
                     },
                     "train": {

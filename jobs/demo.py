@@ -325,6 +325,12 @@ class Demo:
             }
         )
         graph = run_build(cfg, progress=False)
+        # the views again, the document view now with the documents' whole text
+        from kgc.graph.html import write_html
+
+        views = self.out / "graph" / "graph.html"
+        docs = [str(DATA / "corpus.jsonl")]
+        graph["exports"]["html"] = write_html(self.out / "graph", views, cfg.html, docs=docs)
         self.timings["graph"] = time.time() - t
         return graph, graph_vs_gold(self.out / "graph", DATA / "heldout.json")
 
@@ -385,7 +391,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="out/demo")
     ap.add_argument("--model", choices=tuple(PRESETS), default="smollm2")
     ap.add_argument("--steps", type=int, help="fine-tuning steps (default: the model's preset)")
+    ap.add_argument("--verbose", action="store_true", help="every library's warnings and logs")
     args = ap.parse_args(argv)
+    from kgc.logs import quiet
+
+    quiet(args.verbose, native=argv is None)  # docs/console.md
     import torch
 
     torch.set_num_threads(2)  # scoring runs here, while Ray's workers are idle

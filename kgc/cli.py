@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kgc", description="Turn text into knowledge graphs with large language models."
     )
     parser.add_argument("--version", action="version", version=f"kgc {__version__}")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show every library's warnings and logs (default: the known-harmless ones are "
+        "filtered, docs/console.md; KGC_LOG=debug does the same)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = sub.add_parser(
@@ -397,7 +403,10 @@ def _cmd_train(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     if args.check:
-        problems = validate(cfg)
+        lengths: list[str] = []
+        problems = validate(cfg, report=lengths)
+        for line in lengths:
+            print(f"kgc train --check: {line}", file=sys.stderr)
         if problems:
             raise KgcError(problems)
         print(f"kgc train: {args.config} is valid", file=sys.stderr)
@@ -489,6 +498,9 @@ def _cmd_model(args) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from kgc.logs import quiet
+
+    quiet(args.verbose, native=argv is None)  # argv given: called from Python (tests)
     handlers = {
         "convert": _cmd_convert,
         "eval": _cmd_eval,

@@ -4,7 +4,13 @@ and validated once.
 
 Unknown keys are rejected; every problem is reported together with the key, the bad value
 and the fix (`load_config` raises one `KgcError` listing them all), before any Ray worker
-starts. Section types are named `…Config`, except `LoraSpec` and `RunSpec`, named so they
+starts.
+
+Paths: a relative path written in a config file resolves against that file's folder (so
+`kgc train --config <repo>/jobs/configs/ner_lora.yaml` works from any folder); a path given
+as an override (`key=value` on the command line) or in `data=` resolves against the current
+folder. Absolute paths, URIs (`s3://…`), `~/…` and a model's bare name (no `/`, nothing of
+that name next to the config) are left as written (`resolve_config_paths`). Section types are named `…Config`, except `LoraSpec` and `RunSpec`, named so they
 cannot be mistaken for peft's `LoraConfig` and Ray's `RunConfig`.
 """
 
@@ -12,8 +18,9 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -31,6 +38,15 @@ from kgc.tasks.registry import TaskName
 
 
 class _Strict(BaseModel):
+    """A config section: unknown keys are rejected.
+
+    A top-level config (one `load_config` reads) declares its path keys, as dotted YAML keys
+    the way a file writes them (aliases such as `schema`; `*` = every item of a list; a key
+    whose value is a list covers each item): `config_paths` every key that holds a path,
+    `config_inputs` those a run reads, `config_names` those that may hold a model's name
+    instead (a prepared model, `smollm2-135m-instruct`), `config_paths_unless` key →
+    (other key, value) where the key holds no path. See `resolve_config_paths`."""
+
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
@@ -143,6 +159,22 @@ class RunSpec(_Strict):
 
 
 class FinetuneConfig(_Strict):
+    # the keys that hold paths (load_config: relative ones in a file → the file's folder)
+    config_paths: ClassVar[tuple[str, ...]] = (
+        "model.path",
+        "data.train_file",
+        "data.val_file",
+        "method.adapter_path",
+        "run.storage_path",
+    )
+    config_inputs: ClassVar[tuple[str, ...]] = (
+        "model.path",
+        "data.train_file",
+        "data.val_file",
+        "method.adapter_path",
+    )
+    config_names: ClassVar[tuple[str, ...]] = ("model.path",)
+
     model: ModelConfig
     method: MethodConfig = MethodConfig()
     data: DataConfig
@@ -212,6 +244,27 @@ CONTINUOUS_CALL_ROWS = 4  # rows per actor call, in engine batches (continuous H
 
 
 class ExtractConfig(_Strict):
+    config_paths: ClassVar[tuple[str, ...]] = (
+        "input.path",
+        "schema",
+        "engine.model",
+        "engine.adapter",
+        "engine.checkpoint",
+        "output.path",
+    )
+    config_inputs: ClassVar[tuple[str, ...]] = (
+        "input.path",
+        "schema",
+        "engine.model",
+        "engine.adapter",
+        "engine.checkpoint",
+    )
+    config_names: ClassVar[tuple[str, ...]] = ("engine.model",)
+    # engine.type openai: engine.model is the served model's name, never a path
+    config_paths_unless: ClassVar[dict[str, tuple[str, str]]] = {
+        "engine.model": ("engine.type", "openai")
+    }
+
     input: InputConfig
     task: str
     schema_path: str | None = Field(None, alias="schema")
@@ -258,6 +311,9 @@ class ExtractConfig(_Strict):
 
 class EvalConfig(_Strict):
     """`kgc eval --config` / `python -m jobs.evaluate --config`: score model outputs."""
+
+    config_paths: ClassVar[tuple[str, ...]] = ("input", "report")
+    config_inputs: ClassVar[tuple[str, ...]] = ("input",)
 
     task: TaskName
     input: str  # test records (JSONL) whose `output` holds the model's answer
@@ -357,15 +413,136 @@ def _problems(exc: ValidationError, source: str) -> list[Problem]:
     return out
 
 
+@dataclass(frozen=True)
+class ResolvedPath:
+    """One path value `resolve_config_paths` rewrote: where it is, as written, as resolved."""
+
+    key: str  # dotted, list items by index: input.paths.1
+    where: tuple  # the keys and indices that reach it in the tree
+    written: str
+    resolved: str
+
+
+def _matches(pattern: str, key: str) -> bool:
+    """`tasks.*.schema` matches `tasks.2.schema`; `input.paths` also `input.paths.0`."""
+    want, got = pattern.split("."), key.split(".")
+    if len(got) == len(want) + 1 and got[-1].isdigit():
+        got = got[:-1]  # an item of a list the key holds
+    return len(want) == len(got) and all(w in ("*", g) for w, g in zip(want, got, strict=True))
+
+
+def _slots(node: Any, parts: list[str], where: tuple = ()):
+    """(where, container, slot) of every string the dotted key `parts` reaches in `node`."""
+    if not parts:
+        return
+    head, rest = parts[0], parts[1:]
+    if head == "*":
+        steps = list(enumerate(node)) if isinstance(node, list) else []
+    elif isinstance(node, dict) and head in node:
+        steps = [(head, node[head])]
+    else:
+        steps = []
+    for slot, child in steps:
+        if rest:
+            yield from _slots(child, rest, (*where, slot))
+        elif isinstance(child, str):
+            yield (*where, slot), node, slot
+        elif isinstance(child, list):  # a key that holds one path or a list of them
+            for i, item in enumerate(child):
+                if isinstance(item, str):
+                    yield (*where, slot, i), child, i
+
+
+def _lookup(tree: Any, where: tuple) -> Any:
+    node = tree
+    for slot in where:
+        try:
+            node = node[slot]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return node
+
+
+def resolve_path_value(value: str, folder: str, may_be_name: bool = False) -> str:
+    """`value` (a path written in a config file in `folder`) as a path from the current
+    folder: `folder/value`, normalised; absolute paths, URIs, `~` paths and empty values as
+    they are, and (`may_be_name`) a bare name with nothing of that name in `folder`."""
+    if not value.strip() or "://" in value or value.startswith("~") or os.path.isabs(value):
+        return value
+    joined = os.path.join(folder, value)
+    if may_be_name and "/" not in value and os.sep not in value and not os.path.exists(joined):
+        return value  # a prepared model's name (model.path) or a served model's (engine.model)
+    out = os.path.normpath(joined)
+    return out + "/" if value.endswith("/") and not out.endswith("/") else out
+
+
+def resolve_config_paths(
+    tree: dict, schema: type[BaseModel], folder: str | os.PathLike
+) -> list[ResolvedPath]:
+    """Make every relative path in `tree` (read from a config file in `folder`) a path from
+    the current folder, in place; the keys are the schema's `config_paths`. Returns what
+    changed. Only file values go through here: overrides and `data=` stay as given."""
+    folder = str(folder)
+    names = set(getattr(schema, "config_names", ()))
+    unless = getattr(schema, "config_paths_unless", {})
+    changed = []
+    for pattern in getattr(schema, "config_paths", ()):
+        if pattern in unless:
+            other, value = unless[pattern]
+            if _lookup(tree, tuple(other.split("."))) == value:
+                continue
+        for where, container, slot in list(_slots(tree, pattern.split("."))):
+            written = container[slot]
+            resolved = resolve_path_value(written, folder, pattern in names)
+            if resolved != written:
+                container[slot] = resolved
+                key = ".".join(str(w) for w in where)
+                changed.append(ResolvedPath(key, where, written, resolved))
+    return changed
+
+
+def _misplaced(
+    tree: dict, schema: type[BaseModel], folder: str, changed: list[ResolvedPath], source: str
+) -> list[Problem]:
+    """Input paths still as the file gave them that exist only relative to the current folder
+    (written the way configs were read before paths became relative to the file): each one
+    named with its key, value and fix, instead of a missing-file error later on."""
+    inputs = getattr(schema, "config_inputs", ())
+    out = []
+    for r in changed:
+        if not any(_matches(p, r.key) for p in inputs) or _lookup(tree, r.where) != r.resolved:
+            continue  # not read by the run, or replaced by an override
+        if os.path.exists(r.resolved) or not os.path.exists(r.written):
+            continue
+        fix = os.path.relpath(os.path.abspath(r.written), os.path.abspath(folder or "."))
+        out.append(
+            Problem(
+                f"key {r.key!r} = {r.written!r}: a relative path in a config file is read "
+                f"from the file's folder, where {r.resolved} does not exist (it exists "
+                f"relative to the current folder); write {r.key}: {fix} in the file, an "
+                f"absolute path, or give it as the override {r.key}={r.written} (overrides "
+                "are read from the current folder)",
+                source,
+            )
+        )
+    return out
+
+
 def load_config(
     path: str | os.PathLike | None,
     overrides: list[str] | None = None,
     data: dict | None = None,
     schema: type[BaseModel] | None = None,
 ) -> Any:
-    """Read YAML (or take `data`), apply overrides, validate; KgcError lists every problem."""
+    """Read YAML (or take `data`), apply overrides, validate; KgcError lists every problem.
+
+    Relative paths read from the file resolve against the file's folder (before the
+    overrides, which, like `data`, stay relative to the current folder)."""
+    schema = schema or FinetuneConfig
     source = str(path) if path else "<config>"
     tree: dict = dict(data or {})
+    changed: list[ResolvedPath] = []
+    folder = ""
     if path is not None:
         p = Path(path)
         if not p.is_file():
@@ -374,11 +551,17 @@ def load_config(
         if not isinstance(loaded, dict):
             raise KgcError(Problem("the config must be a YAML mapping", source))
         tree = loaded
+        folder = os.path.dirname(os.fspath(path))
+        changed = resolve_config_paths(tree, schema, folder)
     apply_overrides(tree, overrides or [])
+    problems = _misplaced(tree, schema, folder, changed, source)
     try:
-        return (schema or FinetuneConfig).model_validate(tree)
+        cfg = schema.model_validate(tree)
     except ValidationError as exc:
-        raise KgcError(_problems(exc, source)) from None
+        raise KgcError(problems + _problems(exc, source)) from None
+    if problems:
+        raise KgcError(problems)
+    return cfg
 
 
 def dump_config(cfg: FinetuneConfig) -> str:

@@ -18,8 +18,10 @@ import asyncio
 import contextlib
 import inspect
 import json
+import threading
 import time
 import uuid
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -76,6 +78,35 @@ def engine_from_settings(s: ServeSettings) -> Any:
     )
 
 
+class _Pending:
+    """A request waiting for, or in, the engine's running decode (continuous path)."""
+
+    def __init__(self, item: tuple, future, loop, on_text=None):
+        self.item, self.future, self.loop, self.on_text = item, future, loop, on_text
+        self.cancelled = False
+        self.finished = False
+
+    def stream_piece(self, piece: str) -> None:
+        if self.on_text is not None:
+            self.on_text(piece)
+
+    @property
+    def stream_piece_cb(self):
+        return self.stream_piece if self.on_text is not None else None
+
+    def finish(self, result: dict) -> None:
+        """Its result, handed to its event loop (from the engine thread)."""
+        if self.finished:
+            return
+        self.finished = True
+
+        def settle() -> None:
+            if not self.future.done():
+                self.future.set_result(result)
+
+        self.loop.call_soon_threadsafe(settle)
+
+
 class ModelServer:
     """The model, without Ray: one engine (built from the settings, or given: tests pass a
     fake), named LoRA adapters, per-item isolation. `ModelDeployment` adds Serve's batching.
@@ -95,6 +126,12 @@ class ModelServer:
         check_engine(self.s)
         self.engine = engine if engine is not None else engine_from_settings(self.s)
         self._engine_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kgc-engine")
+        # the HF engine's continuous path: requests join the running batch as they arrive
+        # (no batching windows); other engines: Serve's @serve.batch windows
+        self.continuous = bool(getattr(self.engine, "serves_continuously", False))
+        self._lock = threading.Lock()
+        self._waiting: deque[_Pending] = deque()
+        self._draining = False
 
     def _run(self, adapter: str | None, items: list[tuple], on_text=None) -> list[str]:
         from kgc.engine import GenerationSettings
@@ -193,7 +230,88 @@ class ModelServer:
         problem = await self._schema_problem(schema, max_new_tokens)
         if problem is not None:
             return problem
-        return await self.generate_batched((adapter, prompt, max_new_tokens, schema))
+        item = (adapter, prompt, max_new_tokens, schema)
+        if self.continuous:
+            return await self._submit(item)
+        return await self.generate_batched(item)
+
+    # ------------------------------------------------------------- the continuous path
+    async def _submit(self, item: tuple, on_text=None) -> dict:
+        """Queue a request for the engine's running decode (started if idle); its result
+        arrives the moment its answer ends."""
+        loop = asyncio.get_running_loop()
+        pending = _Pending(item, loop.create_future(), loop, on_text)
+        with self._lock:
+            self._waiting.append(pending)
+            start, self._draining = not self._draining, True
+        if start:
+            loop.run_in_executor(self._engine_thread, self._drain)
+        try:
+            return await pending.future
+        finally:
+            pending.cancelled = True  # a client that left: not started if still waiting
+
+    def _take(self, adapter: str | None, free: int) -> list[_Pending]:
+        """Up to `free` waiting requests for `adapter`, oldest first, none past the oldest
+        request for another adapter (first come, first served across adapters)."""
+        out: list[_Pending] = []
+        with self._lock:
+            while self._waiting and len(out) < free:
+                p = self._waiting[0]
+                if p.cancelled:
+                    self._waiting.popleft()
+                    continue
+                if p.item[0] != adapter:
+                    break
+                out.append(self._waiting.popleft())
+        return out
+
+    def _drain(self) -> None:
+        """The engine thread: decode waiting requests, one adapter at a time, until none is
+        left. A failing decode is retried request by request, so only a bad one fails."""
+        while True:
+            with self._lock:
+                while self._waiting and self._waiting[0].cancelled:
+                    self._waiting.popleft()
+                if not self._waiting:
+                    self._draining = False
+                    return
+                adapter = self._waiting[0].item[0]
+            open_: list[_Pending] = []
+            try:
+                self._decode(adapter, open_)
+            except Exception as exc:  # noqa: BLE001 - isolated below, one request at a time
+                if not open_:  # failed before taking any (e.g. the adapter would not load)
+                    for p in self._take(adapter, len(self._waiting)):
+                        p.finish(_failure(exc))
+                    continue
+                for p in open_:
+                    if p.finished:
+                        continue
+                    try:
+                        p.finish(self._result(p.item, self._run(adapter, [p.item])[0]))
+                    except Exception as one:  # noqa: BLE001
+                        p.finish(_failure(one))
+
+    def _decode(self, adapter: str | None, open_: list[_Pending]) -> None:
+        from kgc.modeling.hf_engine import ServeRequest
+
+        path = resolve_adapter(adapter, self.s) if adapter else None
+
+        def take(free: int) -> list:
+            reqs = []
+            for p in self._take(adapter, free):
+                open_.append(p)
+
+                def done(text, error, p=p):
+                    p.finish(_failure(error) if error else self._result(p.item, text))
+
+                _a, prompt, max_new, schema = p.item
+                reqs.append(ServeRequest(prompt, max_new, schema, done, p.stream_piece_cb))
+            return reqs
+
+        with self.engine.use_adapter(adapter, path):
+            self.engine.serve(take)
 
     async def stream(
         self, adapter: str | None, prompt: Any, max_new_tokens: int, schema: dict | None = None
@@ -209,27 +327,35 @@ class ModelServer:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         end = object()
-        streams = "on_text" in inspect.signature(self.engine.generate).parameters
+        streams = self.continuous or "on_text" in inspect.signature(self.engine.generate).parameters
 
         def on_text(_i: int, piece: str) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, piece)
 
         item = (adapter, prompt, max_new_tokens, schema)
-        call = loop.run_in_executor(
-            self._engine_thread, self._run, adapter, [item], on_text if streams else None
-        )
+        if self.continuous:  # joins the running batch, pieces as its tokens are chosen
+            call = asyncio.ensure_future(self._submit(item, lambda piece: on_text(0, piece)))
+        else:
+            call = loop.run_in_executor(
+                self._engine_thread, self._run, adapter, [item], on_text if streams else None
+            )
         call.add_done_callback(lambda _f: queue.put_nowait(end))
         try:
             while (piece := await queue.get()) is not end:
                 yield {"text": piece}
-            texts = call.result()
+            result = call.result()
         except asyncio.CancelledError:
+            call.cancel()
             raise
         except Exception as exc:
             yield _failure(exc)
             return
-        if not streams and texts[0]:
-            yield {"text": texts[0]}
+        if isinstance(result, dict):  # the continuous path's result
+            if "error" in result:
+                yield result
+            return
+        if not streams and result[0]:
+            yield {"text": result[0]}
 
 
 @serve.deployment

@@ -160,3 +160,45 @@ def test_constrained_answers_close_within_any_budget(tiny_llama, ner_train_file,
         closed += engine.last_stats["closed_early"]
     if task_name != "EE":  # (its random answers close at once: `{"裁员": []}`)
         assert closed > 0  # the random model's long answers needed it
+
+
+def test_serve_takes_requests_as_they_arrive(tiny_llama, prompts_and_schemas):
+    """`HFEngine.serve` (Serve's continuous path): requests handed over while others decode
+    join the running batch; each answer equals the engine's own answer at that request's
+    budget, and ends as soon as it is done, not when the batch ends."""
+    from kgc.modeling.hf_engine import ServeRequest
+
+    prompts, schemas = prompts_and_schemas
+    engine = HFEngine(str(tiny_llama), batch_size=4)
+    budgets = [4, 24, 8, 16, 6, 12, 20, 10]
+    asks = list(zip(prompts[:8], budgets, [schemas[i] if i % 2 else None for i in range(8)]))
+    results: dict[int, str] = {}
+    order: list[int] = []
+    calls = [0]
+
+    def make(i, prompt, budget, schema):
+        def done(text, error):
+            assert error is None
+            results[i] = text
+            order.append(i)
+
+        return ServeRequest(prompt, budget, schema, done)
+
+    def take(free):
+        calls[0] += 1  # two at first, then one more per call while any are left
+        given = take.given
+        n = 2 if given == 0 else 1
+        out = [make(i, *asks[i]) for i in range(given, min(len(asks), given + min(n, free)))]
+        take.given += len(out)
+        return out
+
+    take.given = 0
+    engine.serve(take)
+    assert sorted(results) == list(range(8))
+    for i, (prompt, budget, schema) in enumerate(asks):
+        alone = engine.generate(
+            [prompt], GenerationSettings(max_new_tokens=budget), [schema] if schema else None
+        )
+        assert results[i] == alone[0], i
+    assert calls[0] > 3  # asked again while decoding
+    assert order.index(0) < order.index(1)  # the 4-token answer left before the 24-token one

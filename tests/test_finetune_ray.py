@@ -71,8 +71,10 @@ def test_two_workers_complete(strategy, local_ray, tiny_llama, ner_train_file, t
 
 
 def test_killed_worker_resumes_from_last_checkpoint(
-    local_ray, tiny_llama, ner_train_file, tmp_path
+    local_ray, tiny_llama, ner_train_file, tmp_path, capsys
 ):
+    from kgc.trainlog import read_events
+
     steps_log = tmp_path / "steps.log"
     marker = tmp_path / "killed"
     cfg = cfg_for(
@@ -85,6 +87,20 @@ def test_killed_worker_resumes_from_last_checkpoint(
     # first attempt ran 1..5 (killed after step 5); the group restarted from the step-3
     # checkpoint: steps 4..8 re-ran, none before the checkpoint
     assert read_steps(steps_log) == [1, 2, 3, 4, 5, 4, 5, 6, 7, 8]
+    # the console: a start line, a line per logged step, the restart's resume line
+    err = capsys.readouterr().err
+    assert "[kgc train] starting crash fresh: 8 steps" in err
+    assert re.search(r"resuming crash from checkpoint \S+ at step 3/8", err), err
+    for step in range(1, 9):
+        assert re.search(rf"step {step}/8  loss \d+\.\d{{4}}  lr \S+  [\d,]+ tok/s", err)
+    assert re.search(r"step 8/8 .*ETA 0:00", err)
+    run_dir = tmp_path / "crash"
+    events = read_events(run_dir)
+    assert [e["step"] for e in events if e.get("event") == "start"] == [0, 3]
+    png = run_dir / "loss.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert f"loss curve: {png}" in err
 
     # resubmitting the same run name resumes: a longer schedule runs only the new steps
     steps_log.unlink()
@@ -95,6 +111,7 @@ def test_killed_worker_resumes_from_last_checkpoint(
         result = run(longer)
     assert result.error is None and result.metrics["step"] == 10
     assert read_steps(steps_log) == [9, 10]
+    assert re.search(r"resuming crash from checkpoint \S+ at step 8/10", capsys.readouterr().err)
 
 
 def test_qlora_in_ray_train(local_ray, tiny_llama, ner_train_file, tmp_path):
@@ -122,6 +139,7 @@ def test_qlora_in_ray_train(local_ray, tiny_llama, ner_train_file, tmp_path):
         ),
         (["model.path=/nonexistent/model"], "not a Hugging Face model directory"),
         (["method.type=qlora"], "needs model.quantization"),
+        (["data.max_source_length=50"], "even with their input text removed"),
     ],
 )
 def test_bad_config_fails_before_workers(overrides, needle, tiny_llama, ner_train_file, tmp_path):
@@ -148,3 +166,23 @@ def test_bad_data_and_unknown_key(tiny_llama, tmp_path):
     assert any("test.jsonl:1:" in m and "'output'" in m for m in msgs), msgs
     with pytest.raises(KgcError, match=r"unknown key 'train.learning_rate'"):
         cfg_for(tiny_llama, test_file, tmp_path, "bad", "train.learning_rate=1e-4")
+
+
+def test_check_reports_truncation(tiny_llama, ner_train_file, tmp_path, capsys):
+    """`kgc train --check` measures every record against the length budgets before any
+    worker starts: how many prompts and targets are cut, the longest, the value that fits."""
+    import yaml
+
+    from kgc.cli import main
+
+    cfg = cfg_for(tiny_llama, ner_train_file, tmp_path, "c", "data.max_target_length=8")
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    assert main(["train", "--config", str(path), "--check"]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"\d+ records: longest prompt \d+ tokens, longest target \d+", err)
+    m = re.search(r"(\d+) of (\d+) targets are cut \(longest (\d+) tokens\): "
+                  r"data.max_target_length=(\d+)", err)  # fmt: skip
+    assert m and int(m[1]) > 0 and m[3] == m[4] and int(m[4]) > 8, err
+    assert main(["train", "--config", str(path), "--check", "data.max_source_length=50"]) == 2
+    assert "even with their input text removed" in capsys.readouterr().err

@@ -41,7 +41,11 @@ def _find() -> str | None:
 
 @pytest.fixture(scope="module")
 def chromium() -> str:
-    """Debian's chromium; installed with apt-get (as root) when missing."""
+    return find_chromium()
+
+
+def find_chromium() -> str:
+    """Debian's chromium; installed with apt-get (as root) when missing (else a skip)."""
     path = _find()
     if path:
         return path
@@ -93,11 +97,14 @@ def build(tmp_path: Path, rows_path: Path, **extra) -> tuple[dict, Path]:
 
 def test_page_is_self_contained(tmp_path):
     summary, d = build(tmp_path, CORPUS / "demo.jsonl")
-    page = (d / "graph.html").read_text(encoding="utf-8")
-    assert "<link" not in page and "@import" not in page and "url(" not in page
-    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page)
-    assert "default-src 'none'" in page  # the page itself forbids every fetch
+    for name in ("graph.html", "documents.html"):  # the graph view and the document view
+        page = (d / name).read_text(encoding="utf-8")
+        assert "<link" not in page and "@import" not in page and "url(" not in page
+        assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page)
+        assert "default-src 'none'" in page  # the page itself forbids every fetch
+        assert "fetch(" not in page and "XMLHttpRequest" not in page
     assert summary["exports"]["html"]["nodes_shown"] == summary["nodes"]
+    assert summary["exports"]["html"]["documents"]["documents_shown"] == 9
 
 
 def test_headless_chromium_shows_every_node_search_and_mentions(chromium, tmp_path):

@@ -213,3 +213,44 @@ def test_engine_settings_are_checked_before_replicas_start():
     app = build_app({**base, "engine": "vllm", "replica_gpus": 1})
     gen = app._bound_deployment.init_args[0]._bound_deployment
     assert gen.ray_actor_options["num_gpus"] == 1
+
+
+def test_concurrent_requests_join_the_running_decode(tiny_llama):
+    """The model replica on the HF engine's continuous path (no Ray): concurrent requests
+    with different budgets, plain, constrained and streamed, each get the engine's own
+    answer; a request that fails alone does not fail the others."""
+    import asyncio
+
+    from kgc.engine import GenerationSettings, bounded
+    from kgc.modeling.hf_engine import HFEngine
+    from kgc.tasks import get
+    from serve.app import ModelServer, resolved_settings
+
+    settings = resolved_settings({"model": str(tiny_llama), "auth_disabled": True})
+    server = ModelServer(settings)
+    assert server.continuous
+    schema = bounded(get("NER").output_schema(["人物", "地点"]), 8, 2)
+    # budgets 4..22 tokens; the constrained ones above their schema's shortest answer
+    asks = [(f"抽取实体：张三在北京{i}。", 4 + 3 * i + (20 if i % 3 == 0 else 0),
+             schema if i % 3 == 0 else None) for i in range(7)]  # fmt: skip
+
+    async def go():
+        calls = [server.generate(None, p, n, s) for p, n, s in asks]
+        calls.append(server.generate(None, {"raw": 5}, 8, None))  # not a valid prompt
+        pieces = []
+
+        async def streamed():
+            async for item in server.stream(None, asks[2][0], asks[2][1], None):
+                pieces.append(item["text"])
+
+        results = await asyncio.gather(*calls, streamed())
+        return results[: len(calls)], pieces
+
+    results, pieces = asyncio.run(go())
+    engine = HFEngine(str(tiny_llama))
+    for (prompt, n, s), r in zip(asks, results):
+        alone = engine.generate([prompt], GenerationSettings(max_new_tokens=n), [s] if s else None)
+        assert r.get("text") == alone[0], r
+        assert r["completion_tokens"] == engine.count_tokens(prompt, r["text"])[1]
+    assert "error" in results[-1] and results[-1]["status"] in (422, 500)
+    assert "".join(pieces) == results[2]["text"] and len(pieces) > 1

@@ -46,11 +46,27 @@ def add_commands(sub, ray_handlers: dict[str, Callable]) -> None:
     x.add_argument("--prefix", help="RDF prefix for the namespace (default kg)")
     x.set_defaults(handler=_cmd_export)
 
-    s = verbs.add_parser("show", help="write the self-contained HTML view of a built graph")
+    s = verbs.add_parser(
+        "show",
+        help="write the self-contained HTML views of a built graph (graph, documents)",
+        description="Write graph.html and, beside it, documents.html: each document's text "
+        "with the extracted spans highlighted, linked from the graph view's mentions.",
+    )
     s.add_argument("--graph", required=True, help="a built graph folder")
     s.add_argument("--out", help="HTML file (default: <graph>/graph.html)")
     s.add_argument("--max-nodes", type=int, default=800, help="nodes drawn (best supported)")
     s.add_argument("--title", default="kgc knowledge graph")
+    s.add_argument(
+        "--docs",
+        nargs="+",
+        metavar="PATH",
+        help="the documents' text: JSONL {id, text}, or the inputs the graph was built from "
+        "(default: those summary.json names, when they exist; else the graph's sentences)",
+    )
+    s.add_argument("--max-documents", type=int, default=100, help="documents in documents.html")
+    s.add_argument(
+        "--max-doc-chars", type=int, default=20_000, help="characters shown per document"
+    )
     s.set_defaults(handler=_cmd_show)
 
     p = sub.add_parser(
@@ -126,13 +142,24 @@ def _cmd_export(args) -> int:
 def _cmd_show(args) -> int:
     from pathlib import Path
 
+    from kgc.graph.documents import DocLimits, summary_inputs
     from kgc.graph.html import write_html
 
     if args.max_nodes < 1:
         raise KgcError(f"--max-nodes must be at least 1, got {args.max_nodes}")
+    limits = DocLimits(max_documents=args.max_documents, max_doc_chars=args.max_doc_chars)
     cfg = _export_cfg(args, html={"max_nodes": args.max_nodes, "title": args.title})
     out = Path(args.out) if args.out else Path(args.graph) / "graph.html"
-    _print(write_html(Path(args.graph), out, cfg.html))
+    docs = args.docs or summary_inputs(Path(args.graph))
+    try:
+        summary = write_html(Path(args.graph), out, cfg.html, docs=docs, limits=limits)
+    except KgcError as e:
+        if args.docs:
+            raise
+        # the build's inputs could not be read back: the graph's own sentences will do
+        print(f"kgc graph show: documents not read from {docs}: {e}", file=sys.stderr)
+        summary = write_html(Path(args.graph), out, cfg.html, limits=limits)
+    _print(summary)
     return 0
 
 

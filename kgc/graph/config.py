@@ -13,7 +13,7 @@ defaults to the extraction outputs.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
@@ -78,6 +78,15 @@ class HtmlConfig(_Strict):
 
 
 class GraphConfig(_Strict):
+    # the keys that hold paths (kgc.config.load_config: relative ones in a file → its folder)
+    config_paths: ClassVar[tuple[str, ...]] = (
+        "input.paths",
+        "output.path",
+        "canonical.alias_file",
+        "schema",
+    )
+    config_inputs: ClassVar[tuple[str, ...]] = ("input.paths", "canonical.alias_file", "schema")
+
     input: GraphInput
     output: GraphOutput
     canonical: CanonicalConfig = CanonicalConfig()
@@ -123,7 +132,27 @@ class TaskRun(_Strict):
     model_config = _Strict.model_config | {"populate_by_name": True}
 
 
+def _under(prefix: str, keys: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f"{prefix}.{k}" for k in keys)
+
+
 class PipelineConfig(_Strict):
+    config_paths: ClassVar[tuple[str, ...]] = (
+        *_under("extract", ExtractConfig.config_paths),
+        "tasks.*.schema",
+        *_under("graph", GraphConfig.config_paths),
+    )
+    config_inputs: ClassVar[tuple[str, ...]] = (
+        *_under("extract", ExtractConfig.config_inputs),
+        "tasks.*.schema",
+        *_under("graph", GraphConfig.config_inputs),
+    )
+    config_names: ClassVar[tuple[str, ...]] = _under("extract", ExtractConfig.config_names)
+    config_paths_unless: ClassVar[dict[str, tuple[str, str]]] = {
+        f"extract.{k}": (f"extract.{other}", value)
+        for k, (other, value) in ExtractConfig.config_paths_unless.items()
+    }
+
     extract: ExtractConfig
     # run the extraction once per task (outputs under <extract.output.path>/<TASK>);
     # empty: the one task of `extract`

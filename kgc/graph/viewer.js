@@ -6,10 +6,11 @@
   var svg = document.getElementById('graph');
   var W = 1000, H = 700;
   var nodes = data.nodes, edges = data.edges;
-  var byId = {}, colour = {};
+  var byId = {}, colour = {}, edgeById = {};
   nodes.forEach(function (n, i) { n.index = i; byId[n.id] = n; });
   data.types.forEach(function (t) { colour[t.type] = t.colour; });
   edges = edges.filter(function (e) { return byId[e.source] && byId[e.target]; });
+  edges.forEach(function (e) { edgeById[e.id] = e; });
 
   function $(id) { return document.getElementById(id); }
   function el(tag, cls, text) {
@@ -89,6 +90,7 @@
       t.textContent = a.name + ' —' + e.type + '→ ' + b.name + ' (support ' + e.support + ')';
       l.appendChild(t);
       l.__edge = e;
+      l.addEventListener('click', function (ev) { ev.stopPropagation(); selectEdge(e.id); });
       ge.appendChild(l); edgeEls.push(l);
     });
     var ranked = nodes.slice().sort(function (a, b) { return b.support - a.support; });
@@ -185,7 +187,14 @@
     var tasks = Object.keys(grp.tasks).map(function (t) { return t + (grp.tasks[t] > 1 ? ' ×' + grp.tasks[t] : ''); });
     var where = m.doc_id + (m.start !== null && m.start !== undefined ? ' [' + m.start + '–' + m.end + ')' : ' (position not found)') +
       ' · chunk ' + grp.chunks.join(', ') + ' · ' + tasks.join(', ') + (m.model ? ' · ' + m.model : '');
-    box.appendChild(el('div', 'where', where));
+    var w = el('div', 'where', where);
+    if (m.link && data.documents) {  // its place in the document view
+      w.appendChild(document.createTextNode(' · '));
+      var link = el('a', 'doc-link', 'show in the document');
+      link.setAttribute('href', data.documents + '#' + m.link);
+      w.appendChild(link);
+    }
+    box.appendChild(w);
     var s = el('div', 'sentence');
     if (m.sentence) {
       var a = m.start - m.sentence_start, b = m.end - m.sentence_start;
@@ -226,19 +235,67 @@
       var a = el('a', null, o.name);
       a.addEventListener('click', function () { select(o.id); });
       li.appendChild(a);
-      li.appendChild(document.createTextNode(' (support ' + e.support + ')'));
+      li.appendChild(document.createTextNode(' (support ' + e.support + ', '));
+      var ms = el('a', 'edge-link', e.mention_count + ' mentions');
+      ms.setAttribute('data-edge', e.id);
+      ms.addEventListener('click', function () { selectEdge(e.id); });
+      li.appendChild(ms);
+      li.appendChild(document.createTextNode(')'));
       ul.appendChild(li);
     });
     frag.appendChild(ul);
     return frag;
+  }
+  function mentionList(d, item) {
+    var groups = groupMentions(item.mentions);
+    d.appendChild(el('h3', null, 'mentions (' + item.mentions.length +
+      (item.mention_count > item.mentions.length ? ' of ' + item.mention_count : '') + ', at ' + groups.length + ' places)'));
+    var list = el('div', 'mentions');
+    list.id = 'mention-list';
+    list.setAttribute('data-mentions', String(item.mentions.length));
+    groups.forEach(function (g) { list.appendChild(mentionBlock(g)); });
+    d.appendChild(list);
+  }
+  function details() {
+    var d = $('details');
+    while (d.firstChild) d.removeChild(d.firstChild);
+    d.removeAttribute('data-node');
+    d.removeAttribute('data-edge');
+    return d;
+  }
+  function nodeLink(n) {
+    var a = el('a', 'node-link', n.name);
+    a.addEventListener('click', function () { select(n.id); });
+    return a;
+  }
+  function selectEdge(id) {
+    var e = edgeById[id];
+    if (!e) return false;
+    var a = byId[e.source], b = byId[e.target];
+    Object.keys(nodeEls).forEach(function (k) { nodeEls[k].classList.toggle('sel', k === e.source || k === e.target); });
+    edgeEls.forEach(function (l) { l.classList.toggle('hot', l.__edge.id === id); });
+    var d = details();
+    d.setAttribute('data-edge', id);
+    var h = el('h2', 'name');
+    h.appendChild(nodeLink(a));
+    h.appendChild(document.createTextNode(' —' + e.type + '→ '));
+    h.appendChild(nodeLink(b));
+    d.appendChild(h);
+    var meta = el('div', 'meta'), badge = el('span', 'badge', e.kind);
+    badge.style.background = '#777';
+    meta.appendChild(badge);
+    meta.appendChild(document.createTextNode(' support ' + e.support + ' · confidence ' + e.confidence +
+      ' · ' + e.mention_count + ' mentions in ' + e.doc_count + ' documents'));
+    d.appendChild(meta);
+    mentionList(d, e);
+    return true;
   }
   function select(id) {
     var n = byId[id];
     if (!n) return false;
     Object.keys(nodeEls).forEach(function (k) { nodeEls[k].classList.toggle('sel', k === id); });
     edgeEls.forEach(function (l) { l.classList.toggle('hot', l.__edge.source === id || l.__edge.target === id); });
-    var d = $('details');
-    while (d.firstChild) d.removeChild(d.firstChild);
+    var d = details();
     d.setAttribute('data-node', id);
     d.appendChild(el('h2', 'name', n.name));
     var badge = el('span', 'badge', n.type);
@@ -251,15 +308,7 @@
     if (n.aliases.length) d.appendChild(el('div', 'meta', 'also written: ' + n.aliases.join(' | ')));
     d.appendChild(relList('out', edges.filter(function (e) { return e.source === id; }), function (e) { return e.target; }));
     d.appendChild(relList('in', edges.filter(function (e) { return e.target === id; }), function (e) { return e.source; }));
-    var groups = groupMentions(n.mentions);
-    var h = el('h3', null, 'mentions (' + n.mentions.length + (n.mention_count > n.mentions.length ? ' of ' + n.mention_count : '') +
-      ', at ' + groups.length + ' places)');
-    d.appendChild(h);
-    var list = el('div', 'mentions');
-    list.id = 'mention-list';
-    list.setAttribute('data-mentions', String(n.mentions.length));
-    groups.forEach(function (g) { list.appendChild(mentionBlock(g)); });
-    d.appendChild(list);
+    mentionList(d, n);
     return true;
   }
   svg.addEventListener('click', function () { /* background click keeps the selection */ });
@@ -280,5 +329,6 @@
   });
   if (params.q) { $('search').value = params.q; search(params.q); }
   if (params.select) select(params.select);
+  if (params.edge) selectEdge(params.edge);
   $('status').textContent = 'ready';
 })();

@@ -6,7 +6,7 @@ that holds it. Unknown keys are rejected with the key and the fix (`kgc.config.l
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -111,6 +111,26 @@ class CodeKgcConfig(_Strict):
 
 
 class IclConfig(_Strict):
+    # the keys that hold paths (kgc.config.load_config: relative ones in a file → its folder)
+    config_paths: ClassVar[tuple[str, ...]] = (
+        "input",
+        "output",
+        "client.cache_dir",
+        "llmicl.demos",
+        "fewshot_re.train",
+        "codekgc.demos",
+        "codekgc.schema_prompt",
+        "codekgc.icl_prompt",
+    )
+    config_inputs: ClassVar[tuple[str, ...]] = (
+        "input",
+        "llmicl.demos",
+        "fewshot_re.train",
+        "codekgc.demos",
+        "codekgc.schema_prompt",
+        "codekgc.icl_prompt",
+    )
+
     mode: Mode
     language: Literal["en", "zh"] = "en"
     input: str | None = None  # a file (JSON list or JSONL); or --text on the command line

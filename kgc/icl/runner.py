@@ -9,7 +9,6 @@ imports Ray, so a caller that may run on Ray (the `kgc icl` command) passes it i
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 from kgc.errors import KgcError
 from kgc.icl.client import ChatClient, ChatParams, Completion
 from kgc.icl.config import IclConfig
+from kgc.progress import Rate
 
 PREDICTIONS = "predictions.jsonl"
 SUMMARY = "summary.json"
@@ -90,9 +90,11 @@ def execute(
             )
         return ray_execute(cfg, requests, progress)
 
+    rate = Rate("kgc icl", len(requests), "requests")
+
     def show(done: int, total: int) -> None:
         if progress and (done == total or done % 25 == 0):
-            print(f"[kgc icl] {done}/{total} requests", file=sys.stderr, flush=True)
+            rate.show(done)
 
     return client.chat_many(
         [r.messages for r in requests], [r.params for r in requests], progress=show

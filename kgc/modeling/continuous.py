@@ -70,9 +70,20 @@ def make_cache(kv: list[tuple]):
 
 
 @dataclass
+class Job:
+    """A prompt joining a running decode (`ContinuousDecoder.run(feed=...)`): its token ids,
+    compiled grammar (or None) and token budget."""
+
+    ids: Sequence[int]
+    grammar: object | None = None
+    budget: int = 256
+
+
+@dataclass
 class _Row:
     index: int  # the prompt's index in the call
     pos: int  # position of the next token fed for this row
+    budget: int = 256  # max new tokens of this row
     matcher: object | None = None
     tokens: list[int] = field(default_factory=list)  # generated and verified
     pending: list[int] = field(default_factory=list)  # to feed next
@@ -195,18 +206,30 @@ class ContinuousDecoder:
         config: GenerationSettings,
         grammars: Sequence[object | None] | None = None,
         on_token: Callable[[int, int], None] | None = None,
+        *,
+        feed: Callable[[int], list[Job]] | None = None,
+        on_done: Callable[[int, list[int]], None] | None = None,
+        budgets: Sequence[int] | None = None,
     ) -> list[list[int]]:
         """The generated token ids per prompt (end-of-turn token not included).
 
         `grammars`: a compiled xgrammar grammar or None per prompt (constrained decoding).
         `on_token(i, token)` is called for every token of prompt i as soon as it is chosen
-        (streaming)."""
+        (streaming).
+
+        Open-ended (Serve): `feed(free)` is asked for up to `free` more prompts whenever
+        slots are free; they join the running batch and are numbered after the ones before
+        them; the run ends when no row is left and `feed` gives nothing. `on_done(i, ids)`
+        is called as soon as prompt i's answer ends. `budgets`: max new tokens per prompt
+        (default: `config.max_new_tokens`)."""
         import torch
 
+        prompts = list(prompts)
         n = len(prompts)
         grammars = list(grammars) if grammars is not None else [None] * n
+        budgets = list(budgets) if budgets is not None else [config.max_new_tokens] * n
         out: list[list[int]] = [[] for _ in range(n)]
-        if n == 0:
+        if n == 0 and feed is None:
             return out
         gen = None
         if config.seed is not None:
@@ -225,15 +248,33 @@ class ContinuousDecoder:
             queue = deque(sorted(range(n), key=lambda i: -len(prompts[i])))
             rows: list[_Row] = []
             kv = mask = None
-            while queue or rows:
+            while True:
+                free = self.slots - len(rows) - len(queue)
+                if feed is not None and free > 0:
+                    for job in feed(free):
+                        queue.append(len(prompts))
+                        prompts.append(list(job.ids))
+                        grammars.append(job.grammar)
+                        budgets.append(job.budget)
+                        out.append([])
+                if not queue and not rows:
+                    break
                 free = self.slots - len(rows)
                 if queue and free > 0 and (not rows or free >= max(1, self.slots // 8)):
                     take = [queue.popleft() for _ in range(min(free, len(queue)))]
-                    new, new_kv, new_mask = self._admit(take, prompts, grammars, shared,
-                                                        prefix_kv, ctx)  # fmt: skip
+                    # prompts that joined later share the prefix only if they start with it
+                    sh = shared if all(
+                        list(prompts[i][:shared]) == list(prompts[0][:shared]) for i in take
+                    ) else 0  # fmt: skip
+                    new, new_kv, new_mask = self._admit(take, prompts, grammars, budgets, sh,
+                                                        prefix_kv if sh else None, ctx)  # fmt: skip
                     kv, mask = _join(kv, mask, new_kv, new_mask)
                     rows += new
                 alive = [r for r, row in enumerate(rows) if row.pending]
+                if on_done is not None:
+                    for row in rows:
+                        if not row.pending:
+                            on_done(row.index, out[row.index])
                 if not alive:
                     rows, kv, mask = [], None, None
                     continue
@@ -247,7 +288,7 @@ class ContinuousDecoder:
                 kv, mask = self._step(rows, kv, mask, ctx)
         return out
 
-    def _admit(self, take, prompts, grammars, shared, prefix_kv, ctx):
+    def _admit(self, take, prompts, grammars, budgets, shared, prefix_kv, ctx):
         """Prefill new prompts (with what their grammar forces at the start, as drafts):
         their rows, cache and mask."""
         new: list[_Row] = []
@@ -257,8 +298,8 @@ class ContinuousDecoder:
                 import xgrammar as xgr
 
                 m = xgr.GrammarMatcher(grammars[i])
-            row = _Row(index=i, pos=len(prompts[i]), matcher=m)
-            row.pending = self._drafts(row, ctx.budget) if ctx.jump else []
+            row = _Row(index=i, pos=len(prompts[i]), budget=budgets[i], matcher=m)
+            row.pending = self._drafts(row, row.budget) if ctx.jump else []
             row.drafts = len(row.pending)
             new.append(row)
         keep = 1 + max(row.drafts for row in new)
@@ -379,7 +420,6 @@ class _Ctx:
         self.dec, self.config, self.gen, self.out, self.on_token = dec, config, gen, out, on_token
         self.prompts = prompts
         self.jump = jump
-        self.budget = config.max_new_tokens
         self.stop = set() if config.ignore_eos else dec.eos
         self.vocab = 0
 
@@ -415,7 +455,7 @@ class _Ctx:
         if self._close_instead(row, tok):
             return
         self.accept(row, tok)
-        room = self.budget - len(row.tokens)
+        room = row.budget - len(row.tokens)
         if room <= 0 or (self.stop and _only_stop(row, self.stop, self.vocab)):
             return  # nothing the model could add
         row.pending = [tok]
@@ -430,7 +470,7 @@ class _Ctx:
         tokens left are within a margin of what closing last needed, so a token that
         lengthens the closing by up to the margin is still caught in time."""
         closer, m = self.dec.closer, row.matcher
-        room = self.budget - len(row.tokens)
+        room = row.budget - len(row.tokens)
         if closer is None or m is None or m.is_terminated() or room > row.close_len + 32:
             return False
         after = closer.path(m, row.tokens, first=tok)

@@ -135,6 +135,76 @@ class Encoder:
         )
 
 
+@dataclass
+class LengthReport:
+    """How the length budgets (`data.max_source_length`, `max_target_length`, `cutoff_len`)
+    meet the training records, measured with the model's tokenizer and prompt layout."""
+
+    records: int = 0
+    input_cut: int = 0  # prompts whose input text is shortened to fit
+    target_cut: int = 0  # targets cut to max_target_length (or to fit cutoff_len)
+    impossible: int = 0  # prompts too long even with their input text removed
+    longest_prompt: int = 0
+    longest_target: int = 0  # with its closing tokens
+    longest_example: int = 0
+    shortest_bare_prompt: int = 0  # the longest prompt without its input text
+
+    def lines(self, cfg: DataConfig) -> list[str]:
+        """The report, a line per finding, each naming the setting and a value that fits."""
+        out = [
+            f"{self.records} records: longest prompt {self.longest_prompt} tokens, longest "
+            f"target {self.longest_target}, longest example {self.longest_example} "
+            f"(max_source_length {cfg.max_source_length}, max_target_length "
+            f"{cfg.max_target_length}, cutoff_len {cfg.cutoff_len})"
+        ]
+        if self.impossible:
+            out.append(
+                f"{self.impossible} prompts need {self.shortest_bare_prompt} tokens even with "
+                "their input text removed: raise data.max_source_length (and cutoff_len) to at "
+                f"least {self.shortest_bare_prompt}, or split the schema into more chunks"
+            )
+        if self.input_cut:
+            out.append(
+                f"{self.input_cut} of {self.records} prompts have their input text shortened "
+                f"(longest prompt {self.longest_prompt} tokens): data.max_source_length="
+                f"{self.longest_prompt} keeps them whole"
+            )
+        if self.target_cut:
+            out.append(
+                f"{self.target_cut} of {self.records} targets are cut (longest "
+                f"{self.longest_target} tokens): data.max_target_length={self.longest_target} "
+                f"and data.cutoff_len={self.longest_example} keep them whole"
+            )
+        return out
+
+
+def length_report(enc: Encoder, records: list[dict]) -> LengthReport:
+    """Measure every record against the budgets of `enc`'s data config (no truncation)."""
+    cfg = enc.cfg
+    r = LengthReport(records=len(records))
+    for record in records:
+        query = query_of(record)
+        prompt = len(enc.fmt.prompt_ids(query))
+        closing = enc.fmt.closing_ids(query, record["output"])
+        body = len(enc.tok(record["output"], add_special_tokens=False)["input_ids"])
+        target = body + len(closing)
+        r.longest_prompt = max(r.longest_prompt, prompt)
+        r.longest_target = max(r.longest_target, target)
+        r.longest_example = max(r.longest_example, prompt + target)
+        kept_target = min(body, max(cfg.max_target_length - len(closing), 0)) + len(closing)
+        if kept_target < target:
+            r.target_cut += 1
+        budget = min(cfg.max_source_length, cfg.cutoff_len - kept_target)
+        if prompt > budget:
+            bare = len(enc.fmt.prompt_ids(query_of(with_input(record, ""))))
+            if bare > budget:
+                r.impossible += 1
+                r.shortest_bare_prompt = max(r.shortest_bare_prompt, bare)
+            else:
+                r.input_cut += 1
+    return r
+
+
 def pack(examples: list[Example], cutoff: int) -> list[dict]:
     """Concatenate examples into rows of at most `cutoff` tokens (first fit, in order).
 

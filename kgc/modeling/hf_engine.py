@@ -12,6 +12,7 @@ through `prompt_learning_generate` (see kgc.modeling.generation for why).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from kgc.checkpoint import resolve_checkpoint, trained_weights
 from kgc.config import ModelConfig, QuantConfig
@@ -155,10 +156,27 @@ class TextDeltas:
     def finish(self, count: int) -> None:
         """The rest of every prompt's text."""
         for i in range(count):
-            self._push(i, self.tok.decode(self.ids.get(i, []), skip_special_tokens=True))
-            rest = self.cutters.setdefault(i, StopCutter(self.stops)).finish()
-            if rest:
-                self.emit(i, rest)
+            self.finish_one(i)
+
+    def finish_one(self, i: int) -> None:
+        """The rest of prompt i's text (its answer has ended)."""
+        self._push(i, self.tok.decode(self.ids.get(i, []), skip_special_tokens=True))
+        rest = self.cutters.setdefault(i, StopCutter(self.stops)).finish()
+        if rest:
+            self.emit(i, rest)
+
+
+@dataclass
+class ServeRequest:
+    """A request for `HFEngine.serve`: its prompt, budget and answer schema; `done(text,
+    error)` is called once when it ends; `on_text(piece)` gets its text as it is generated
+    (streaming)."""
+
+    prompt: Prompt
+    max_new_tokens: int
+    schema: dict | None
+    done: Callable[[str | None, BaseException | None], None]
+    on_text: Callable[[str], None] | None = None
 
 
 class HFEngine:
@@ -316,6 +334,80 @@ class HFEngine:
                 if on_text is not None and out[i]:
                     on_text(i, out[i])
         return out
+
+    @property
+    def serves_continuously(self) -> bool:
+        """Whether `serve` can run (kgc's decode loop; not prompt-learning adapters)."""
+        return self.continuous and not self.prompt_learning
+
+    def serve(self, take: Callable[[int], list[ServeRequest]]) -> None:
+        """Serve's continuous path: decode requests as they arrive. `take(free)` gives up to
+        `free` waiting requests (called whenever slots are free); each joins the running
+        batch at the next step and its `done` is called the moment its answer ends. Returns
+        when no request is decoding and `take` gives none. A request whose prompt or schema
+        fails gets its error alone; an error in the decode loop itself propagates (the
+        caller retries the requests still open one by one)."""
+        from kgc.modeling.continuous import Job
+
+        reqs: dict[int, ServeRequest] = {}
+        stops = tuple(self.fmt.stop_strings())
+        counter = [0]
+
+        def emit(i: int, piece: str) -> None:
+            cb = reqs[i].on_text
+            if cb is not None:
+                cb(piece)
+
+        deltas = TextDeltas(self.tok, stops, emit)
+
+        def feed(free: int) -> list:
+            jobs = []
+            for r in take(free):
+                try:
+                    ids = self.encode(r.prompt)
+                    grammar = self.compile_schema(r.schema) if r.schema else None
+                except Exception as exc:  # this request alone
+                    r.done(None, exc)
+                    continue
+                if grammar is not None and decoder.closer is None:
+                    decoder.closer = self._closer
+                reqs[counter[0]] = r
+                counter[0] += 1
+                jobs.append(Job(ids, grammar, r.max_new_tokens))
+            return jobs
+
+        def on_token(i: int, tok: int) -> None:
+            if reqs[i].on_text is not None:
+                deltas.push(i, tok)
+
+        def on_done(i: int, ids: list[int]) -> None:
+            r = reqs.pop(i)
+            if r.on_text is not None:
+                deltas.finish_one(i)
+            r.done(cut_at_stop(self.tok.decode(ids, skip_special_tokens=True), stops), None)
+
+        decoder = ContinuousDecoder(
+            self.model,
+            eos_ids=self.eos_ids,
+            pad_id=self.tok.pad_token_id,
+            slots=self.batch_size,
+            prefix=self.prefix_cache,
+            device=self.device,
+            jump_forward=True,
+            encode_text=lambda t: self.tok(t, add_special_tokens=False)["input_ids"],
+            step_overhead_tokens=self.step_overhead_tokens,
+        )
+        first = feed(self.batch_size)  # the prompts whose common prefix is prefilled once
+        decoder.run(
+            [j.ids for j in first],
+            GenerationSettings(max_new_tokens=max([j.budget for j in first] or [1])),
+            [j.grammar for j in first],
+            on_token,
+            feed=feed,
+            on_done=on_done,
+            budgets=[j.budget for j in first],
+        )
+        self.last_stats = dict(decoder.stats)
 
     def compile_schema(self, schema: dict):
         """The compiled grammar of one answer schema (cached); a KgcError saying why when

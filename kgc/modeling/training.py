@@ -28,7 +28,7 @@ from kgc.checkpoint import (
 from kgc.config import FinetuneConfig, dump_config
 from kgc.errors import KgcError, Problem
 from kgc.finetune import batch_indices, config_problems, deepspeed_config, lr_lambda
-from kgc.modeling.data import Encoder, as_rows, collate, pack, split_train_val
+from kgc.modeling.data import Encoder, as_rows, collate, length_report, pack, split_train_val
 from kgc.modeling.loading import (
     check_model_dir,
     load_model,
@@ -41,10 +41,14 @@ from kgc.modeling.tuning import apply_method, resolve_lora_targets
 from kgc.prompting import read_sft_records
 from kgc.templates import ChatFormat
 
-
 # ----------------------------------------------------------------------------- validation
-def validate(cfg: FinetuneConfig) -> list[Problem]:
-    """Everything checkable before workers start: paths, data, methods, targets, strategy."""
+CHECK_RECORDS = 2000  # records whose lengths a run measures before workers start
+
+
+def validate(cfg: FinetuneConfig, report: list[str] | None = None) -> list[Problem]:
+    """Everything checkable before workers start: paths, data, methods, targets, strategy,
+    and the length budgets against the records (the first CHECK_RECORDS of them; all when
+    `report` is given, which receives the length report's lines)."""
     probs: list[Problem] = []
     try:  # a .gguf file or a prepared model's name → its HF folder, once, in the driver
         cfg.model.path = check_model_dir(cfg.model.path)
@@ -56,11 +60,22 @@ def validate(cfg: FinetuneConfig) -> list[Problem]:
     # the model's own structure: LoRA targets, template
     m = cfg.method
     try:
-        resolve_chat_format(cfg.model, load_tokenizer(cfg.model))
+        tok = load_tokenizer(cfg.model)
+        chat = resolve_chat_format(cfg.model, tok)
         if m.type in ("lora", "qlora") and not m.adapter_path:
             resolve_lora_targets(meta_model(cfg.model), m, resolve_family(cfg.model))
+        records = read_sft_records(cfg.data.train_file)
+        lengths = length_report(
+            Encoder(tok, chat, cfg.data), records if report is not None else records[:CHECK_RECORDS]
+        )
     except KgcError as exc:
         probs.extend(exc.problems)
+        return probs
+    lines = lengths.lines(cfg.data)
+    if report is not None:
+        report.extend(lines)
+    if lengths.impossible:
+        probs.append(Problem(lines[1], cfg.data.train_file))
     return probs
 
 

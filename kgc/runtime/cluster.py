@@ -13,7 +13,15 @@ def ensure_ray(address: str | None = None) -> None:
         return
     # inside `ray job submit` the job's driver finds its cluster in RAY_ADDRESS
     address = address or os.environ.get("RAY_ADDRESS")
+    from kgc.logs import ray_logging_level
+
+    level = ray_logging_level()
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, logging_level=level)
     else:
-        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+        ray.init(
+            _node_ip_address="127.0.0.1",
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=level,
+        )

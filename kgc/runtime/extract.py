@@ -16,6 +16,7 @@ from pathlib import Path
 
 from kgc.config import ExtractConfig
 from kgc.extract import finish, input_rows
+from kgc.progress import Rate
 from kgc.rows import Row
 from kgc.shards import SHARDS, SetAside, remove_partial_shards, settle_rows, write_shard
 
@@ -70,13 +71,12 @@ def _generate(cfg: ExtractConfig, todo: list[Row], out_dir: Path, progress: bool
     from kgc.runtime.pool import run_pool
 
     ensure_ray()
-    done, t0 = [0], time.time()
+    done, rate = [0], Rate("kgc extract", len(todo))
 
     def report(batch) -> None:
         done[0] += len(batch)
         if progress:
-            rate = done[0] / max(1e-9, time.time() - t0)
-            print(f"[kgc extract] {done[0]}/{len(todo)} rows, {rate:.1f} rows/s", flush=True)
+            rate.show(done[0])
 
     run_pool(
         todo,

@@ -15,6 +15,7 @@ from kgc.errors import KgcError
 from kgc.icl.client import ChatClient, ChatParams, Completion
 from kgc.icl.config import ClientConfig, IclConfig
 from kgc.icl.runner import Request
+from kgc.progress import Rate
 from kgc.runtime.cluster import ensure_ray
 from kgc.runtime.pool import run_pool
 
@@ -86,7 +87,7 @@ def execute_ray(cfg: IclConfig, requests: list[Request], progress: bool) -> list
     import ray
 
     ensure_ray(cfg.runner.address)
-    ray.data.DataContext.get_current().enable_progress_bars = progress
+    ray.data.DataContext.get_current().enable_progress_bars = False  # ours: kgc.progress
     env = {}
     key_var = cfg.client.api_key_env
     if os.environ.get(key_var):
@@ -99,9 +100,12 @@ def execute_ray(cfg: IclConfig, requests: list[Request], progress: bool) -> list
     bs = cfg.runner.batch_size
     got: dict[str, Completion] = {}
     dup = 0
+    rate = Rate("kgc icl", len(items), "requests")
 
     def collect(batch) -> None:
         nonlocal dup
+        if progress:
+            rate.show(len(got) + len(batch))
         for row in batch.to_dict("records"):
             if row["fatal"]:
                 raise KgcError(row["fatal"])

@@ -41,6 +41,7 @@ def run_pool(
     for `stall_s` seconds the run fails with "`what` stalled: …" followed by `advice`."""
     import ray
 
+    ray.data.DataContext.get_current().enable_progress_bars = False  # the caller reports
     ds = ray.data.from_items(items, override_num_blocks=blocks)
     ds = ds.map_batches(
         udf,

@@ -15,6 +15,7 @@ checkpoint. The torch side of each step: kgc.modeling.training.
 from __future__ import annotations
 
 import math
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -40,6 +41,14 @@ from kgc.modeling.training import (
     write_checkpoint,
 )
 from kgc.runtime.cluster import ensure_ray
+from kgc.trainlog import (
+    Follower,
+    Progress,
+    append_event,
+    read_events,
+    write_loss_png,
+    write_tensorboard,
+)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -58,19 +67,43 @@ def run(cfg: FinetuneConfig, *, ray_address: str | None = None):
     scaling = ray.train.ScalingConfig(
         num_workers=d.num_workers, use_gpu=d.use_gpu, resources_per_worker=resources
     )
+    storage = Path(cfg.run.storage_path).resolve()
+    run_dir = storage / cfg.run.name
     run_config = ray.train.RunConfig(
         name=cfg.run.name,
-        storage_path=str(Path(cfg.run.storage_path).resolve()),
+        storage_path=str(storage),
         failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
     )
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.model_dump(mode="json")},
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_dir": str(run_dir)},
         scaling_config=scaling,
         run_config=run_config,
     )
-    return trainer.fit()
+    # rank 0 logs to <run>/metrics.jsonl; the driver prints each event as it lands
+    with Follower(run_dir, Progress(cfg.run.name)):
+        result = trainer.fit()
+    report_files(run_dir)
+    return result
+
+
+def report_files(run_dir: Path) -> dict:
+    """The loss curve and TensorBoard events from the run's metrics log, and where they are
+    (said on the console)."""
+    events = read_events(run_dir)
+    files = {"metrics": run_dir / "metrics.jsonl"}
+    png, tb = write_loss_png(run_dir, events), write_tensorboard(run_dir, events)
+    if png:
+        files["loss_png"] = png
+    if tb:
+        files["tensorboard"] = tb
+    print(f"[kgc train] metrics: {files['metrics']}", file=sys.stderr)
+    if png:
+        print(f"[kgc train] loss curve: {png}", file=sys.stderr)
+    if tb:
+        print(f"[kgc train] TensorBoard: tensorboard --logdir {tb}", file=sys.stderr)
+    return files
 
 
 # ----------------------------------------------------------------------------- worker
@@ -81,9 +114,15 @@ class _Worker:
     device: Any
     tokens: int = 0  # real (non-pad) tokens this worker trained on
     busy: float = 0.0  # seconds spent in training steps
+    run_dir: str | None = None  # where rank 0 keeps the metrics log
 
     def tokens_per_s(self) -> float:
         return self.tokens / self.busy if self.busy else 0.0
+
+    def log(self, event: dict) -> None:
+        """Rank 0: an event into the run's metrics.jsonl (kgc.trainlog)."""
+        if self.rank == 0 and self.run_dir:
+            append_event(self.run_dir, event)
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -91,10 +130,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
     checkpointing (or only reporting) as the config says."""
     cfg = FinetuneConfig.model_validate(loop_config["cfg"])
     me = _start_worker(cfg)
+    me.run_dir = loop_config.get("run_dir")
     data = load_train_data(cfg)
     steps = total_steps(cfg, len(data.rows))
     state = _build(cfg, steps)
-    for step in range(_resume(state, me), steps):
+    start, ckpt = _resume(state, me)
+    me.log({"event": "start", "step": start, "total_steps": steps, "checkpoint": ckpt})
+    for step in range(start, steps):
         metrics = _step(cfg, data, state, me, step)
         _evaluate_and_report(cfg, data, state, me, metrics, steps)
 
@@ -127,15 +169,16 @@ def _build(cfg: FinetuneConfig, steps: int) -> TrainState:
     return ddp_state(cfg, net, steps)
 
 
-def _resume(state: TrainState, me: _Worker) -> int:
-    """The step to start at: 0, or the restored checkpoint's step."""
+def _resume(state: TrainState, me: _Worker) -> tuple[int, str | None]:
+    """The step to start at and the checkpoint restored: (0, None), or the restored
+    checkpoint's step and folder."""
     import ray.train
 
     ckpt = ray.train.get_checkpoint()
     d = _checkpoint_to_restore(ckpt, me.rank, me.world, me.device) if ckpt else None
     if d is None:
-        return 0
-    return restore(d, state.model, state.optimizer, state.scheduler, state.engine)
+        return 0, None
+    return restore(d, state.model, state.optimizer, state.scheduler, state.engine), str(d)
 
 
 def _step(cfg: FinetuneConfig, data: TrainData, state: TrainState, me: _Worker, step: int):
@@ -173,8 +216,10 @@ def _evaluate_and_report(cfg, data: TrainData, state: TrainState, me: _Worker, m
         )
     if done % t.save_every == 0 or done == steps:
         _save_and_report(cfg, data, state, me, done, metrics)
+        me.log({**metrics, "checkpoint": True})
     elif done % t.log_every == 0:
         ray.train.report(metrics)
+        me.log(metrics)
 
 
 def _save_and_report(cfg, data: TrainData, state: TrainState, me: _Worker, step: int, metrics):
