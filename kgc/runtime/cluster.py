@@ -25,3 +25,13 @@ def ensure_ray(address: str | None = None) -> None:
             log_to_driver=False,
             logging_level=level,
         )
+
+
+def follow_driver_cwd(cwd: str | None) -> None:
+    """In a worker: work in the driver's folder when it exists on this node, so the relative
+    paths of a config (resolved against the config's folder, relative to the driver's
+    working directory) name the same files. On a cluster whose workers run in an uploaded
+    working_dir, a folder of the driver's machine usually does not exist there and the
+    worker stays where Ray started it."""
+    if cwd and os.path.isdir(cwd) and os.getcwd() != cwd:
+        os.chdir(cwd)

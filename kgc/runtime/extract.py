@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def _generate(cfg: ExtractConfig, todo: list[Row], out_dir: Path, progress: bool
     run_pool(
         todo,
         ExtractUDF,
-        args=(cfg.model_dump(mode="json", by_alias=True), str(out_dir)),
+        args=(cfg.model_dump(mode="json", by_alias=True), str(out_dir), os.getcwd()),
         actors=cfg.workers.num_actors,
         batch_size=cfg.rows_per_call(),
         blocks=max(1, min(len(todo) // 64, 200)),
@@ -100,10 +101,12 @@ def _generate(cfg: ExtractConfig, todo: list[Row], out_dir: Path, progress: bool
 class ExtractUDF:
     """Ray Data actor: loads the engine once, then generates, parses and writes batches."""
 
-    def __init__(self, cfg_json: dict, out_dir: str):
+    def __init__(self, cfg_json: dict, out_dir: str, cwd: str | None = None):
         from kgc.modeling.engines import build_engine
+        from kgc.runtime.cluster import follow_driver_cwd
         from kgc.tasks import get
 
+        follow_driver_cwd(cwd)  # the config's relative paths name the driver's files
         self.cfg = ExtractConfig.model_validate(cfg_json)
         if self.cfg.workers.gpus_per_actor == 0:
             import torch

@@ -15,6 +15,7 @@ checkpoint. The torch side of each step: kgc.modeling.training.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import tempfile
 import time
@@ -40,7 +41,7 @@ from kgc.modeling.training import (
     validate,
     write_checkpoint,
 )
-from kgc.runtime.cluster import ensure_ray
+from kgc.runtime.cluster import ensure_ray, follow_driver_cwd
 from kgc.trainlog import (
     Follower,
     Progress,
@@ -77,7 +78,11 @@ def run(cfg: FinetuneConfig, *, ray_address: str | None = None):
     )
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_dir": str(run_dir)},
+        train_loop_config={
+            "cfg": cfg.model_dump(mode="json"),
+            "run_dir": str(run_dir),
+            "cwd": os.getcwd(),
+        },
         scaling_config=scaling,
         run_config=run_config,
     )
@@ -128,6 +133,7 @@ class _Worker:
 def train_loop_per_worker(loop_config: dict) -> None:
     """One Ray Train worker: set up, resume, then train step by step, evaluating and
     checkpointing (or only reporting) as the config says."""
+    follow_driver_cwd(loop_config.get("cwd"))
     cfg = FinetuneConfig.model_validate(loop_config["cfg"])
     me = _start_worker(cfg)
     me.run_dir = loop_config.get("run_dir")
