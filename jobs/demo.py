@@ -266,7 +266,7 @@ class Demo:
         self.timings["fine-tuning"] = time.time() - t
         self.ckpt = result.checkpoint.path
         loss = result.metrics.get("loss", float("nan"))
-        print(f"[demo] checkpoint {self.ckpt}  loss {loss:.3f}")
+        print(f"[demo] checkpoint {self.ckpt}  loss {loss:.3f}", flush=True)
         return self.ckpt
 
     def tuned_free(self) -> None:

@@ -91,10 +91,18 @@ def quiet(verbose: bool = False, native: bool = False) -> None:
         os.environ.setdefault(key, value)
     for category, message, module in WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
-    for name, level in LOGGERS:
-        logging.getLogger(name).setLevel(level)
+    settle_loggers()
     if native:
         filter_native_stderr()
+
+
+def settle_loggers() -> None:
+    """The LOGGERS levels, again: Ray Data configures its loggers when it is imported, after
+    `quiet()` ran; the code that imports it calls this (nothing when verbose)."""
+    if verbose_requested():
+        return
+    for name, level in LOGGERS:
+        logging.getLogger(name).setLevel(level)
 
 
 _FILTER: dict = {}

@@ -40,7 +40,11 @@ def run_pool(
     inherit the driver's environment). If no batch finishes
     for `stall_s` seconds the run fails with "`what` stalled: …" followed by `advice`."""
     import ray
+    import ray.data
 
+    from kgc.logs import settle_loggers
+
+    settle_loggers()  # Ray Data set its loggers' levels on import (docs/console.md)
     ray.data.DataContext.get_current().enable_progress_bars = False  # the caller reports
     ds = ray.data.from_items(items, override_num_blocks=blocks)
     ds = ds.map_batches(
