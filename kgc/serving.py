@@ -477,7 +477,34 @@ def _finite(name: str, v: float | None) -> float | None:
     return v
 
 
-class ChatRequest(BaseModel):
+class _SamplingFields(BaseModel):
+    """What the chat and completions requests share: sampling numbers (finite), `stop` (a
+    string or at most 4)."""
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    stop: str | list[str] | None = None
+
+    @field_validator("temperature", "top_p", mode="before")
+    @classmethod
+    def _no_nan(cls, v, info):
+        if isinstance(v, bool) or (v is not None and not isinstance(v, (int, float))):
+            raise ValueError(f"{info.field_name} must be a number")
+        return _finite(info.field_name, v)
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v):
+        if isinstance(v, list) and len(v) > 4:
+            raise ValueError("at most 4 stop strings")
+        return v
+
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+
+class ChatRequest(_SamplingFields):
     """The OpenAI chat-completions request, typed: a malformed field is a 422 naming it.
     Fields of the OpenAI API that kgc does not implement are ignored, except values it would
     silently get wrong (n > 1, tools), which are refused."""
@@ -497,13 +524,6 @@ class ChatRequest(BaseModel):
     seed: int | None = None
     user: str | None = None
 
-    @field_validator("temperature", "top_p", mode="before")
-    @classmethod
-    def _no_nan(cls, v, info):
-        if isinstance(v, bool) or (v is not None and not isinstance(v, (int, float))):
-            raise ValueError(f"{info.field_name} must be a number")
-        return _finite(info.field_name, v)
-
     @field_validator("n")
     @classmethod
     def _one_choice(cls, v):
@@ -518,18 +538,8 @@ class ChatRequest(BaseModel):
             raise ValueError("tools are not supported by kgc's chat endpoint")
         return v
 
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, v):
-        if isinstance(v, list) and len(v) > 4:
-            raise ValueError("at most 4 stop strings")
-        return v
 
-    def stops(self) -> list[str]:
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-
-
-class CompletionRequest(BaseModel):
+class CompletionRequest(_SamplingFields):
     """The OpenAI (legacy) completions request: `prompt` is raw text, fed to the model as it
     is (no chat template), as vLLM's /v1/completions does. Unsupported values kgc would
     silently get wrong are refused."""
@@ -549,13 +559,6 @@ class CompletionRequest(BaseModel):
     suffix: str | None = None
     seed: int | None = None
     user: str | None = None
-
-    @field_validator("temperature", "top_p", mode="before")
-    @classmethod
-    def _no_nan(cls, v, info):
-        if isinstance(v, bool) or (v is not None and not isinstance(v, (int, float))):
-            raise ValueError(f"{info.field_name} must be a number")
-        return _finite(info.field_name, v)
 
     @field_validator("prompt")
     @classmethod
@@ -592,18 +595,8 @@ class CompletionRequest(BaseModel):
             raise ValueError("suffix (insertion) is not supported by kgc")
         return v
 
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, v):
-        if isinstance(v, list) and len(v) > 4:
-            raise ValueError("at most 4 stop strings")
-        return v
-
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
-
-    def stops(self) -> list[str]:
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
 
 _UNION_TAG = re.compile(r"^(str|int|float|bool|none|[a-z-]+\[.*\])$")

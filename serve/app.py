@@ -429,6 +429,13 @@ def _error(status: int, message: str, **extra) -> JSONResponse:
     return JSONResponse({"error": {"message": message, **extra}}, status_code=status)
 
 
+def _invalid(exc: ValidationError) -> JSONResponse:
+    """A malformed OpenAI request: 422 naming the first bad field, and every bad field."""
+    fields = validation_fields(exc)
+    first = fields[0]
+    return _error(422, f"{first['field']}: {first['message']}", field=first["field"], fields=fields)
+
+
 def _replica_lost(exc: BaseException) -> bool:
     """The model replica died or became unreachable while holding the request."""
     from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
@@ -637,11 +644,7 @@ class IngressServer:
         try:
             body = ChatRequest.model_validate(raw)
         except ValidationError as exc:
-            fields = validation_fields(exc)
-            first = fields[0]
-            return _error(
-                422, f"{first['field']}: {first['message']}", field=first["field"], fields=fields
-            )
+            return _invalid(exc)
         limits = self.s.limits
         if len(body.messages) > limits.max_messages:
             return _error(
@@ -695,11 +698,7 @@ class IngressServer:
         try:
             body = CompletionRequest.model_validate(raw)
         except ValidationError as exc:
-            fields = validation_fields(exc)
-            first = fields[0]
-            return _error(
-                422, f"{first['field']}: {first['message']}", field=first["field"], fields=fields
-            )
+            return _invalid(exc)
         limits = self.s.limits
         prompts = body.prompts()
         if len(prompts) > limits.max_texts:

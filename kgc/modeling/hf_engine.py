@@ -304,17 +304,8 @@ class HFEngine:
         stops = config.stop + tuple(self.fmt.stop_strings())
         if self.continuous and not self.prompt_learning and config.num_beams == 1:
             deltas = TextDeltas(self.tok, stops, on_text) if on_text is not None else None
-            decoder = ContinuousDecoder(
-                self.model,
-                eos_ids=self.eos_ids,
-                pad_id=self.tok.pad_token_id,
-                slots=self.batch_size,
-                prefix=self.prefix_cache,
-                device=self.device,
-                jump_forward=config.jump_forward,
-                encode_text=lambda t: self.tok(t, add_special_tokens=False)["input_ids"],
-                step_overhead_tokens=self.step_overhead_tokens,
-                closer=self._closer if any(g is not None for g in grammars) else None,
+            decoder = self._decoder(
+                config.jump_forward, self._closer if any(g is not None for g in grammars) else None
             )
             ids = decoder.run(encoded, config, grammars, deltas.push if deltas else None)
             self.last_stats = dict(decoder.stats)
@@ -334,6 +325,21 @@ class HFEngine:
                 if on_text is not None and out[i]:
                     on_text(i, out[i])
         return out
+
+    def _decoder(self, jump_forward: bool, closer=None) -> ContinuousDecoder:
+        """kgc's continuous decode loop over this engine's model and slots."""
+        return ContinuousDecoder(
+            self.model,
+            eos_ids=self.eos_ids,
+            pad_id=self.tok.pad_token_id,
+            slots=self.batch_size,
+            prefix=self.prefix_cache,
+            device=self.device,
+            jump_forward=jump_forward,
+            encode_text=lambda t: self.tok(t, add_special_tokens=False)["input_ids"],
+            step_overhead_tokens=self.step_overhead_tokens,
+            closer=closer,
+        )
 
     @property
     def serves_continuously(self) -> bool:
@@ -386,17 +392,7 @@ class HFEngine:
                 deltas.finish_one(i)
             r.done(cut_at_stop(self.tok.decode(ids, skip_special_tokens=True), stops), None)
 
-        decoder = ContinuousDecoder(
-            self.model,
-            eos_ids=self.eos_ids,
-            pad_id=self.tok.pad_token_id,
-            slots=self.batch_size,
-            prefix=self.prefix_cache,
-            device=self.device,
-            jump_forward=True,
-            encode_text=lambda t: self.tok(t, add_special_tokens=False)["input_ids"],
-            step_overhead_tokens=self.step_overhead_tokens,
-        )
+        decoder = self._decoder(True)
         first = feed(self.batch_size)  # the prompts whose common prefix is prefilled once
         decoder.run(
             [j.ids for j in first],
