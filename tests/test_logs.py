@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+from kgc.logs import ENV
+
 RAY_LINE = (
     "[2026-12-02 04:53:44,835 E 18991 19774] core_worker.cc:2465: Actor with class name: "
     "'MapWorker(MapBatches(ExtractUDF))' and ID: '88c6' has constructor arguments in the "
@@ -32,7 +34,8 @@ print("env", os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS"), os.environ.get("KGC
 
 
 def _run(env_extra: dict) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "KGC_LOG"}
+    # the suite's own process may have run quiet() already, which sets these
+    env = {k: v for k, v in os.environ.items() if k != "KGC_LOG" and k not in ENV}
     return subprocess.run(
         [sys.executable, "-c", PROGRAM], capture_output=True, text=True, env={**env, **env_extra}
     )
