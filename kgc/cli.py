@@ -433,7 +433,46 @@ def _cmd_extract(args) -> int:
         from kgc.evaluate import format_table
 
         print(format_table(scores, by_source=True))
+    if not args.quiet:
+        extract_block(summary, scores)
     return 0
+
+
+def extract_block(summary: dict, scores: dict | None) -> str:
+    """`kgc extract`'s closing lines (stderr): counts, outputs, scores, where the details are."""
+    from pathlib import Path
+
+    from kgc.extract import DOCUMENTS, SCORES, SUMMARY
+    from kgc.progress import clock, done_block
+
+    out = Path(summary["output"])
+    rows, errors = summary["rows"], round(summary["parse_error_rate"] * summary["rows"])
+    resumed = summary.get("rows_skipped_resume") or 0
+    aside = {k: summary.get(k) for k in ("shards_corrupt", "rows_duplicate", "rows_not_in_input")}
+    score = None
+    if scores is not None:
+        s = next(iter(scores["scores"].values()), None)
+        if s is not None:
+            score = (
+                f"P {s['precision']:.3f}  R {s['recall']:.3f}  F1 {s['f1']:.3f}  ({out / SCORES})"
+            )
+    return done_block(
+        f"kgc extract: done in {clock(summary['seconds'])}, {summary['rows_per_s']:.2f} rows/s",
+        [
+            (
+                "rows",
+                f"{rows} from {summary['documents']} documents"
+                + (f" ({resumed} done by an earlier run)" if resumed else ""),
+            ),
+            ("records", summary["records"]),
+            ("parse errors", f"{errors} rows ({100 * summary['parse_error_rate']:.1f} %)"),
+            ("set aside", ", ".join(f"{k} {v}" for k, v in aside.items() if v) or None),
+            ("documents", out / DOCUMENTS),
+            ("predictions", summary.get("predictions")),
+            ("scores", score),
+            ("details", out / SUMMARY),
+        ],
+    )
 
 
 def _cmd_serve(args) -> int:

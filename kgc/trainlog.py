@@ -79,10 +79,15 @@ class Progress:
     step with step/total, loss, lr, tokens/s and ETA (from the pace since the start)."""
 
     def __init__(self, name: str, write: Callable[[str], None] | None = None):
+        from kgc.progress import on_terminal
+
         self.name = name
         self.write = write or (lambda line: print(line, file=sys.stderr, flush=True))
         self.total = 0
         self.first: tuple[int, float] | None = None  # (step, time) the pace is measured from
+        # on a terminal (and no `write` given) the step lines become one bar redrawn in place
+        self.bar_mode = write is None and on_terminal()
+        self._bar = None
 
     def __call__(self, ev: dict) -> None:
         if ev.get("event") == "start":
@@ -96,9 +101,16 @@ class Progress:
                 )
             else:
                 self.write(f"[kgc train] starting {self.name} fresh: {self.total} steps")
+            if self.bar_mode:
+                from kgc.progress import terminal_bar
+
+                self._bar = terminal_bar("kgc train", self.total, "steps", initial=step)
             return
         step = ev.get("step")
         if not isinstance(step, int):
+            return
+        if self._bar:
+            self._draw(step, ev)
             return
         parts = [f"[kgc train] step {step}/{self.total or '?'}"]
         if isinstance(ev.get("loss"), (int, float)):
@@ -115,6 +127,21 @@ class Progress:
         if ev.get("checkpoint"):
             parts.append("checkpoint saved")
         self.write("  ".join(parts))
+
+    def _draw(self, step: int, ev: dict) -> None:
+        """The bar at `step`, with loss, lr and tokens/s after it."""
+        bar = self._bar
+        bar.update(max(0, step - bar.n))
+        post = []
+        for key, fmt in (("loss", "loss {:.4f}"), ("eval_loss", "eval {:.4f}"),
+                         ("lr", "lr {:.2e}"), ("tokens_per_s", "{:,.0f} tok/s")):  # fmt: skip
+            if isinstance(ev.get(key), (int, float)):
+                post.append(fmt.format(ev[key]))
+        bar.set_postfix_str("  ".join(post), refresh=True)
+        if ev.get("checkpoint"):
+            bar.write(f"[kgc train] step {step}: checkpoint saved", file=sys.stderr)
+        if self.total and step >= self.total:
+            bar.close()
 
 
 class Follower:

@@ -97,10 +97,38 @@ def build(args, ray_map_reduce: Callable) -> int:
     from kgc.graph.stream import run_build
 
     cfg = load_config(args.config, args.overrides, schema=GraphConfig)
-    _print(
-        run_build(cfg, progress=not args.quiet, address=args.address, ray_map_reduce=ray_map_reduce)
+    summary = run_build(
+        cfg, progress=not args.quiet, address=args.address, ray_map_reduce=ray_map_reduce
     )
+    _print(summary)
+    if not args.quiet:
+        build_block(summary)
     return 0
+
+
+def build_block(summary: dict) -> str:
+    """`kgc graph build`'s closing lines (stderr): nodes, edges, what was dropped, files."""
+    from pathlib import Path
+
+    from kgc.graph.files import SUMMARY
+    from kgc.progress import clock, done_block
+
+    exports = summary.get("exports") or {}
+    dropped = summary.get("dropped_total", 0)
+    return done_block(
+        f"kgc graph build: done in {clock(summary.get('seconds', 0))}",
+        [
+            (
+                "graph",
+                f"{summary.get('nodes')} nodes, {summary.get('edges')} edges "
+                f"({summary.get('node_mentions')} + {summary.get('edge_mentions')} mentions)",
+            ),
+            ("dropped", f"{dropped} records: {summary.get('dropped')}" if dropped else None),
+            ("output", summary.get("output")),
+            *((f"export {k}", v) for k, v in exports.items()),
+            ("details", Path(summary.get("output", ".")) / SUMMARY),
+        ],
+    )
 
 
 def _export_cfg(args, **extra):

@@ -94,4 +94,27 @@ def run_command(args, ray_execute: Callable) -> int:
             "kgc icl: no output folder set (output=...); predictions were not written",
             file=sys.stderr,
         )
+    elif not args.quiet:
+        icl_block(result.summary)
     return 0
+
+
+def icl_block(summary: dict) -> str:
+    """`kgc icl`'s closing lines (stderr): requests, failures, files."""
+    from kgc.progress import clock, done_block
+
+    files = summary.get("files", {})
+    failed = summary.get("failed_requests", 0)
+    return done_block(
+        f"kgc icl ({summary.get('mode')}): done in {clock(summary.get('seconds', 0))}",
+        [
+            (
+                "requests",
+                f"{summary.get('requests')} ({summary.get('cache_hits', 0)} from the "
+                f"cache, {summary.get('retries', 0)} retries)",
+            ),
+            ("failed", f"{failed} (kept as rows with their error)" if failed else None),
+            ("model", f"{summary.get('model')} at {summary.get('base_url')}"),
+            *((name, path) for name, path in files.items()),
+        ],
+    )
