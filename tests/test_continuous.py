@@ -202,3 +202,42 @@ def test_serve_takes_requests_as_they_arrive(tiny_llama, prompts_and_schemas):
         assert results[i] == alone[0], i
     assert calls[0] > 3  # asked again while decoding
     assert order.index(0) < order.index(1)  # the 4-token answer left before the 24-token one
+
+
+def test_room_cache_and_grouped_attention_give_transformers_logits(tiny_llama):
+    """The loop's cache layers (written in place, reused across steps) and its CPU attention
+    on grouped key/value heads give the logits of transformers' own cache and SDPA."""
+    from transformers import AutoModelForCausalLM, DynamicCache
+
+    from kgc.modeling.continuous import kv_of, make_cache, use_cpu_attention
+
+    plain = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    ours = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    assert ours.config.num_key_value_heads < ours.config.num_attention_heads  # grouped
+    assert use_cpu_attention(ours) and ours.config._attn_implementation == "kgc_sdpa"
+    torch.manual_seed(0)
+    rows, width = 3, 9
+    ids = torch.randint(5, 500, (rows, width))
+    mask = torch.ones(rows, width, dtype=torch.long)
+    mask[0, :4] = 0  # a left-padded row
+    with torch.no_grad():
+        a = plain(input_ids=ids, attention_mask=mask, use_cache=True)
+        b = ours(input_ids=ids, attention_mask=mask, use_cache=True)
+        assert torch.allclose(a.logits[mask.bool()], b.logits[mask.bool()], atol=1e-5)
+        kv_a, kv_b, layers = kv_of(a.past_key_values), kv_of(b.past_key_values), None
+        for step in range(4):  # multi-token steps (jump-forward) and one-token steps
+            k = 3 if step % 2 == 0 else 1
+            new = torch.randint(5, 500, (rows, k))
+            mask = torch.cat([mask, torch.ones(rows, k, dtype=torch.long)], dim=1)
+            pos = mask.sum(1, keepdim=True) - k + torch.arange(k) - 1
+            a = plain(input_ids=new, attention_mask=mask, position_ids=pos, use_cache=True,
+                      past_key_values=DynamicCache(ddp_cache_data=kv_a))  # fmt: skip
+            cache = make_cache(kv_b, layers)
+            if layers is not None:  # the previous step's layers, reused in place
+                assert all(x is y for x, y in zip(cache.layers, layers))
+            b = ours(input_ids=new, attention_mask=mask, position_ids=pos, use_cache=True,
+                     past_key_values=cache)  # fmt: skip
+            layers = list(b.past_key_values.layers)
+            kv_a, kv_b = kv_of(a.past_key_values), kv_of(b.past_key_values)
+            assert torch.allclose(a.logits, b.logits, atol=1e-5), step
+            assert all(torch.equal(x[0], y[0]) for x, y in zip(kv_a, kv_b))
