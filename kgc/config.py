@@ -233,6 +233,10 @@ class WorkersConfig(_Strict):
     # fractional is fine (leave CPUs for readers); torch threads = the CPUs rounded up
     cpus_per_actor: float = Field(1.0, gt=0)
     gpus_per_actor: float = Field(0.0, ge=0)
+    # when no node can hold one actor yet, how long to wait for the autoscaler to start
+    # launching one (it is then waited for up to stall_timeout_s); without an autoscaler
+    # the job fails at once (kgc.runtime.capacity)
+    scale_up_grace_s: float = Field(60.0, gt=0)
 
 
 class OutputConfig(_Strict):

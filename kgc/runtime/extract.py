@@ -10,8 +10,10 @@ scores and summary.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -73,9 +75,15 @@ def _generate(cfg: ExtractConfig, todo: list[Row], out_dir: Path, progress: bool
 
     ensure_ray()
     done, rate = [0], Rate("kgc extract", len(todo))
+    warned = [False]
 
     def report(batch) -> None:
         done[0] += len(batch)
+        if not warned[0] and "device" in batch and (batch["device"] == "cpu").any():
+            warned[0] = True
+            line = cpu_fallback_line(cfg.workers.gpus_per_actor)
+            if line:  # said once per run, whichever actor it is
+                print(f"[kgc extract] {line}", file=sys.stderr, flush=True)
         if progress:
             rate.show(done[0])
 
@@ -88,12 +96,25 @@ def _generate(cfg: ExtractConfig, todo: list[Row], out_dir: Path, progress: bool
         blocks=max(1, min(len(todo) // 64, 200)),
         num_cpus=cfg.workers.cpus_per_actor,
         num_gpus=cfg.workers.gpus_per_actor,
+        fields={"CPU": "workers.cpus_per_actor", "GPU": "workers.gpus_per_actor"},
+        scale_up_grace_s=cfg.workers.scale_up_grace_s,
         on_batch=report,
         stall_s=cfg.stall_timeout_s,
         what="extraction",
         advice="Rows written so far are kept; rerun the same command to resume. Check the "
         "actors' logs (ray logs) for a hung engine, or raise stall_timeout_s for very slow "
         "models.",
+    )
+
+
+def cpu_fallback_line(gpus_per_actor: float) -> str | None:
+    """The line said when actors that asked for GPUs found no CUDA (a node whose GPUs are
+    declared but not usable, a CPU build of torch): the engine runs on CPU, much slower."""
+    if not gpus_per_actor:
+        return None
+    return (
+        f"workers.gpus_per_actor={gpus_per_actor:g} but CUDA is not available on this node: "
+        "running on CPU"
     )
 
 
@@ -115,6 +136,12 @@ class ExtractUDF:
             # leave half a core to Ray Data's read tasks and still compute on 2 threads)
             torch.set_num_threads(max(1, math.ceil(self.cfg.workers.cpus_per_actor)))
         self.engine = build_engine(self.cfg.engine)
+        # the HF engine picks CUDA when torch sees it, else CPU (kgc.modeling.hf_engine);
+        # other engines do not say
+        self.device = str(getattr(self.engine, "device", "") or "")
+        line = cpu_fallback_line(self.cfg.workers.gpus_per_actor)
+        if line and self.device == "cpu":
+            logging.getLogger("kgc.extract").warning(line)  # once per actor, in its log
         self.gen = self.cfg.generation
         self.task = get(self.cfg.task)
         self.out = Path(out_dir) / SHARDS
@@ -147,6 +174,7 @@ class ExtractUDF:
             "id": ids,
             "parse_error": n_errors,
             "n_records": n_records,
+            "device": [self.device] * len(ids),  # the driver says a CPU fallback once
         }
 
     def _schemas(self, batch: dict) -> list[dict] | None:

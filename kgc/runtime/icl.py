@@ -128,6 +128,7 @@ def execute_ray(cfg: IclConfig, requests: list[Request], progress: bool) -> list
         batch_size=bs,
         blocks=min(len(items), max(n_actors, min(-(-len(items) // bs), 200))),
         num_cpus=cfg.runner.cpus_per_actor,
+        fields={"CPU": "runner.cpus_per_actor"},
         env=env,
         on_batch=collect,
         stall_s=cfg.runner.stall_timeout_s,

@@ -31,6 +31,8 @@ def run_pool(
     stall_s: float,
     what: str,
     advice: str,
+    fields: dict[str, str] | None = None,
+    scale_up_grace_s: float = 60.0,
 ) -> None:
     """Map `items` through `actors` instances of `udf` and hand each finished batch (a pandas
     DataFrame of the UDF's output columns) to `on_batch`, in the driver.
@@ -38,11 +40,25 @@ def run_pool(
     Each actor is built once, `udf(*args)`, then called on batches of `batch_size` rows (the
     input is split in `blocks` blocks). `env`: variables the actors get (workers do not
     inherit the driver's environment). If no batch finishes
-    for `stall_s` seconds the run fails with "`what` stalled: …" followed by `advice`."""
+    for `stall_s` seconds the run fails with "`what` stalled: …" followed by `advice`.
+
+    Before the pool starts, some node must be able to hold one actor (kgc.runtime.capacity:
+    at once, or once the autoscaler adds one within `scale_up_grace_s`, longer while a node
+    is launching, up to `stall_s`); else a KgcError names the config field of the resource
+    that no node has (`fields`: {"CPU": "workers.cpus_per_actor", "GPU": …})."""
     import ray
     import ray.data
 
     from kgc.logs import settle_loggers
+    from kgc.runtime.capacity import actor_shape, ensure_capacity
+
+    release = ensure_capacity(
+        actor_shape(num_cpus, num_gpus),
+        fields or {"CPU": "num_cpus", "GPU": "num_gpus"},
+        what=what,
+        grace_s=scale_up_grace_s,
+        timeout_s=stall_s,
+    )
 
     settle_loggers()  # Ray Data set its loggers' levels on import (docs/console.md)
     ray.data.DataContext.get_current().enable_progress_bars = False  # the caller reports
@@ -56,14 +72,22 @@ def run_pool(
         num_gpus=num_gpus or None,
         runtime_env={"env_vars": env} if env else None,
     )
-    drain(
-        ds.iter_batches(batch_size=None, batch_format="pandas"),
-        on_batch,
-        total=len(items),
-        stall_s=stall_s,
-        what=what,
-        advice=advice,
-    )
+
+    def first_then(batch) -> None:
+        release()  # the actors run: the autoscaler request (if any) has done its job
+        on_batch(batch)
+
+    try:
+        drain(
+            ds.iter_batches(batch_size=None, batch_format="pandas"),
+            first_then,
+            total=len(items),
+            stall_s=stall_s,
+            what=what,
+            advice=advice,
+        )
+    finally:
+        release()
 
 
 def drain(
