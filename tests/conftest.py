@@ -78,17 +78,7 @@ def local_ray(tmp_path_factory):
         include_dashboard=False,
         log_to_driver=False,
         configure_logging=False,
-        runtime_env={
-            "worker_process_setup_hook": "tests.support.faults.install",
-            # the hook runs before a worker takes the driver's sys.path: the checkout's
-            # root must be on PYTHONPATH for `tests.support` to import
-            "env_vars": {
-                faults.ENV: os.environ[faults.ENV],
-                "PYTHONPATH": os.pathsep.join(
-                    p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p
-                ),
-            },
-        },
+        runtime_env=faults.runtime_env(os.environ[faults.ENV]),
     )
     yield ray
     ray.shutdown()

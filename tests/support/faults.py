@@ -1,5 +1,6 @@
 """Fault injection for tests: kill a Ray Train worker at a step, kill an extraction actor
-after N batches, log the steps a run trained. Not part of kgc: the test session's Ray runs
+after N batches, hold every Ray Train worker before a step until the test releases it (to
+take a node away at a known point), log the steps a run trained. Not part of kgc: the test session's Ray runs
 `install` in every worker process it starts (Ray's `worker_process_setup_hook`, see
 tests/conftest.py `local_ray`), and tests say what to do with `plan(...)`.
 
@@ -30,13 +31,37 @@ TARGETS = ("kgc.runtime.train", "kgc.runtime.extract")
 def plan(**faults):
     """Faults for the runs inside the block: kill_step + kill_rank (Ray Train), kill_after
     (extraction batches), marker (the file the one killed process writes: only one dies),
-    step_log (rank 0 appends each finished step)."""
+    step_log (rank 0 appends each finished step), hold_step + held_dir + release (every
+    rank, before training step hold_step, writes held_dir/rank<r> with its node id, then
+    waits until the file `release` exists)."""
     path = Path(os.environ[ENV])
-    path.write_text(json.dumps({k: str(v) for k, v in faults.items()}))
+    write_plan(path, **faults)
     try:
         yield
     finally:
         path.unlink(missing_ok=True)
+
+
+def write_plan(path, **faults) -> Path:
+    """The plan file itself (for a Ray started elsewhere, whose workers get KGC_FAULTS=path
+    from `runtime_env(path)`)."""
+    path = Path(path)
+    path.write_text(json.dumps({k: str(v) for k, v in faults.items()}))
+    return path
+
+
+def runtime_env(plan_path) -> dict:
+    """The job runtime_env that arms the faults in every worker the job starts: the setup
+    hook, KGC_FAULTS, and the checkout's root on PYTHONPATH (the hook runs before a worker
+    takes the driver's sys.path, so `tests.support` must import from there)."""
+    root = str(Path(__file__).resolve().parents[2])
+    return {
+        "worker_process_setup_hook": "tests.support.faults.install",
+        "env_vars": {
+            ENV: str(plan_path),
+            "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p),
+        },
+    }
 
 
 def _plan() -> dict:
@@ -59,11 +84,30 @@ def _die_once(marker: str | None) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _hold(p: dict, rank: int, step: int) -> None:
+    """Before training step `step`: if the plan holds there and the test has not released
+    it, say where this rank runs (its Ray node id) and wait."""
+    if p.get("hold_step") != str(step) or not p.get("release"):
+        return
+    release = Path(p["release"])
+    if release.exists():
+        return
+    import time
+
+    import ray
+
+    held = Path(p["held_dir"]) / f"rank{rank}"
+    held.write_text(ray.get_runtime_context().get_node_id())
+    while not release.exists():
+        time.sleep(0.2)
+
+
 def _patch_train(mod) -> None:
     step = mod._step
 
     @functools.wraps(step)
     def faulty_step(cfg, data, state, me, i, *args, **kw):
+        _hold(_plan(), me.rank, i + 1)
         metrics = step(cfg, data, state, me, i, *args, **kw)
         p, done = _plan(), i + 1
         if p.get("step_log") and me.rank == 0:

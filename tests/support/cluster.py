@@ -1,0 +1,398 @@
+"""Simulated Ray clusters on this one machine, for tests (tests/test_multinode.py).
+
+Everything binds to 127.0.0.1, lives under its own short temp dir (Unix socket paths must
+stay under ~107 characters) and is stopped by what it started, never by name:
+
+- `LocalCluster`: Ray's `ray.cluster_utils.Cluster`, several raylets on this host as
+  children of the test process. Nodes are added and removed by handle. It is closed by
+  removing its own nodes one by one: `Cluster.shutdown()` would also reset this process's
+  internal KV client (the test session's own Ray may be connected) and delete the
+  machine's `/tmp/ray/ray_current_cluster`, which may be a user's.
+- `AutoscalingCluster`: `ray start --head --autoscaling-config` with Ray's fake multi-node
+  provider, which starts worker raylets on this host when the autoscaler launches nodes.
+  Ray's own `ray.cluster_utils.AutoscalingCluster` is not used: its start and shutdown run
+  `ray stop --force` (every Ray process of the machine), and it reads a
+  fake_multi_node/example.yaml this Ray install lacks. Its config comes from our
+  ray_cluster.yaml (`fake_autoscaling_config`), and it is stopped by killing the processes
+  whose command line names its temp dir (the fake worker nodes' too: they take the head's
+  temp dir).
+- drivers run as separate processes with RAY_ADDRESS (`driver_env`), so the test process's
+  own Ray connection (the session's `local_ray`) is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+ADDRESS_FILE = Path("/tmp/ray/ray_current_cluster")  # what `ray.init("auto")` reads
+OBJECT_STORE = 100 * 1024 * 1024  # small: several raylets share this machine's /dev/shm
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def short_temp_dir(prefix: str = "kgcmn") -> str:
+    return tempfile.mkdtemp(dir="/tmp", prefix=prefix)
+
+
+def processes_under(tag: str) -> list:
+    """This machine's processes whose command line names `tag` (our temp dir: raylets,
+    GCS, agents, the autoscaler carry it), and their descendants: Ray's worker processes
+    rename themselves `ray::…`, so they are found by parentage."""
+    import psutil
+
+    found: dict[int, psutil.Process] = {}
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        if p.pid == os.getpid():
+            continue
+        try:
+            if any(tag in part for part in p.info["cmdline"] or []):
+                found[p.pid] = p
+                found.update((c.pid, c) for c in p.children(recursive=True))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    found.pop(os.getpid(), None)
+    return list(found.values())
+
+
+def stop_processes(tag: str, timeout: float = 3.0) -> list[str]:
+    """SIGTERM, then SIGKILL after `timeout` (gcs_server lingers on SIGTERM), each process
+    of `processes_under(tag)`, by pid (psutil checks a pid was not reused); returns what was
+    still running ("pid:name"), so a caller can say it had to stop them."""
+    import psutil
+
+    procs = processes_under(tag)
+    names = []
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            names.append(f"{p.pid}:{p.name()}")
+            p.send_signal(signal.SIGTERM)
+    _gone, alive = psutil.wait_procs(procs, timeout=timeout)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(alive, timeout=5)
+    return names
+
+
+@contextlib.contextmanager
+def address_file_kept():
+    """Leave /tmp/ray/ray_current_cluster as it was (Ray's Cluster writes it)."""
+    before = ADDRESS_FILE.read_bytes() if ADDRESS_FILE.exists() else None
+    try:
+        yield
+    finally:
+        if before is None:
+            ADDRESS_FILE.unlink(missing_ok=True)
+        else:
+            ADDRESS_FILE.write_bytes(before)
+
+
+def driver_env(address: str, **extra: str) -> dict:
+    """The environment of a driver process for the cluster at `address`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KGC_FAULTS")}
+    env.update(RAY_ADDRESS=address, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    # ray.init turns a 127.0.0.1 address into the machine's outward IP (where a real head
+    # listens) unless Ray believes it runs single-host; ours listen on 127.0.0.1 only
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    env.update(extra)
+    return env
+
+
+def wait_for(what: str, cond, timeout: float, every: float = 0.5):
+    """Poll `cond()` until it returns something true; that value (or AssertionError)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+# ----------------------------------------------------------------------------- Cluster
+class LocalCluster:
+    """`ray.cluster_utils.Cluster` on 127.0.0.1 with its own temp dir, no dashboard, small
+    object stores; worker nodes added and removed by handle; `close()` stops exactly its
+    own processes (and says if any had to be killed by temp dir afterwards)."""
+
+    def __init__(self, head_cpus: float = 0, head_resources: dict | None = None):
+        from ray.cluster_utils import Cluster
+
+        self.temp_dir = short_temp_dir()
+        self._kept = address_file_kept()
+        self._kept.__enter__()
+        self.cluster = Cluster(
+            initialize_head=True,
+            connect=False,
+            shutdown_at_exit=True,
+            head_node_args={
+                "num_cpus": head_cpus,
+                "resources": head_resources or {},
+                "node_ip_address": "127.0.0.1",
+                "temp_dir": self.temp_dir,
+                "include_dashboard": False,
+                "dashboard_agent_listen_port": free_port(),
+                "object_store_memory": OBJECT_STORE,
+                # a SIGKILLed raylet is declared dead after ~3 missed health checks of 1 s
+                # (Ray's default: 5 of 3 s), so the tests see a lost node sooner
+                "_system_config": {
+                    "health_check_period_ms": 1000,
+                    "health_check_failure_threshold": 3,
+                },
+            },
+        )
+        self.address = self.cluster.address
+        self.leftovers: list[str] = []
+
+    @property
+    def head(self):
+        return self.cluster.head_node
+
+    def add_node(self, num_cpus: float = 1, resources: dict | None = None):
+        node = self.cluster.add_node(
+            num_cpus=num_cpus,
+            resources=resources or {},
+            node_ip_address="127.0.0.1",
+            object_store_memory=OBJECT_STORE,
+        )  # waits until the GCS lists this node
+        return node
+
+    def remove_node(self, node) -> None:
+        self.cluster.remove_node(node, allow_graceful=False)  # as a lost machine: no goodbye
+
+    def node(self, node_id: str):
+        return next(n for n in self.cluster.worker_nodes if n.node_id == node_id)
+
+    def alive_node_ids(self) -> set[str]:
+        return set(self.cluster.global_state._live_node_ids())
+
+    def actors(self) -> list[dict]:
+        """Every actor of the cluster: class name, state, node id (from the GCS)."""
+        table = self.cluster.global_state.actor_table(None)
+        return [
+            {
+                "class": a.get("ActorClassName", ""),
+                "state": a.get("State"),
+                "node_id": (a.get("Address") or {}).get("NodeID"),
+                "name": a.get("Name", ""),
+            }
+            for a in table.values()
+        ]
+
+    def close(self) -> None:
+        try:
+            for node in list(self.cluster.worker_nodes):
+                self.cluster.remove_node(node)
+            if self.cluster.head_node is not None:
+                self.cluster.remove_node(self.cluster.head_node)
+        finally:
+            time.sleep(1)
+            # a worker process outliving its raylet would still carry our temp dir
+            self.leftovers = stop_processes(self.temp_dir)
+            self._kept.__exit__(None, None, None)
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ----------------------------------------------------------------------------- autoscaling
+HEAD_TYPE = "ray.head.default"  # the fake provider's name for the head node's type
+
+
+def fake_autoscaling_config(
+    cluster_yaml: str | Path,
+    *,
+    gcs_address: str,
+    cpus_per_node: int = 1,
+    idle_timeout_s: float = 10.0,
+    object_store_bytes: int = OBJECT_STORE,
+) -> dict:
+    """Ray's fake multi-node provider config from our cluster config (ray_cluster.yaml).
+
+    Kept: every worker type's name, min/max workers, the cluster's max_workers and
+    upscaling speed, and each type's resources: GPUs stay declared resources (there are no
+    GPUs behind them here), accelerator_type:* stays a custom resource. Changed: every
+    type's CPUs become `cpus_per_node` (this machine has 2), the head type is the fake
+    provider's `ray.head.default`, the idle timeout is `idle_timeout_s`, each node gets a
+    small object store, and the cloud parts (provider, auth, docker, node_config, setup
+    and start commands, file mounts) are dropped: the provider starts raylets on 127.0.0.1."""
+    src = yaml.safe_load(Path(cluster_yaml).read_text())
+    types = src["available_node_types"]
+    head_name = src["head_node_type"]
+
+    def scaled(resources: dict) -> dict:
+        out = {k: v for k, v in resources.items() if k != "CPU"}
+        out["CPU"] = cpus_per_node
+        return out
+
+    node_types = {
+        HEAD_TYPE: {
+            "resources": {k: v for k, v in scaled(types[head_name]["resources"]).items() if v},
+            "node_config": {},
+            "max_workers": 0,
+        }
+    }
+    for name, t in types.items():
+        if name == head_name:
+            continue
+        node_types[name] = {
+            "resources": {**scaled(t["resources"]), "object_store_memory": object_store_bytes},
+            "node_config": {},
+            "min_workers": t.get("min_workers", 0),
+            "max_workers": t.get("max_workers", src.get("max_workers", 2)),
+        }
+    empty: dict = {k: [] for k in ("initialization_commands", "setup_commands")}
+    for k in ("head_setup_commands", "worker_setup_commands", "head_start_ray_commands"):
+        empty[k] = []
+    return {
+        "cluster_name": src.get("cluster_name", "kgc"),
+        "max_workers": src.get("max_workers", 2),
+        "upscaling_speed": src.get("upscaling_speed", 1.0),
+        "idle_timeout_minutes": idle_timeout_s / 60.0,
+        "provider": {
+            "type": "fake_multinode",
+            "gcs_address": gcs_address,
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+        },
+        "auth": {},
+        "docker": {},
+        "available_node_types": node_types,
+        "head_node_type": HEAD_TYPE,
+        **empty,
+        "worker_start_ray_commands": [],
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": [],
+        "rsync_filter": [],
+    }
+
+
+class AutoscalingCluster:
+    """A head started with `ray start --head --autoscaling-config=…` (Ray's autoscaler v1
+    with the fake multi-node provider: it starts worker raylets on this host), on
+    127.0.0.1, in its own temp dir, stopped by killing the processes that name that dir."""
+
+    def __init__(self, cluster_yaml: str | Path, *, idle_timeout_s: float = 10.0):
+        self.temp_dir = short_temp_dir("kgcas")
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.config = fake_autoscaling_config(
+            cluster_yaml, gcs_address=self.address, idle_timeout_s=idle_timeout_s
+        )
+        self.config_path = Path(self.temp_dir) / "autoscaling.json"
+        self.config_path.write_text(json.dumps(self.config, indent=1))
+        self.leftovers: list[str] = []
+
+    def start(self) -> None:
+        head = self.config["available_node_types"][HEAD_TYPE]["resources"]
+        ray = str(Path(sys.executable).parent / "ray")
+        cmd = [
+            ray,
+            "start",
+            "--head",
+            f"--autoscaling-config={self.config_path}",
+            f"--port={self.port}",
+            "--node-ip-address=127.0.0.1",
+            f"--temp-dir={self.temp_dir}",
+            f"--num-cpus={head.get('CPU', 1)}",
+            f"--num-gpus={head.get('GPU', 0)}",
+            "--include-dashboard=false",
+            f"--object-store-memory={OBJECT_STORE}",
+            f"--ray-client-server-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            "--disable-usage-stats",
+        ]
+        env = {
+            **os.environ,
+            "RAY_FAKE_CLUSTER": "1",
+            "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+            "RAY_AUTH_MODE": "disabled",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            # the fake provider starts worker raylets inside the autoscaler's process at
+            # ray.util.get_node_ip_address(): the machine's outward IP unless Ray believes
+            # it runs single-host (then 127.0.0.1); only the node IP and the `ray start`
+            # worker-node CLI (not used) read this switch
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        }
+        env.pop("RAY_ADDRESS", None)
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            self.stop()
+            raise RuntimeError(f"ray start failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+
+    def session_dir(self) -> Path:
+        return Path(self.temp_dir) / "session_latest"
+
+    def monitor_log(self) -> str:
+        logs = self.session_dir() / "logs"
+        return "".join(
+            p.read_text(errors="replace") for p in sorted(logs.glob("monitor*")) if p.is_file()
+        )
+
+    def status(self) -> str:
+        """`ray status` for this cluster (its address, never the machine's default)."""
+        ray = str(Path(sys.executable).parent / "ray")
+        done = subprocess.run(
+            [ray, "status", f"--address={self.address}"],
+            env=driver_env(self.address),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return done.stdout + done.stderr
+
+    def _state(self):
+        if getattr(self, "_global_state", None) is None:
+            from ray._private.state import GlobalState
+            from ray._raylet import GcsClientOptions
+
+            self._global_state = GlobalState()
+            self._global_state._initialize_global_state(
+                GcsClientOptions.create(
+                    self.address, None, allow_cluster_id_nil=True, fetch_cluster_id_if_nil=False
+                )
+            )
+        return self._global_state
+
+    def nodes(self) -> list[dict]:
+        """Alive nodes: id and total resources (read from the GCS, no driver needed)."""
+        return [
+            {"node_id": node_id, "resources": resources}
+            for node_id, resources in self._state().total_resources_per_node().items()
+        ]
+
+    def stop(self) -> None:
+        self.leftovers = stop_processes(self.temp_dir)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
