@@ -3,11 +3,12 @@
 Everything binds to 127.0.0.1, lives under its own short temp dir (Unix socket paths must
 stay under ~107 characters) and is stopped by what it started, never by name:
 
-- `LocalCluster`: Ray's `ray.cluster_utils.Cluster`, several raylets on this host as
-  children of the test process. Nodes are added and removed by handle. It is closed by
-  removing its own nodes one by one: `Cluster.shutdown()` would also reset this process's
-  internal KV client (the test session's own Ray may be connected) and delete the
-  machine's `/tmp/ray/ray_current_cluster`, which may be a user's.
+- `LocalCluster`: Ray's `ray.cluster_utils.Cluster`, several raylets on this host, held
+  by a helper process of the test (`python -m tests.support.cluster`, one JSON command per
+  line) so that no Ray object of it lives in the test process. Nodes are added and removed
+  by handle, and closed by removing its own nodes one by one: `Cluster.shutdown()` would
+  also delete the machine's `/tmp/ray/ray_current_cluster`, which may be a user's (the
+  file is restored as it was).
 - `AutoscalingCluster`: `ray start --head --autoscaling-config` with Ray's fake multi-node
   provider, which starts worker raylets on this host when the autoscaler launches nodes.
   Ray's own `ray.cluster_utils.AutoscalingCluster` is not used: its start and shutdown run
@@ -17,7 +18,9 @@ stay under ~107 characters) and is stopped by what it started, never by name:
   whose command line names its temp dir (the fake worker nodes' too: they take the head's
   temp dir).
 - drivers run as separate processes with RAY_ADDRESS (`driver_env`), so the test process's
-  own Ray connection (the session's `local_ray`) is never touched.
+  own Ray connection (the session's `local_ray`) is never touched. Nothing here opens a
+  GCS client in the test process: one that outlives its cluster ends the process 60 s
+  later ("Failed to connect to GCS within 60 seconds").
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -128,26 +132,105 @@ def wait_for(what: str, cond, timeout: float, every: float = 0.5):
 
 
 # ----------------------------------------------------------------------------- Cluster
+@dataclass(frozen=True)
+class Node:
+    node_id: str
+
+
 class LocalCluster:
     """`ray.cluster_utils.Cluster` on 127.0.0.1 with its own temp dir, no dashboard, small
     object stores; worker nodes added and removed by handle; `close()` stops exactly its
-    own processes (and says if any had to be killed by temp dir afterwards)."""
+    own processes (and lists any it then had to kill by temp dir).
 
-    def __init__(self, head_cpus: float = 0, head_resources: dict | None = None):
-        from ray.cluster_utils import Cluster
+    The Cluster lives in a helper process (`python -m tests.support.cluster`) that takes
+    one JSON command per line: Ray objects made in the test process would outlive the
+    cluster there (each in-process Node keeps a GCS client that, 60 s after its GCS is
+    gone, ends the whole process), and the test session's own Ray sets token auth in this
+    process's environment, which its nodes would inherit."""
 
+    def __init__(self, head_cpus: float = 0):
         self.temp_dir = short_temp_dir()
-        self._kept = address_file_kept()
-        self._kept.__enter__()
-        self.cluster = Cluster(
+        env = driver_env("")
+        env.pop("RAY_ADDRESS")
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.cluster", self.temp_dir, str(head_cpus)],
+            env=env,
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.address = self._call({"op": "address"})["address"]
+        self.leftovers: list[str] = []
+
+    def _call(self, command: dict):
+        self._proc.stdin.write(json.dumps(command) + "\n")
+        self._proc.stdin.flush()
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the cluster helper exited ({self._proc.wait()})")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise RuntimeError(answer["error"])
+        return answer
+
+    def add_node(self, num_cpus: float = 1, resources: dict | None = None) -> Node:
+        return Node(
+            self._call({"op": "add", "num_cpus": num_cpus, "resources": resources})["node_id"]
+        )
+
+    def remove_node(self, node: Node) -> None:
+        """As a lost machine: the node's processes SIGKILLed, no goodbye to the GCS."""
+        self._call({"op": "remove", "node_id": node.node_id})
+
+    def node(self, node_id: str) -> Node:
+        assert node_id in self.worker_ids(), node_id
+        return Node(node_id)
+
+    def worker_ids(self) -> set[str]:
+        return set(self._call({"op": "workers"})["node_ids"])
+
+    def actors(self) -> list[dict]:
+        """Every actor of the cluster: class name, state, node id (from the GCS)."""
+        return self._call({"op": "actors"})["actors"]
+
+    def close(self) -> None:
+        try:
+            if self._proc.poll() is None:
+                self._call({"op": "close"})
+                self._proc.wait(timeout=60)
+        finally:
+            if self._proc.poll() is None:
+                self._proc.kill()
+                self._proc.wait()
+            time.sleep(1)
+            # a worker process outliving its raylet would still carry our temp dir
+            self.leftovers = stop_processes(self.temp_dir)
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _cluster_helper(temp_dir: str, head_cpus: float) -> None:
+    """The helper process behind LocalCluster: a Cluster, commands on stdin, answers on
+    stdout (Ray's own output goes to stderr)."""
+    from ray.cluster_utils import Cluster
+
+    out = sys.stdout
+    sys.stdout = sys.stderr
+    with address_file_kept():
+        cluster = Cluster(
             initialize_head=True,
             connect=False,
             shutdown_at_exit=True,
             head_node_args={
                 "num_cpus": head_cpus,
-                "resources": head_resources or {},
                 "node_ip_address": "127.0.0.1",
-                "temp_dir": self.temp_dir,
+                "temp_dir": temp_dir,
                 "include_dashboard": False,
                 "dashboard_agent_listen_port": free_port(),
                 "object_store_memory": OBJECT_STORE,
@@ -159,62 +242,49 @@ class LocalCluster:
                 },
             },
         )
-        self.address = self.cluster.address
-        self.leftovers: list[str] = []
+        nodes = {}
+        for line in sys.stdin:
+            cmd = json.loads(line)
+            op, answer = cmd["op"], {}
+            try:
+                if op == "address":
+                    answer = {"address": cluster.address}
+                elif op == "add":
+                    node = cluster.add_node(  # waits until the GCS lists it
+                        num_cpus=cmd["num_cpus"],
+                        resources=cmd.get("resources") or {},
+                        node_ip_address="127.0.0.1",
+                        object_store_memory=OBJECT_STORE,
+                    )
+                    nodes[node.node_id] = node
+                    answer = {"node_id": node.node_id}
+                elif op == "remove":
+                    cluster.remove_node(nodes.pop(cmd["node_id"]), allow_graceful=False)
+                elif op == "workers":
+                    answer = {"node_ids": sorted(nodes)}
+                elif op == "actors":
+                    table = cluster.global_state.actor_table(None).values()
+                    answer = {"actors": [_actor(a) for a in table]}
+                elif op == "close":
+                    for node in list(cluster.worker_nodes):
+                        cluster.remove_node(node)
+                    cluster.remove_node(cluster.head_node)
+            except Exception as exc:  # noqa: BLE001 - handed to the test
+                answer = {"error": f"{type(exc).__name__}: {exc}"}
+            out.write(json.dumps(answer) + "\n")
+            out.flush()
+            if op == "close":
+                break
+    os._exit(0)  # no atexit: the nodes are gone, their GCS clients must not linger
 
-    @property
-    def head(self):
-        return self.cluster.head_node
 
-    def add_node(self, num_cpus: float = 1, resources: dict | None = None):
-        node = self.cluster.add_node(
-            num_cpus=num_cpus,
-            resources=resources or {},
-            node_ip_address="127.0.0.1",
-            object_store_memory=OBJECT_STORE,
-        )  # waits until the GCS lists this node
-        return node
-
-    def remove_node(self, node) -> None:
-        self.cluster.remove_node(node, allow_graceful=False)  # as a lost machine: no goodbye
-
-    def node(self, node_id: str):
-        return next(n for n in self.cluster.worker_nodes if n.node_id == node_id)
-
-    def alive_node_ids(self) -> set[str]:
-        return set(self.cluster.global_state._live_node_ids())
-
-    def actors(self) -> list[dict]:
-        """Every actor of the cluster: class name, state, node id (from the GCS)."""
-        table = self.cluster.global_state.actor_table(None)
-        return [
-            {
-                "class": a.get("ActorClassName", ""),
-                "state": a.get("State"),
-                "node_id": (a.get("Address") or {}).get("NodeID"),
-                "name": a.get("Name", ""),
-            }
-            for a in table.values()
-        ]
-
-    def close(self) -> None:
-        try:
-            for node in list(self.cluster.worker_nodes):
-                self.cluster.remove_node(node)
-            if self.cluster.head_node is not None:
-                self.cluster.remove_node(self.cluster.head_node)
-        finally:
-            time.sleep(1)
-            # a worker process outliving its raylet would still carry our temp dir
-            self.leftovers = stop_processes(self.temp_dir)
-            self._kept.__exit__(None, None, None)
-            shutil.rmtree(self.temp_dir, ignore_errors=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+def _actor(a: dict) -> dict:
+    return {
+        "class": a.get("ActorClassName", ""),
+        "state": a.get("State"),
+        "node_id": (a.get("Address") or {}).get("NodeID"),
+        "name": a.get("Name", ""),
+    }
 
 
 # ----------------------------------------------------------------------------- autoscaling
@@ -366,25 +436,20 @@ class AutoscalingCluster:
         )
         return done.stdout + done.stderr
 
-    def _state(self):
-        if getattr(self, "_global_state", None) is None:
-            from ray._private.state import GlobalState
-            from ray._raylet import GcsClientOptions
-
-            self._global_state = GlobalState()
-            self._global_state._initialize_global_state(
-                GcsClientOptions.create(
-                    self.address, None, allow_cluster_id_nil=True, fetch_cluster_id_if_nil=False
-                )
-            )
-        return self._global_state
-
     def nodes(self) -> list[dict]:
-        """Alive nodes: id and total resources (read from the GCS, no driver needed)."""
-        return [
-            {"node_id": node_id, "resources": resources}
-            for node_id, resources in self._state().total_resources_per_node().items()
-        ]
+        """The cluster's nodes, from the raylet processes under its temp dir (node id and
+        resources as each raylet was started with them): no GCS client in this process,
+        which would outlive the cluster."""
+        out = []
+        for p in processes_under(self.temp_dir):
+            with contextlib.suppress(Exception):
+                if p.name() != "raylet":
+                    continue
+                args = dict(a[2:].split("=", 1) for a in p.cmdline() if "=" in a)
+                flat = args.get("static_resource_list", "").split(",")
+                resources = {k: float(v) for k, v in zip(flat[::2], flat[1::2])}
+                out.append({"node_id": args.get("node_id", ""), "resources": resources})
+        return out
 
     def stop(self) -> None:
         self.leftovers = stop_processes(self.temp_dir)
@@ -396,3 +461,8 @@ class AutoscalingCluster:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+if __name__ == "__main__":
+    cpus = float(sys.argv[2])
+    _cluster_helper(sys.argv[1], int(cpus) if cpus.is_integer() else cpus)
