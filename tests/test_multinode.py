@@ -370,6 +370,12 @@ def test_serve_recovers_after_losing_a_replica_node(tiny_llama, tmp_path):
 
 
 # ----------------------------------------------------------------------------- autoscaling
+def _nodes_in(status: str, section: str) -> str:
+    """One section of `ray status`'s node list ("Active:", "Pending:")."""
+    rest = status.split(section, 1)[1] if section in status else ""
+    return rest.split(":\n", 1)[0]  # up to the next heading
+
+
 def _event_lines(log: str) -> list[str]:
     keep = ("Adding", "Removing", "Resized to", "Terminating", "No available node types")
     return [ln for ln in log.splitlines() if any(k in ln for k in keep)]
@@ -423,7 +429,12 @@ def test_autoscaler_from_our_cluster_config(tiny_llama, tmp_path):
             lambda: next((n for n in cluster.nodes() if n["resources"].get("GPU")), None),
             180,
         )
-        status_up = cluster.status()
+
+        def active_status() -> str | None:
+            st = cluster.status()
+            return st if "gpu_1x" in _nodes_in(st, "Active:") else None
+
+        status_up = wait_for("ray status to list gpu_1x as active", active_status, 60, every=1)
         raylets = [
             " ".join(p.cmdline())
             for p in processes_under(cluster.temp_dir)
@@ -455,7 +466,8 @@ def test_autoscaler_from_our_cluster_config(tiny_llama, tmp_path):
     assert raylets and "--node_ip_address=127.0.0.1" in raylets[0]
     assert any("Adding 1 node(s) of type gpu_1x" in e for e in events), events
     assert any("Removing 1 nodes of type gpu_1x (idle)" in e for e in events), events
-    assert "gpu_1x" in status_up and "gpu_1x" not in status_down.split("Pending")[0]
+    assert "gpu_1x" in _nodes_in(status_up, "Active:")
+    assert "gpu_1x" not in _nodes_in(status_down, "Active:") + _nodes_in(status_down, "Pending:")
     assert "[kgc] a node that holds one extraction actor joined" in log
     if not torch.cuda.is_available():
         line = "workers.gpus_per_actor=1 but CUDA is not available on this node: running on CPU"
