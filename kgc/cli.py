@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--format",
         choices=("iepile", "ccks2023"),
         default="iepile",
-        help="ccks2023 = the 2023 (head,relation,tail) text format (RE only)",
+        help="ccks2023 = the 2023 CCKS / InstructIE text format of DeepKE's kg2instruction "
+        "(RE, NER, EE, EET, EEA)",
     )
     c.add_argument(
         "--ccks-sample",
@@ -132,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="--format ccks2023 only (DeepKE --neg_schema, >0-1, default 1): share of the "
         "schema relations drawn per record as candidate negatives; --random-order = DeepKE's "
         "--random_sort",
+    )
+    c.add_argument(
+        "--ccks-templates",
+        metavar="FILE",
+        help="--format ccks2023, NER/EE/EET/EEA: DeepKE's configs/<task>_template.json, whose 20 "
+        "'template' instructions per language replace kgc's copies (kgc bundles all 20 for NER, "
+        "RE and EEA but only template 0 for EE and EET, so their --ccks-sample 1-3 and -1 need it)",
     )
 
     e = sub.add_parser(
@@ -263,7 +271,7 @@ def _plugin_modules():
 
 
 def _cmd_convert(args) -> int:
-    from kgc import convert, legacy
+    from kgc import convert, legacy, legacy_tasks
     from kgc.io import read_jsonl, write_jsonl_atomic
     from kgc.sampling import SamplingOptions
 
@@ -273,6 +281,7 @@ def _cmd_convert(args) -> int:
             ("--ccks-sample", args.ccks_sample),
             ("--neg-ratio", args.neg_ratio),
             ("--neg-schema", args.neg_schema),
+            ("--ccks-templates", args.ccks_templates),
         )
         if value is not None
     ]
@@ -282,8 +291,17 @@ def _cmd_convert(args) -> int:
             "drop them (IEPile negatives: --neg-prob)"
         )
     if args.format == "ccks2023":
-        if args.task not in legacy.TASKS:
-            raise KgcError(f"--format ccks2023 supports --task RE only, got {args.task}")
+        tasks = (*legacy.TASKS, *legacy_tasks.TASKS)
+        if args.task not in tasks:
+            raise KgcError(
+                f"--format ccks2023 supports --task {', '.join(tasks)}, got {args.task}; "
+                "use --format iepile for it"
+            )
+        if args.task in legacy.TASKS and args.ccks_templates:
+            raise KgcError(
+                f"--ccks-templates {args.ccks_templates}: not for --task RE (kgc bundles DeepKE's "
+                "20 RE templates); drop it"
+            )
         options = legacy.ccks_options(
             args.ccks_sample,
             args.neg_ratio,
@@ -291,17 +309,39 @@ def _cmd_convert(args) -> int:
             random_sort=args.random_order,
             seed=args.seed,
         )
-        relations = legacy.relations_from_schema(args.schema) if args.schema else None
         problems = []
-        rows = list(read_jsonl(args.input, problems))
-        out, more = legacy.convert_rows(
-            rows,
-            split=args.split,
-            language=args.language,
-            relations=relations,
-            path=args.input,
-            options=options,
-        )
+        if args.task in legacy.TASKS:
+            relations = legacy.relations_from_schema(args.schema) if args.schema else None
+            rows = list(read_jsonl(args.input, problems))
+            out, more = legacy.convert_rows(
+                rows,
+                split=args.split,
+                language=args.language,
+                relations=relations,
+                path=args.input,
+                options=options,
+            )
+        else:
+            from kgc.schema import read_schema
+
+            templates = (
+                legacy_tasks.load_templates(args.ccks_templates, args.task)
+                if args.ccks_templates
+                else None
+            )
+            legacy_tasks.check_sample(args.task, options, templates)
+            schema = read_schema(args.schema) if args.schema else None
+            rows = list(read_jsonl(args.input, problems))
+            out, more = legacy_tasks.convert_rows(
+                args.task,
+                rows,
+                split=args.split,
+                language=args.language,
+                schema=schema,
+                path=args.input,
+                options=options,
+                templates=templates,
+            )
         problems += more
         if problems:
             raise KgcError(problems + [f"nothing written to {args.output}"])
@@ -359,16 +399,29 @@ def _eval_config(args):
 
 
 def _cmd_eval(args) -> int:
-    from kgc import evaluate, legacy
+    from functools import partial
+
+    from kgc import evaluate, legacy, legacy_tasks
     from kgc.io import read_jsonl
 
     cfg = _eval_config(args)
     if cfg.format == "ccks2023":
+        tasks = (*legacy.TASKS, *legacy_tasks.TASKS)
+        if cfg.task not in tasks:
+            raise KgcError(
+                f"--format ccks2023 scores --task {', '.join(tasks)}, got {cfg.task}; use "
+                "--format iepile for it"
+            )
         problems = []
         rows = list(read_jsonl(cfg.input, problems))
         if problems:
             raise KgcError(problems)
-        report = legacy.evaluate_rows(
+        score = (
+            legacy.evaluate_rows
+            if cfg.task in legacy.TASKS
+            else partial(legacy_tasks.evaluate_rows, cfg.task)
+        )
+        report = score(
             rows,
             path=cfg.input,
             language=cfg.language,
