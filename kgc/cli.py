@@ -123,15 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--neg-ratio",
         metavar="SHARE",
         help="--format ccks2023 only (DeepKE --neg_ratio, 0-1): share of train records given "
-        "negative relations, each answered by a NAN line; each record then lists only its own "
-        "and its sampled relations (on --split test, >0 adds a NAN line per absent schema "
-        "relation). Default: no NAN lines, the whole schema listed; 1 when --neg-schema is given",
+        "negative labels (relations, types; EE/EEA also roles), each answered by NAN; each "
+        "record then lists only its own and its sampled labels (on --split test, >0 adds a NAN "
+        "per absent schema label). Default: no NAN lines, the whole schema listed; 1 when "
+        "--neg-schema is given",
     )
     c.add_argument(
         "--neg-schema",
         metavar="SHARE",
         help="--format ccks2023 only (DeepKE --neg_schema, >0-1, default 1): share of the "
-        "schema relations drawn per record as candidate negatives; --random-order = DeepKE's "
+        "schema labels drawn per record as candidate negatives; --random-order = DeepKE's "
         "--random_sort",
     )
     c.add_argument(
