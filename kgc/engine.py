@@ -63,6 +63,10 @@ class GenerationSettings(BaseModel):
     # brackets, the rest of the only name that fits) is proposed at once and verified in
     # one multi-token step; answers stay the greedy answers (kgc.modeling.continuous)
     jump_forward: bool = True
+    # greedy (HF engine, continuous path): up to this many tokens that followed the answer's
+    # last tokens where they occurred before, in the prompt or the answer (names are copied
+    # from the input), are proposed and verified like forced text (prompt lookup); 0: off
+    lookup_drafts: int = Field(8, ge=0, le=64)
 
 
 class Engine(Protocol):

@@ -165,6 +165,30 @@ def _room_layer():
     return RoomLayer
 
 
+class Spellings:
+    """Forced text → the tokens the model produced for it, and whether they end exactly
+    where the text ends (`whole`; else its next token ran past the text, and the draft stops
+    short of that token). The tokenizer's own spelling of a forced string is often not the
+    model's (`{"l` `oc` `ated` for `located`, ` [{` where ` [` is forced), and a draft the
+    model does not confirm is dropped at that token. Drafts are still verified, so a
+    spelling learned from one row never changes another row's answer. Bounded: once full,
+    nothing more is learned."""
+
+    def __init__(self, limit: int = 4096):
+        self.limit = limit
+        self._known: dict[str, tuple[tuple[int, ...], bool]] = {}
+
+    def get(self, text: str) -> tuple[tuple[int, ...], bool] | None:
+        return self._known.get(text)
+
+    def put(self, text: str, tokens: Sequence[int], whole: bool) -> None:
+        if text in self._known or len(self._known) < self.limit:
+            self._known[text] = (tuple(tokens), whole)
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+
 @dataclass
 class Job:
     """A prompt joining a running decode (`ContinuousDecoder.run(feed=...)`): its token ids,
@@ -186,6 +210,9 @@ class _Row:
     drafts: int = 0  # how many of `pending` (its tail) are forced tokens not yet verified
     prev: object = None  # logits after the last fed token, when `pending` is not empty
     close_len: int = 64  # tokens its answer needed to close when last measured (a guess first)
+    watch: tuple[str, int] | None = None  # (forced text, token index it starts at): learning
+    hist: list[int] = field(default_factory=list)  # prompt + verified tokens (lookup drafts)
+    grams: dict = field(default_factory=dict)  # last 2/3 tokens → where what followed starts
 
 
 class ContinuousDecoder:
@@ -215,6 +242,8 @@ class ContinuousDecoder:
         encode_text: Callable[[str], list[int]] | None = None,
         step_overhead_tokens: int = 48,
         closer=None,
+        spellings: Spellings | None = None,
+        decode_text: Callable[[list[int]], str] | None = None,
     ):
         self.model = model
         self.eos = set(eos_ids)
@@ -229,6 +258,10 @@ class ContinuousDecoder:
         # no longer close in the tokens left is replaced by the closing path
         # (kgc.modeling.constrained.Closer), so answers always parse
         self.closer = closer
+        # how the model itself spells forced strings (learned from its verified tokens, kept
+        # by the engine across runs): drafted that way, fewer drafts are rejected
+        self.spellings = spellings if spellings is not None else Spellings()
+        self.decode_text = decode_text
         self.cache_kw = cache_keyword(model)
         self._layers: list | None = None  # the last forward's cache layers (reused in place)
         if str(device).startswith("cpu"):
@@ -244,7 +277,9 @@ class ContinuousDecoder:
             "forced_rejected": 0,
             "padded_tokens": 0,
             "closed_early": 0,
+            "lookup_tokens": 0,
         }
+        self.lookup = 0  # lookup drafts per step (the run's generation.lookup_drafts)
 
     def _forward(self, ids, mask, positions, kv, keep: int = 1):
         """Logits of the last `keep` columns [rows, keep, vocab] and the updated (keys,
@@ -263,30 +298,76 @@ class ContinuousDecoder:
         self._layers = list(cache.layers)
         return out.logits[:, -keep:].float(), kv_of(cache)
 
-    def _drafts(self, row: _Row, room: int) -> list[int]:
+    def _drafts(self, row: _Row, room: int, lookup: bool = True) -> list[int]:
         """Tokens the grammar forces after the row's verified tokens (at most `room`), from
         a fork of its matcher (the matcher itself accepts only verified tokens)."""
-        if not self.jump or room <= 0 or row.matcher is None or row.matcher.is_terminated():
+        if not self.jump or room <= 0:
+            return []
+        if row.matcher is None:
+            return self._lookup(row, [], room, None) if lookup else []
+        if row.matcher.is_terminated():
             return []
         fork = row.matcher.fork()
         out: list[int] = []
+        looked = 0
         while len(out) < room:
             try:
                 text = fork.find_jump_forward_string()
             except UnicodeDecodeError:  # the forced bytes end inside a character
                 break
             if not text:
-                break
+                if not lookup or looked >= self.lookup:
+                    break
+                got = self._lookup(row, out, min(room - len(out), self.lookup - looked), fork)
+                if not got:
+                    break
+                out += got
+                looked += len(got)
+                continue
+            if not out and row.watch is None and self.decode_text is not None:
+                row.watch = (text, len(row.tokens))  # learn how the model spells it
+            known = self.spellings.get(text)
+            toks, whole = known if known is not None else (self.encode_text(text), True)
             took = 0
-            for tok in self.encode_text(text):
+            for tok in toks:
                 if len(out) >= room or not fork.accept_token(tok):
                     break
                 out.append(tok)
                 took += 1
-            if not took:
-                break
-        self.stats["forced_tokens"] += len(out)
+            if not took or not whole:
+                break  # the model's next token runs past the forced text: it picks it
+        self.stats["forced_tokens"] += len(out) - looked
         return out
+
+    def may_look_up(self, row: _Row, room: int) -> bool:
+        """Lookup drafts are free choices that skip the closing check (`_Ctx._close_instead`):
+        none for a constrained row whose answer may have to close soon."""
+        if self.closer is None or row.matcher is None:
+            return True
+        return room > row.close_len + 32 + self.lookup
+
+    def _lookup(self, row: _Row, out: list[int], room: int, fork) -> list[int]:
+        """Tokens that followed the row's last tokens (with `out`) where they occurred
+        before in its prompt or answer, as far as the grammar (`fork`) allows: names are
+        copied from the input, and answers repeat their own keys and values."""
+        if room <= 0 or not self.lookup:
+            return []
+        seq = row.hist[-3:] + out[-3:]
+        start = None
+        for n in (3, 2):
+            if len(seq) >= n:
+                start = row.grams.get(tuple(seq[-n:]))
+                if start is not None:
+                    break
+        if start is None:
+            return []
+        got: list[int] = []
+        for tok in row.hist[start : start + min(room, self.lookup)]:
+            if tok in self.eos or (fork is not None and not fork.accept_token(tok)):
+                break
+            got.append(tok)
+        self.stats["lookup_tokens"] += len(got)
+        return got
 
     def _width(self, pending: list[int]) -> int:
         """Tokens per row this step: the K that feeds the most real tokens per unit of
@@ -337,6 +418,7 @@ class ContinuousDecoder:
             torch.manual_seed(config.seed)
             gen = torch.Generator(device=self.device).manual_seed(config.seed)
         jump = self.jump and not config.do_sample  # drafts are verified against greedy
+        self.lookup = config.lookup_drafts if jump else 0
         ctx = _Ctx(self, config, gen, out, on_token, jump, prompts)
         shared = shared_prefix_len(prompts) if self.prefix else 0
         prefix_kv = None
@@ -400,7 +482,12 @@ class ContinuousDecoder:
 
                 m = xgr.GrammarMatcher(grammars[i])
             row = _Row(index=i, pos=len(prompts[i]), budget=budgets[i], matcher=m)
-            row.pending = self._drafts(row, row.budget) if ctx.jump else []
+            if ctx.jump and self.lookup:
+                for tok in prompts[i]:
+                    _remember(row, tok)
+            row.pending = (
+                self._drafts(row, row.budget, self.may_look_up(row, row.budget)) if ctx.jump else []
+            )
             row.drafts = len(row.pending)
             new.append(row)
         keep = 1 + max(row.drafts for row in new)
@@ -540,15 +627,34 @@ class _Ctx:
         if row.matcher is not None and not row.matcher.is_terminated():
             row.matcher.accept_token(tok)
         row.tokens.append(tok)
+        if self.jump and self.dec.lookup:
+            _remember(row, tok)
+        if row.watch is not None:
+            self._learn(row)
         self.out[row.index] = row.tokens
         self.dec.stats["tokens"] += 1
         if self.on_token is not None:
             self.on_token(row.index, tok)
 
+    def _learn(self, row: _Row) -> None:
+        """Once the row's verified tokens cover the forced text it watches: remember how the
+        model spelled it (the tokens inside it; `whole` False when the last one ran past)."""
+        text, start = row.watch
+        got = self.dec.decode_text(row.tokens[start:])
+        if len(got) < len(text):
+            return
+        row.watch = None
+        if got == text:
+            self.dec.spellings.put(text, row.tokens[start:], whole=True)
+        elif got.startswith(text) and len(row.tokens) - start > 0:
+            self.dec.spellings.put(text, row.tokens[start:-1], whole=False)
+
     def choose(self, row: _Row, tok: int) -> None:
         """The model's token for the row: the answer ends (stop token, budget, nothing but a
         stop left) or it becomes the next token fed, followed by the grammar's drafts."""
         row.pending, row.drafts = [], 0
+        if len(row.tokens) >= row.budget:
+            return  # verified drafts filled the budget: the model's next token is not taken
         if tok in self.stop:
             if row.matcher is not None and not row.matcher.is_terminated():
                 row.matcher.accept_token(tok)
@@ -561,7 +667,7 @@ class _Ctx:
             return  # nothing the model could add
         row.pending = [tok]
         if self.jump:
-            drafts = self.dec._drafts(row, room)
+            drafts = self.dec._drafts(row, room, lookup=self.dec.may_look_up(row, room))
             row.pending += drafts
             row.drafts = len(drafts)
 
@@ -587,6 +693,15 @@ class _Ctx:
             self.accept(row, t)
         self.dec.stats["closed_early"] += 1
         return True
+
+
+def _remember(row: _Row, tok: int) -> None:
+    """Append a token to the row's history and index the 2- and 3-token runs before it."""
+    h = row.hist
+    h.append(tok)
+    for n in (2, 3):
+        if len(h) > n:
+            row.grams[tuple(h[-n - 1 : -1])] = len(h) - 1
 
 
 def _only_stop(row: _Row, stop: set, vocab: int) -> bool:

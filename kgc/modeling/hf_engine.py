@@ -27,6 +27,7 @@ from kgc.engine import (
 from kgc.errors import KgcError
 from kgc.modeling.continuous import (  # noqa: F401  (shared_prefix_len: tests)
     ContinuousDecoder,
+    Spellings,
     cache_keyword,
     shared_prefix_len,
 )
@@ -247,6 +248,8 @@ class HFEngine:
         self.continuous = continuous
         # a forward's fixed cost in tokens' worth (how wide multi-token steps get)
         self.step_overhead_tokens = 48 if self.device == "cpu" else 512
+        # how the model spells forced strings, learned across runs (jump-forward drafts)
+        self._spellings = Spellings()
         self.last_stats: dict = {}
         self._grammar_cache = None  # compiled output grammars (constrained decoding)
         self._closer_obj = None  # constrained answers close within max_new_tokens
@@ -339,6 +342,8 @@ class HFEngine:
             encode_text=lambda t: self.tok(t, add_special_tokens=False)["input_ids"],
             step_overhead_tokens=self.step_overhead_tokens,
             closer=closer,
+            spellings=self._spellings,
+            decode_text=self.tok.decode,
         )
 
     @property
