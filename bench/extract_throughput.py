@@ -4,11 +4,12 @@ the same model and prompts:
   (a) one prompt at a time through `generate` (DeepKE-style loop);
   (b) plain batched `generate` at the same batch size (static, left-padded batches:
       `HFEngine(continuous=False, prefix_cache=False)`);
-  (c) kgc's engine alone (continuous batching + shared prefix + jump-forward);
+  (c) kgc's engine alone (continuous batching + shared prefix + drafts: forced text and
+      lookup, verified);
   (d) kgc on Ray Data (`run_extract`, 1 actor), the same documents as a raw corpus;
 
-plus an ablation of (c): each of shared prefix, continuous batching and jump-forward alone
-and in combination. Every row also prints `same`: the share of answers equal to (b)'s.
+plus an ablation of (c): each of shared prefix, continuous batching, forced-text drafts
+(jump-forward) and lookup drafts alone and in combination. Every row also prints `same`: the share of answers equal to (b)'s.
 
     python bench/extract_throughput.py --model smollm2 [--rows 64] [--a-rows 8] [--batch-size 16]
     python bench/extract_throughput.py --model tiny --rows 24 --a-rows 4   # smoke run
@@ -34,12 +35,15 @@ from _models import add_model_arg, bench_model
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # jobs/ (the demo's settings) runs from the checkout
 DEMO = ROOT / "examples" / "demo"
+LOOKUP = 8  # generation.lookup_drafts' default
 
-ABLATION = [  # name, continuous, prefix_cache, jump_forward
-    ("(b) + shared prefix", False, True, False),
-    ("continuous only", True, False, False),
-    ("continuous + shared prefix", True, True, False),
-    ("continuous + jump-forward", True, False, True),
+ABLATION = [  # name, continuous, prefix_cache, jump_forward (forced text), lookup drafts
+    ("(b) + shared prefix", False, True, False, 0),
+    ("continuous only", True, False, False, 0),
+    ("continuous + shared prefix", True, True, False, 0),
+    ("continuous + forced text", True, False, True, 0),
+    ("continuous + lookup drafts", True, False, False, LOOKUP),
+    ("continuous + prefix + forced text", True, True, True, 0),
 ]
 
 
@@ -57,9 +61,12 @@ def records(tmp: Path, rows: int) -> list[dict]:
     return out[:rows]
 
 
-def timed(engine, recs: list[dict], max_new: int, jump: bool) -> tuple[float, list[str]]:
+def timed(
+    engine, recs: list[dict], max_new: int, jump: bool, lookup: int = 0
+) -> tuple[float, list[str]]:
     """Rows/s and answers: constrained (SPO shape, bounded and grounded as in the demo),
-    greedy, jump-forward on or off (a generation setting)."""
+    greedy, drafts of forced text (`jump`) and lookup drafts (`lookup` tokens) on or off
+    (generation settings)."""
     from jobs.demo import BOUNDS
     from kgc.engine import GenerationSettings, bounded, grounded
     from kgc.tasks import get
@@ -71,7 +78,7 @@ def timed(engine, recs: list[dict], max_new: int, jump: bool) -> tuple[float, li
         schemas.append(
             grounded(bounded(task.output_schema(inst["schema"]), **BOUNDS), inst["input"])
         )
-    cfg = GenerationSettings(max_new_tokens=max_new, jump_forward=jump)
+    cfg = GenerationSettings(max_new_tokens=max_new, jump_forward=jump, lookup_drafts=lookup)
     t0 = time.perf_counter()
     answers = engine.generate([r["instruction"] for r in recs], cfg, schemas)
     return len(recs) / (time.perf_counter() - t0), answers
@@ -139,24 +146,24 @@ def main() -> None:
         print(f"model={label} rows={len(recs)} batch={args.batch_size} threads={args.threads} "
               f"max_new_tokens={args.max_new_tokens}", flush=True)  # fmt: skip
 
-        def run(name, cont, prefix, jump, recs=recs, batch=args.batch_size):
+        def run(name, cont, prefix, jump, lookup, recs=recs, batch=args.batch_size):
             eng = HFEngine(model, batch_size=batch, continuous=cont, prefix_cache=prefix)
-            rate, answers = timed(eng, recs, args.max_new_tokens, jump)
+            rate, answers = timed(eng, recs, args.max_new_tokens, jump, lookup)
             print(f"  {name}: {rate:.3f} rows/s  {eng.last_stats}", flush=True)
             return rate, answers
 
-        a, a_answers = run("(a) one at a time", False, False, False, recs[: args.a_rows], 1)
-        b, b_answers = run("(b) plain batched generate", False, False, False)
+        a, a_answers = run("(a) one at a time", False, False, False, 0, recs[: args.a_rows], 1)
+        b, b_answers = run("(b) plain batched generate", False, False, False, 0)
         results += [
             ("(a) one prompt at a time", a, None),
             ("(b) plain batched generate", b, b_answers),
         ]
         if not args.no_ablation:
-            for name, cont, prefix, jump in ABLATION:
-                rate, answers = run(name, cont, prefix, jump)
+            for name, cont, prefix, jump, lookup in ABLATION:
+                rate, answers = run(name, cont, prefix, jump, lookup)
                 results.append((name, rate, answers))
-        c, c_answers = run("(c) kgc engine", True, True, True)
-        results.append(("(c) kgc engine: continuous + prefix + jump-forward", c, c_answers))
+        c, c_answers = run("(c) kgc engine", True, True, True, LOOKUP)
+        results.append(("(c) kgc engine: all of the above + lookup drafts", c, c_answers))
         d, d_answers = ray_data(
             model, recs, tmp, args.batch_size, args.max_new_tokens, args.threads
         )

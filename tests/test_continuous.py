@@ -57,6 +57,44 @@ def test_continuous_gives_the_static_batches_answers(
     assert min(lengths) < max(lengths)
 
 
+def test_lookup_drafts_and_learned_spellings_keep_the_greedy_answers(
+    tiny_llama, static, prompts_and_schemas
+):
+    """Lookup drafts (tokens that followed the last tokens earlier in the prompt or answer)
+    and forced text spelled as the model spelled it before are verified drafts: with either
+    on or off, free or constrained, the answers are static `generate`'s."""
+    prompts, schemas = prompts_and_schemas
+    eng = HFEngine(str(tiny_llama), batch_size=5, continuous=True)
+    looked = {}
+    for lookup in (0, 8):
+        for sch in (None, schemas):
+            cfg = GenerationSettings(max_new_tokens=40, lookup_drafts=lookup)
+            want = static.generate(prompts, cfg, sch)
+            assert eng.generate(prompts, cfg, sch) == want, (lookup, sch is not None)
+            looked[lookup, sch is not None] = eng.last_stats["lookup_tokens"]
+    assert looked[0, False] == looked[0, True] == 0
+    # the random model repeats itself: its own earlier tokens were proposed, and checked
+    assert looked[8, False] > 0
+    # forced keys and brackets, as this model spelled them, are remembered by the engine
+    assert len(eng._spellings) > 0
+    # lookup drafts alone (no forced text), constrained: still the greedy answers
+    cfg = GenerationSettings(max_new_tokens=40, jump_forward=False, lookup_drafts=8)
+    assert eng.generate(prompts, cfg, schemas) == static.generate(prompts, cfg, schemas)
+    assert eng.last_stats["forced_tokens"] == 0
+
+
+def test_spellings_are_bounded():
+    from kgc.modeling.continuous import Spellings
+
+    sp = Spellings(limit=2)
+    sp.put('{"a', [1, 2], whole=True)
+    sp.put('"]', [3], whole=False)
+    sp.put("late", [4], whole=True)  # full: not learned
+    sp.put('{"a', [5], whole=True)  # known: updated
+    assert len(sp) == 2 and sp.get("late") is None
+    assert sp.get('{"a') == ((5,), True) and sp.get('"]') == ((3,), False)
+
+
 def test_continuous_with_a_lora_adapter(tiny_llama, tmp_path, prompts_and_schemas):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM

@@ -218,13 +218,17 @@ class _Row:
 class ContinuousDecoder:
     """Continuous-batching greedy / sampling decoder over a causal LM's forward.
 
-    `jump_forward` (greedy, constrained rows): where the grammar allows exactly one
-    continuation string (keys, brackets, quotes, the rest of the only name that fits), its
-    tokens are proposed at once and fed to the model in one multi-token step instead of one
-    step each. They are verified as in speculative decoding: a forced token is kept only if
-    it is the model's own (grammar-masked) greedy choice at its position; at the first that
-    is not, the model's choice is taken, the rest is dropped (its cache columns masked), so
-    the answer is exactly the greedy answer, in fewer, wider forwards. A step feeds up to K
+    `jump_forward` (greedy): drafts, proposed at once and fed to the model in one
+    multi-token step instead of one step each, of two kinds: where the grammar allows
+    exactly one continuation string (keys, brackets, quotes, the rest of the only name that
+    fits), its tokens, spelled as the model spelled that text before (`Spellings`); and
+    (`config.lookup_drafts`, prompt lookup) the tokens that followed the row's last 3 (or 2)
+    tokens where they last occurred in its prompt or answer, as far as the grammar allows
+    (names are copied from the input; answers repeat keys and values). Drafts are verified
+    as in speculative decoding: a draft token is kept only if it is the model's own
+    (grammar-masked) greedy choice at its position; at the first that is not, the model's
+    choice is taken, the rest is dropped (its cache columns masked), so the answer is
+    exactly the greedy answer, in fewer, wider forwards. A step feeds up to K
     tokens per row; K is chosen per step to feed the most tokens per unit of cost, with a
     forward's fixed cost worth `step_overhead_tokens` tokens (measured ≈ 50 on 2 CPU cores
     for a 135M model; larger on a GPU)."""
@@ -280,6 +284,7 @@ class ContinuousDecoder:
             "lookup_tokens": 0,
         }
         self.lookup = 0  # lookup drafts per step (the run's generation.lookup_drafts)
+        self.forced = False  # forced text drafted (the run's generation.jump_forward)
 
     def _forward(self, ids, mask, positions, kv, keep: int = 1):
         """Logits of the last `keep` columns [rows, keep, vocab] and the updated (keys,
@@ -299,8 +304,10 @@ class ContinuousDecoder:
         return out.logits[:, -keep:].float(), kv_of(cache)
 
     def _drafts(self, row: _Row, room: int, lookup: bool = True) -> list[int]:
-        """Tokens the grammar forces after the row's verified tokens (at most `room`), from
-        a fork of its matcher (the matcher itself accepts only verified tokens)."""
+        """Draft tokens after the row's verified tokens (at most `room`): what the grammar
+        forces, and where nothing is forced, lookup drafts (`lookup`: allowed for this row),
+        checked on a fork of its matcher (the matcher itself accepts only verified
+        tokens)."""
         if not self.jump or room <= 0:
             return []
         if row.matcher is None:
@@ -312,7 +319,7 @@ class ContinuousDecoder:
         looked = 0
         while len(out) < room:
             try:
-                text = fork.find_jump_forward_string()
+                text = fork.find_jump_forward_string() if self.forced else ""
             except UnicodeDecodeError:  # the forced bytes end inside a character
                 break
             if not text:
@@ -419,6 +426,7 @@ class ContinuousDecoder:
             gen = torch.Generator(device=self.device).manual_seed(config.seed)
         jump = self.jump and not config.do_sample  # drafts are verified against greedy
         self.lookup = config.lookup_drafts if jump else 0
+        self.forced = jump and config.jump_forward  # else drafts from lookup only
         ctx = _Ctx(self, config, gen, out, on_token, jump, prompts)
         shared = shared_prefix_len(prompts) if self.prefix else 0
         prefix_kv = None

@@ -308,7 +308,8 @@ class HFEngine:
         if self.continuous and not self.prompt_learning and config.num_beams == 1:
             deltas = TextDeltas(self.tok, stops, on_text) if on_text is not None else None
             decoder = self._decoder(
-                config.jump_forward, self._closer if any(g is not None for g in grammars) else None
+                config.jump_forward or config.lookup_drafts > 0,
+                self._closer if any(g is not None for g in grammars) else None,
             )
             ids = decoder.run(encoded, config, grammars, deltas.push if deltas else None)
             self.last_stats = dict(decoder.stats)
