@@ -110,6 +110,18 @@ def _kgc(*args: str) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- train
+def _extract_now(cfg_path: Path, env: dict, *overrides: str) -> subprocess.CompletedProcess:
+    """`kgc extract` on this config with overrides, run to its end (output captured)."""
+    return subprocess.run(
+        [sys.executable, *_kgc("extract", "--config", str(cfg_path), "--quiet", *overrides)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
 def _registered(run_dir: Path) -> list[int]:
     """The steps of the checkpoints Ray Train's controller has registered for a run."""
     try:
@@ -213,15 +225,7 @@ def test_extract_completes_after_losing_a_node(tiny_llama, tmp_path):
         env = driver_env(c.address)
         # no autoscaler on this cluster: a GPU actor is refused at once, not left pending
         t0 = time.monotonic()
-        gpu = subprocess.run(
-            [sys.executable, *_kgc("extract", "--config", str(cfg_path), "--quiet")]
-            + ["workers.gpus_per_actor=1"],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
+        gpu = _extract_now(cfg_path, env, "workers.gpus_per_actor=1")
         refused_in = time.monotonic() - t0
         assert gpu.returncode == 2, gpu.stderr[-3000:]
         assert "workers.gpus_per_actor=1: no node of this Ray cluster" in gpu.stderr
@@ -404,15 +408,7 @@ def test_autoscaler_from_our_cluster_config(tiny_llama, tmp_path):
         env = driver_env(cluster.address)
         # a shape no node type has: refused after the grace period, the request withdrawn
         t0 = time.monotonic()
-        big = subprocess.run(
-            [sys.executable, *_kgc("extract", "--config", str(cfg_path), "--quiet")]
-            + ["workers.gpus_per_actor=16", "workers.scale_up_grace_s=5"],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
+        big = _extract_now(cfg_path, env, "workers.gpus_per_actor=16", "workers.scale_up_grace_s=5")
         refused_in = time.monotonic() - t0
         assert big.returncode == 2, big.stderr[-3000:]
         error = next((ln for ln in big.stderr.splitlines() if "no node of this" in ln), "")
