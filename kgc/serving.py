@@ -84,6 +84,8 @@ class ServeSettings(BaseModel):
     adapter_dir: str | None = None  # more adapters by folder name, loaded on first use
     max_loaded_adapters: int = Field(4, ge=1)
     batch_size: int = Field(16, ge=1)
+    # continuous path: from idle, gather requests until none arrived for this long (at most
+    # 4 ×); other engines: the @serve.batch window
     batch_wait_s: float = Field(0.02, ge=0)
     max_new_tokens: int = Field(256, ge=1)
     limits: Limits = Limits()

@@ -266,10 +266,29 @@ class ModelServer:
                 out.append(self._waiting.popleft())
         return out
 
+    def _gather(self) -> None:
+        """Starting from idle: gather requests until a full batch waits, or none arrived
+        for `batch_wait_s` (at most 4 × `batch_wait_s` in all), so that requests arriving
+        together start together — one prefill and one wave of steps instead of a prefill per
+        arrival. Requests arriving while a decode runs join it at its next step, unwaited."""
+        gap = self.s.batch_wait_s
+        now = time.monotonic()
+        last, end, seen = now, now + 4 * gap, -1
+        while now < end and now - last < gap:
+            with self._lock:
+                n = len(self._waiting)
+            if n >= self.s.batch_size:
+                return
+            if n != seen:
+                last, seen = now, n
+            time.sleep(0.002)
+            now = time.monotonic()
+
     def _drain(self) -> None:
         """The engine thread: decode waiting requests, one adapter at a time, until none is
         left. A failing decode is retried request by request, so only a bad one fails."""
         while True:
+            self._gather()
             with self._lock:
                 while self._waiting and self._waiting[0].cancelled:
                     self._waiting.popleft()

@@ -519,6 +519,61 @@ def _server(engine, **settings):
     return ModelServer({**SETTINGS, **settings}, engine=engine)
 
 
+class FakeContinuousEngine(FakeEngine):
+    """The HF engine's continuous path (`serve(take)`), with steps of `step_s`: records how
+    many requests each decode started with."""
+
+    serves_continuously = True
+
+    def __init__(self, step_s=0.01, **kw):
+        super().__init__(**kw)
+        self.step_s, self.starts = step_s, []
+
+    def serve(self, take):
+        running = take(16)
+        self.starts.append(len(running))
+        while running:
+            time.sleep(self.step_s)
+            for r in running:
+                r.done(self.answer(r.prompt), None)
+            running = take(16)
+
+
+def _arrivals(server, n: int, spread_s: float) -> tuple[list[dict], float]:
+    """`n` requests arriving `spread_s` apart: their results and the time to the last."""
+
+    async def one(i):
+        await asyncio.sleep(spread_s * i)
+        return await server.generate(None, f"文本{i}", 8)
+
+    async def go():
+        t0 = time.monotonic()
+        out = await asyncio.gather(*(one(i) for i in range(n)))
+        return out, time.monotonic() - t0
+
+    return asyncio.run(go())
+
+
+def test_requests_arriving_together_start_together():
+    """From idle, the model server gathers requests while they keep arriving (gaps under
+    batch_wait_s): one decode starts with all of them, not one per arrival."""
+    engine = FakeContinuousEngine()
+    out, _ = _arrivals(_server(engine, batch_wait_s=0.05), 6, 0.005)
+    assert engine.starts == [6]
+    assert [o["text"] for o in out] == [f"答：文本{i}" for i in range(6)]
+    # without a window the first arrival starts alone
+    engine = FakeContinuousEngine()
+    _arrivals(_server(engine, batch_wait_s=0.0), 6, 0.005)
+    assert engine.starts[0] == 1
+    # a full batch starts at once; a lone request waits one quiet gap at most
+    engine = FakeContinuousEngine()
+    _, took = _arrivals(_server(engine, batch_wait_s=0.5, batch_size=3), 3, 0.0)
+    assert engine.starts[0] == 3 and took < 0.4
+    engine = FakeContinuousEngine()
+    _, took = _arrivals(_server(engine, batch_wait_s=0.1), 1, 0.0)
+    assert engine.starts == [1] and 0.1 <= took < 0.4
+
+
 def test_model_deployment_takes_an_injected_engine(monkeypatch):
     import serve.app as app
 
