@@ -15,15 +15,13 @@ from __future__ import annotations
 import ast
 import json
 import re
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from kgc.convert import text_id
 from kgc.errors import KgcError, Problem
-from kgc.legacy import NAN, CcksOptions, candidates
-from kgc.metrics import PRF, count
+from kgc.legacy import NAN, CcksOptions, candidates, score_records
 from kgc.sampling import record_rng
 from kgc.schema import Schema
 from kgc.tasks.base import position
@@ -993,61 +991,25 @@ def evaluate_rows(
     match: str = "multiset",
     normalize: bool = True,
 ) -> dict:
-    from kgc.rouge import rouge
-
     _check_task(task)
-    problems: list[Problem] = []
-    totals: dict[str, PRF] = {}
-    sums: Counter = Counter()
-    n = parse_errors = 0
-    for lineno, rec in rows:
-        if not isinstance(rec, dict) or "output" not in rec:
-            problems.append(
-                Problem("record needs the model's text in field 'output'", path, lineno)
-            )
-            continue
+
+    def read(rec: dict):
         schema = instruction_schema(task, rec.get("instruction"))
         label = rec.get("label")
         if isinstance(label, str):
-            gold, _ = parse(task, label, schema)
-            gold_text = label
+            gold, gold_text = parse(task, label, schema)[0], label
         else:
             gold = gold_from_record(task, rec)
             if gold is None:
-                problems.append(
-                    Problem(
-                        f"no gold: give 'label' (gold text) or {ANNOTATION[task]!r}", path, lineno
-                    )
-                )
-                continue
+                return f"no gold: give 'label' (gold text) or {ANNOTATION[task]!r}"
             gold_text = render(task, [_as_item(task, g) for g in gold])
         pred, errs = parse(task, rec["output"], schema)
-        parse_errors += bool(errs)
-        gold_groups, pred_groups = score_groups(task, gold), score_groups(task, pred)
-        for g in gold_groups:
-            totals.setdefault(g, PRF()).add(
-                count(pred_groups[g], gold_groups[g], match=match, normalize=normalize)
-            )
-        out = rec["output"] if isinstance(rec["output"], str) else ""
-        sums.update(rouge(out, gold_text, language, segmenter))
-        n += 1
-    if problems:
-        raise KgcError(problems)
-    if not totals:
-        totals = {g: PRF() for g in score_groups(task, [])}
-    r = {k: (sums[k] / n if n else 0.0) for k in ("rouge-1", "rouge-2", "rouge-l")}
-    return {
-        "task": task,
-        "format": "ccks2023",
-        "records": n,
-        "lines": n,
-        "parse_errors": parse_errors,
-        "unparseable": 0,
-        "scores": {g: p.as_dict() for g, p in totals.items()},
-        "by_source": {},
-        "rouge": r,
-        "ccks_score": 0.5 * totals[HEADLINE[task]].f1 + 0.5 * r["rouge-2"],
-    }
+        return gold, gold_text, pred, errs
+
+    return score_records(
+        task, rows, read, lambda items: score_groups(task, items), HEADLINE[task], path=path,
+        language=language, segmenter=segmenter, match=match, normalize=normalize,
+    )  # fmt: skip
 
 
 def _as_item(task: str, g: tuple) -> Any:
