@@ -6,6 +6,9 @@ retry policy and one `Retry-After` parser:
 
 - standard-library HTTP (`urllib`, proxies from the environment honoured): no extra package,
   usable from Ray Data actors and Serve replicas;
+- every attempt bounded: one deadline of `timeout_s` for the whole attempt (connect, headers,
+  body; a server trickling bytes cannot hold it longer) and a cap on the answer's size
+  (`max_response_bytes`, read in chunks: a huge body is refused, not buffered);
 - retries with exponential backoff and jitter on 429, 408/409, 5xx, timeouts and
   connection errors; a server's `Retry-After` (seconds, HTTP date or `retry-after-ms`) is
   honoured, capped at `max_backoff_s`; 401/403/404 stop the run at once (every request
@@ -24,8 +27,10 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import functools
 import hashlib
 import http.client
+import io
 import json
 import os
 import random
@@ -105,6 +110,105 @@ class _Attempt:
 
 class BadResponse(Exception):
     """A 200 answer that is not the JSON the endpoint should send (never retried)."""
+
+
+class ResponseTooLarge(BadResponse):
+    """An answer larger than `max_response_bytes` (never retried: it would be as large again)."""
+
+
+_CHUNK = 1 << 16
+_ERROR_BODY_BYTES = 1 << 16  # of an error answer only the message is kept (300 characters)
+
+
+class _DeadlineIO(io.RawIOBase):
+    """The socket's reads under one deadline: before each read the socket timeout becomes the
+    time left, so a server sending a byte a second cannot stretch an attempt past it (a plain
+    socket timeout bounds each read, not their sum)."""
+
+    def __init__(self, sock, deadline: float):
+        super().__init__()
+        self._sock = sock
+        self._raw = sock.makefile("rb", buffering=0)
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the attempt's deadline passed")
+        self._sock.settimeout(left)
+        return self._raw.readinto(b)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class _DeadlineResponse(http.client.HTTPResponse):
+    def __init__(self, sock, *args, deadline: float, **kwargs):
+        super().__init__(sock, *args, **kwargs)
+        self.fp.close()  # the plain reader made by HTTPResponse; ours bounds the status line,
+        self.fp = io.BufferedReader(_DeadlineIO(sock, deadline))  # the headers and the body
+
+
+class _Deadlined:
+    """An HTTP(S) connection whose whole exchange ends `timeout` seconds after it is made."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        t = self.timeout
+        deadline = time.monotonic() + t if isinstance(t, (int, float)) else float("inf")
+        self.response_class = functools.partial(_DeadlineResponse, deadline=deadline)
+
+
+class _DeadlineHTTPConnection(_Deadlined, http.client.HTTPConnection):
+    pass
+
+
+class _DeadlineHTTPSConnection(_Deadlined, http.client.HTTPSConnection):
+    pass
+
+
+_DEADLINED = {
+    http.client.HTTPConnection: _DeadlineHTTPConnection,
+    http.client.HTTPSConnection: _DeadlineHTTPSConnection,
+}
+
+
+class _DeadlineHandlers:
+    def do_open(self, http_class, req, **kwargs):
+        return super().do_open(_DEADLINED.get(http_class, http_class), req, **kwargs)
+
+
+class _HTTPHandler(_DeadlineHandlers, urllib.request.HTTPHandler):
+    pass
+
+
+class _HTTPSHandler(_DeadlineHandlers, urllib.request.HTTPSHandler):
+    pass
+
+
+def _read_capped(resp, limit: int, what: str, setting: str) -> bytes:
+    """The body, read in chunks; `ResponseTooLarge` as soon as it passes `limit` bytes."""
+
+    def too_large(size: str) -> ResponseTooLarge:
+        return ResponseTooLarge(
+            f"the answer from {what} is {size} bytes, over {setting} ({limit} bytes); "
+            f"raise {setting} if the endpoint's answers are meant to be this large"
+        )
+
+    declared = resp.headers.get("Content-Length")
+    if declared and declared.strip().isdigit() and int(declared) > limit:
+        raise too_large(declared.strip())
+    parts, size = [], 0
+    while chunk := resp.read(min(_CHUNK, limit + 1 - size)):
+        parts.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise too_large("more than")
+    return b"".join(parts)
 
 
 def estimate_tokens(text: str) -> int:
@@ -229,6 +333,9 @@ class ChatClient:
         self.tpm = Pacer(cfg.tokens_per_minute * share, clock) if cfg.tokens_per_minute else None
         self.stats: Counter = Counter()
         self._stats_lock = threading.Lock()
+        # urlopen's handlers with one deadline per attempt (proxies from the environment, as
+        # urlopen's own opener)
+        self._opener = urllib.request.build_opener(_HTTPHandler, _HTTPSHandler)
 
     # ------------------------------------------------------------------ plumbing
     def _count(self, name: str, n: int = 1) -> None:
@@ -243,8 +350,13 @@ class ChatClient:
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         req = urllib.request.Request(self.base_url + path, data=data, headers=headers)
-        with urllib.request.urlopen(req, timeout=self.cfg.timeout_s) as resp:
-            raw = resp.read()
+        setting = (
+            f"{self.section}.max_response_bytes"
+            if self.section == "client"
+            else "the client's max_response_bytes"
+        )
+        with self._opener.open(req, timeout=self.cfg.timeout_s) as resp:
+            raw = _read_capped(resp, self.cfg.max_response_bytes, self.base_url + path, setting)
         try:
             out = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
@@ -276,7 +388,11 @@ class ChatClient:
             return _Attempt(False, msg)
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         if isinstance(reason, TimeoutError):  # socket.timeout is TimeoutError
-            return _Attempt(True, f"timed out after {self.cfg.timeout_s} s ({self.base_url})")
+            return _Attempt(
+                True,
+                f"timed out after {self.cfg.timeout_s} s ({self.section}.timeout_s, the whole "
+                f"attempt; {self.base_url})",
+            )
         if isinstance(exc, (urllib.error.URLError, http.client.HTTPException, OSError)):
             return _Attempt(True, f"cannot reach {self.base_url}: {reason}")
         if isinstance(exc, BadResponse):
@@ -340,12 +456,25 @@ class ChatClient:
         if error is not None:
             return Completion("", error=error, attempts=attempts)
         try:
-            text = resp["choices"][0]["message"]["content"] or ""
-            if not isinstance(text, str):
-                raise TypeError(text)
+            message = resp["choices"][0]["message"]
+            text = message["content"]
         except (KeyError, IndexError, TypeError):
             self._count("failures")
             return Completion("", error="the response has no choices[0].message", attempts=attempts)
+        if not isinstance(text, str):  # null (a refusal, a tool call): an error, never cached
+            self._count("failures")
+            why = message.get("refusal") if isinstance(message, dict) else None
+            finish = resp["choices"][0].get("finish_reason")
+            return Completion(
+                "",
+                error=(
+                    f"the response's choices[0].message.content is "
+                    f"{json.dumps(text)[:100]}, not text (finish_reason {finish!r}"
+                    + (f", refusal {str(why)[:200]!r}" if why else "")
+                    + ")"
+                ),
+                attempts=attempts,
+            )
         usage = _usage(resp)
         if self.tpm is not None and usage and usage.get("total_tokens"):
             self.tpm.adjust(usage["total_tokens"] - tokens)
@@ -439,7 +568,7 @@ class ChatClient:
 def _detail(exc: urllib.error.HTTPError) -> str:
     """The server's error message from an error response (at most 300 characters)."""
     try:
-        raw = exc.read()
+        raw = exc.read(_ERROR_BODY_BYTES)
     except Exception:  # noqa: BLE001 - a body we cannot read
         raw = b""
     finally:
@@ -513,6 +642,7 @@ __all__ = [
     "Completion",
     "Pacer",
     "ResponseCache",
+    "ResponseTooLarge",
     "estimate_tokens",
     "request_key",
     "retry_after",

@@ -25,7 +25,9 @@ class ClientConfig(_Strict):
     model: str = "gpt-4o-mini"
     api_key_env: str = "OPENAI_API_KEY"  # the key is read from this environment variable
     allow_no_key: bool = False  # a local server without auth (vLLM, kgc serve auth_disabled)
-    timeout_s: float = Field(60.0, gt=0)
+    timeout_s: float = Field(60.0, gt=0)  # one attempt as a whole: connect, headers, body
+    # an answer's size (a chat answer is a few KB; 128 embeddings of 3,072 floats ≈ 10 MB)
+    max_response_bytes: int = Field(16 << 20, ge=1024)
     max_retries: int = Field(5, ge=0)  # on 429, 5xx, timeouts and connection errors
     backoff_s: float = Field(1.0, ge=0)  # first wait; doubles per retry, with jitter
     max_backoff_s: float = Field(60.0, ge=0)  # also the cap on a server's Retry-After

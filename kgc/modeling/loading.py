@@ -103,6 +103,9 @@ def load_tokenizer(cfg: ModelConfig):
 
     path = check_model_dir(cfg.path)
     check_remote_code(cfg, path)
+    from kgc.modeling.chat_render import install
+
+    install()  # the model's chat template (data from the model file) renders under limits
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
     if tok.pad_token_id is None:
         # batching needs a pad id; EOS is safe because padded positions are masked out

@@ -16,7 +16,10 @@ reloads without `gguf`.
 - Atomic: the folder is written under a temporary name beside its final place and renamed
   when complete, under a lock (two Ray workers preparing the same model convert it once). A
   killed preparation leaves only a `.partial-*` folder, which nothing accepts as a model and
-  the next preparation removes.
+  the next preparation of the same target removes. A partial folder is named after its
+  target, host and process id: a preparation removes only its own target's folders whose
+  process is gone (or that nothing has touched for a day), never a live one, nor another
+  target's (the same model in another dtype, prepared at the same time).
 - `model.path` anywhere in kgc may be a prepared model's name or a `.gguf` file: both resolve
   here to the prepared folder (`resolve_model_path`), converting on first use.
 """
@@ -27,7 +30,9 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -37,6 +42,7 @@ from kgc.errors import KgcError
 
 META_FILE = "kgc_model.json"
 PARTIAL = ".partial-"
+STALE_PARTIAL_S = 24 * 3600  # a partial folder untouched this long is dead whatever its pid
 
 
 @dataclass(frozen=True)
@@ -185,6 +191,13 @@ def _convert(src: Path, dest: Path, dtype: str, name: str, license_file: Path | 
     sha = sha256_file(src)
     try:
         tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+    except (ValueError, NotImplementedError, KeyError) as e:
+        raise KgcError(
+            f"transformers cannot load the tokenizer of {src} (architecture {arch!r}): {e}; "
+            "convert the original checkpoint instead and give model.path its Hugging Face folder"
+        ) from None
+    _check_chat_template(tok, src)
+    try:
         model = AutoModelForCausalLM.from_pretrained(
             str(src.parent),
             gguf_file=src.name,
@@ -218,9 +231,69 @@ def _convert(src: Path, dest: Path, dtype: str, name: str, license_file: Path | 
     (dest / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 
-def _sweep_partials(parent: Path, stem: str) -> None:
-    for p in parent.glob(f"{PARTIAL}{stem}-*"):
-        shutil.rmtree(p, ignore_errors=True)
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32]
+
+
+def _partial(dest: Path) -> Path:
+    """A fresh partial folder for `dest`: `.partial-<target>-<host>-<pid>-<random>` (the host
+    has no '-', so the name splits from the right whatever the target is called)."""
+    return dest.parent / f"{PARTIAL}{dest.name}-{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: it exists
+        return True
+    return True
+
+
+def _last_touched(folder: Path) -> float:
+    times = [folder.stat().st_mtime]
+    times += [p.stat().st_mtime for p in folder.iterdir()]
+    return max(times)
+
+
+def _is_stale(p: Path, target: str) -> bool:
+    """Whether `p` is a partial folder of `target` that no running preparation owns."""
+    parts = p.name[len(PARTIAL) :].rsplit("-", 3)
+    if len(parts) != 4 or parts[0] != target:
+        return False  # another target's (or a name kgc did not make): not ours to remove
+    _, host, pid, rand = parts
+    if not (pid.isdigit() and re.fullmatch(r"[0-9a-f]{8}", rand)):
+        return False
+    try:
+        idle = time.time() - _last_touched(p)
+    except OSError:
+        return False  # gone already (its owner finished) or unreadable
+    if idle > STALE_PARTIAL_S:
+        return True
+    # another host's process cannot be checked from here: only the age above retires it
+    return host == _host() and int(pid) != os.getpid() and not _pid_alive(int(pid))
+
+
+def _check_chat_template(tok, src: Path) -> None:
+    """The file's chat template (Jinja from the file's maker) renders a sample conversation
+    under kgc's limits, or the model is refused (kgc.modeling.chat_render)."""
+    from kgc.modeling.chat_render import check_template
+
+    templates = getattr(tok, "chat_template", None) or {}
+    if isinstance(templates, str):
+        templates = {"": templates}
+    special = {k: v for k, v in tok.special_tokens_map.items() if isinstance(v, str)}
+    for key, text in templates.items():
+        where = f"{src} (tokenizer.chat_template{'.' + key if key else ''})"
+        check_template(text, where, special)
+
+
+def _sweep_partials(parent: Path, target: str) -> None:
+    """Remove the partial folders of exactly `target` left by killed preparations."""
+    for p in parent.glob(f"{PARTIAL}*"):
+        if p.is_dir() and _is_stale(p, target):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _prepare_file(
@@ -242,11 +315,11 @@ def _prepare_file(
         if _ready(dest, sha, dtype):  # another process finished it while we waited
             return dest
         _sweep_partials(dest.parent, dest.name)  # left by a killed preparation
-        tmp = dest.parent / f"{PARTIAL}{dest.name}-{uuid.uuid4().hex[:8]}"
+        tmp = _partial(dest)
         try:
             _convert(src, tmp, dtype, name, license_file)
             if dest.exists():  # stale or altered: replace it as a whole
-                old = dest.parent / f"{PARTIAL}{dest.name}-old-{uuid.uuid4().hex[:8]}"
+                old = _partial(dest)
                 dest.rename(old)
                 shutil.rmtree(old, ignore_errors=True)
             tmp.rename(dest)

@@ -80,6 +80,16 @@ class ReplayServer:
         """The next request waits this long before it is answered."""
         self.faults.append(("sleep", seconds, None))
 
+    def huge(self, size: int, *, length: bool = True) -> None:
+        """The next answer is a 200 chat answer of `size` bytes, streamed (the server holds one
+        chunk of it); without `length` it has no Content-Length and ends when the server closes."""
+        self.faults.append(("huge", size, length))
+
+    def trickle(self, every_s: float, *, headers: bool = False) -> None:
+        """The next answer is sent one byte every `every_s` seconds: its body, or with `headers`
+        its status line and headers as well."""
+        self.faults.append(("trickle", every_s, headers))
+
     def count(self, path: str = "/v1/chat/completions") -> int:
         with self.lock:
             return sum(r["path"] == path for r in self.requests)
@@ -124,6 +134,46 @@ def _handler(server: ReplayServer):
             self.end_headers()
             self.wfile.write(data)
 
+        def _send_huge(self, size: int, length: bool) -> None:
+            head = b'{"choices": [{"index": 0, "message": {"role": "assistant", "content": "'
+            tail = b'"}}]}'
+            pad = size - len(head) - len(tail)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            if length:
+                self.send_header("Content-Length", str(size))
+            else:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            self.end_headers()
+            block = b"x" * (1 << 16)
+            try:
+                self.wfile.write(head)
+                while pad > 0:
+                    self.wfile.write(block[:pad])
+                    pad -= len(block)
+                self.wfile.write(tail)
+            except OSError:  # the client stopped reading: what the test wants
+                self.close_connection = True
+
+        def _send_trickle(self, every_s: float, headers: bool) -> None:
+            body = json.dumps(
+                {"choices": [{"index": 0, "message": {"role": "assistant", "content": "slow"}}]}
+            ).encode()
+            head = (
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            ).encode()
+            self.close_connection = True
+            try:
+                if not headers:
+                    self.wfile.write(head)
+                for i in range(0 if headers else len(head), len(head) + len(body)):
+                    time.sleep(every_s)
+                    self.wfile.write((head + body)[i : i + 1])
+            except OSError:  # the client gave up
+                pass
+
         def do_GET(self):  # noqa: N802 - http.server naming
             if self.path.rstrip("/") == "/v1/models":
                 self._send(200, {"object": "list", "data": [{"id": "replay", "object": "model"}]})
@@ -153,6 +203,12 @@ def _handler(server: ReplayServer):
                 return
             if fault is not None and fault[0] == "sleep":
                 time.sleep(fault[1])
+            elif fault is not None and fault[0] == "huge":
+                self._send_huge(fault[1], fault[2])
+                return
+            elif fault is not None and fault[0] == "trickle":
+                self._send_trickle(fault[1], fault[2])
+                return
             elif fault is not None:
                 status, headers, payload = fault
                 self._send(status, payload or {"error": {"message": f"scripted {status}"}}, headers)
