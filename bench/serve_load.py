@@ -10,8 +10,11 @@
 `--hostile`: only a mixed load where 10 % of requests are the hostile kinds of issue 13
 (S1–S6: an invalid or uncompilable response schema, a lone surrogate, malformed fields, a
 schema beyond the size limit, JSON nested 10,000 deep, an extract needing 3,200 model calls,
-a 2 MB chunked body) and 5 % carry a valid response schema never seen before (grammar-cache
-churn): valid requests' statuses (target: 0 × 5xx) and the model replica's peak memory.
+a 2 MB chunked body) and issue 26 (an extract with 200 labels of ≈ 60 words, a chat of
+8,000 rare CJK characters: prompts far beyond the model's context) and 5 % carry a valid
+response schema never seen before (grammar-cache churn): valid requests' statuses (target:
+0 × 5xx), every hostile kind's statuses (target: 4xx) and the model replica's memory before,
+at its peak and after.
 
   python bench/serve_load.py [--requests 1000] [--model tiny|small|smollm2]
   python bench/serve_load.py --model smollm2 --requests 160 --phase-requests 64
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -56,7 +60,13 @@ HOSTILE = (
     "deep",
     "extract_calls",
     "chunked_big",
+    "long_labels",
+    "long_cjk",
 )
+# issue 26: ≈ 60 words per label; characters of CJK Extension B (four UTF-8 bytes, several
+# tokens each)
+LONG_LABEL = " ".join(f"word{k}" for k in range(60))
+RARE_CJK = "".join(chr(0x20000 + k) for k in range(8000))
 
 
 def hostile_request(kind: str, i: int, rng: random.Random) -> tuple[str, object]:
@@ -100,6 +110,13 @@ def hostile_request(kind: str, i: int, rng: random.Random) -> tuple[str, object]
         return "/v1/extract", json.dumps(
             {"task": "NER", "schema": labels, "texts": ["张三。"] * 64}, ensure_ascii=False
         ).encode()
+    elif kind == "long_labels":  # ≈ 80 KB, under the byte limit; one prompt of every label
+        labels = [f"{LONG_LABEL} {j}" for j in range(200)]
+        return "/v1/extract", json.dumps(
+            {"task": "NER", "schema": labels, "text": "张三在北京。", "split_num": -1}
+        ).encode()
+    elif kind == "long_cjk":  # inside max_text_chars, ≈ 4 tokens a character
+        body = {"messages": [{"role": "user", "content": RARE_CJK}], "max_tokens": 16}
     elif kind == "chunked_big":
 
         def chunks():
@@ -260,6 +277,9 @@ def hostile(url: str, n: int) -> None:
     """The hostile mixed load (10 % hostile kinds, 5 % fresh valid schemas) at 32 clients."""
     pid = replica_pid()
     before = rss_mb(pid)
+    # the peak from here on, not the model's loading: "5" resets VmHWM (Linux ≥ 4.0)
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
     load = asyncio.run(fire(url, n, 32, 0.0, seed=3, hostile=0.10))
     peak, after = rss_mb(pid, "VmHWM"), rss_mb(pid)
     kinds: Counter = Counter()
@@ -273,6 +293,9 @@ def hostile(url: str, n: int) -> None:
         f"   hostile requests answered 4xx with a message: {load['malformed_4xx_with_message']}"
         f" / {load['malformed']}"
     )
+    for kind in HOSTILE:
+        got = {k.split(":")[1]: v for k, v in load["statuses"].items() if k.split(":")[0] == kind}
+        print(f"   {kind}: {dict(sorted(got.items()))}")
     print(
         f"   model replica memory: {before:.0f} MB before, peak {peak:.0f} MB, {after:.0f} MB after"
     )

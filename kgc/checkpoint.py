@@ -44,6 +44,7 @@ WEIGHTS_DIR = "model"
 TRAINABLE_FILE = "trainable.pt"  # full / freeze fine-tuning: the weights that were trained
 ADAPTER_CONFIG = "adapter_config.json"  # peft's names for a saved adapter
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_WEIGHT_FILES = (ADAPTER_WEIGHTS, "adapter_model.bin")  # peft writes one of these
 TOKENIZER_CONFIG = "tokenizer_config.json"  # a tokenizer saved beside the weights
 STATE_FILE = "trainer_state.pt"
 DS_DIR = "deepspeed"
@@ -275,6 +276,20 @@ def resolve_checkpoint(
     if (ckpt / CHAT_FILE).exists():
         chat = ChatFormat.from_dict(json.loads((ckpt / CHAT_FILE).read_text(encoding="utf-8")))
     return model_cfg, adapter, chat
+
+
+def adapter_problem(path: str | Path) -> str | None:
+    """What a folder lacks to be a loadable peft adapter (its config or its weights), or
+    None: peft's own error for a folder without weights is a traceback, not a reason."""
+    d = Path(path)
+    if not (d / ADAPTER_CONFIG).is_file():
+        return f"its folder has no {ADAPTER_CONFIG}"
+    if not any((d / f).is_file() for f in ADAPTER_WEIGHT_FILES):
+        return (
+            f"its folder has {ADAPTER_CONFIG} but no weights file "
+            f"({' or '.join(ADAPTER_WEIGHT_FILES)})"
+        )
+    return None
 
 
 def trained_weights(checkpoint: str | None) -> Path | None:

@@ -48,6 +48,14 @@ class Limits(BaseModel):
     max_schema_properties: int = Field(512, ge=1)
     max_json_depth: int = Field(64, ge=4)  # any request body
     grammar_timeout_s: float = Field(10.0, gt=0)  # compiling one schema's grammar
+    # a prompt is counted in tokens on the model replica before it joins the decode: prompt
+    # + max_new_tokens beyond the model's context, or a prompt beyond this many tokens (None:
+    # the context alone), is a 413 (an 89k-token prompt grew a replica to 19.9 GB)
+    max_prompt_tokens: int | None = Field(None, ge=1)
+    # /v1/extract schema labels (every one is in the prompt): characters per label, and of
+    # all labels together
+    max_label_chars: int = Field(200, ge=1)
+    max_schema_chars: int = Field(8000, ge=1)
 
 
 class Autoscaling(BaseModel):
@@ -202,7 +210,39 @@ def request_texts(req: ExtractRequest, limits: Limits) -> list[str]:
     )
     if n_schema > limits.max_schema_items:
         raise RequestTooLarge(f"'schema' has {n_schema} items; at most {limits.max_schema_items}")
+    check_schema_chars(req, limits)
     return texts
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= 40 else name[:40] + "…"
+
+
+def check_schema_chars(req: ExtractRequest, limits: Limits) -> None:
+    """Every label of a /v1/extract schema (types, roles, SPO parts) within
+    `max_label_chars`, all of them within `max_schema_chars`: each split's prompt holds its
+    labels, so their size is the prompt's size."""
+    labels: list[tuple[str, str]] = []  # (field, label)
+    if isinstance(req.schema_, dict):
+        for t, roles in req.schema_.items():
+            labels.append((f"schema.{_short(t)}", t))
+            labels += [(f"schema.{_short(t)}[{j}]", r) for j, r in enumerate(roles)]
+    else:
+        for i, x in enumerate(req.schema_):
+            text = x if isinstance(x, str) else f"{x.subject_type}_{x.predicate}_{x.object_type}"
+            labels.append((f"schema[{i}]", text))
+    for where, label in labels:
+        if len(label) > limits.max_label_chars:
+            raise RequestTooLarge(
+                f"{where} has {len(label)} characters; at most {limits.max_label_chars} "
+                "(limits.max_label_chars): a label is a type or role name, not a description"
+            )
+    total = sum(len(label) for _, label in labels)
+    if total > limits.max_schema_chars:
+        raise RequestTooLarge(
+            f"schema: its labels have {total} characters in all; at most "
+            f"{limits.max_schema_chars} (limits.max_schema_chars): send fewer labels"
+        )
 
 
 def request_schema(req: ExtractRequest) -> Schema:
@@ -322,22 +362,38 @@ def key_matches(token: str, hashes: set[str] | list[str]) -> bool:
     return ok
 
 
-def resolve_adapter(name: str, settings: ServeSettings) -> str | None:
-    """Directory of adapter `name`, or None when unknown. Names are plain folder names: no
+def _adapter_folder(name: str, settings: ServeSettings):
+    """The folder `name` in adapter_dir (a Path), or None. Names are plain folder names: no
     path separators or '..', so a request cannot reach outside the adapter directory."""
-    if name in settings.adapters:
-        return settings.adapters[name]
     if not ADAPTER_NAME.match(name) or ".." in name or not settings.adapter_dir:
         return None
     from pathlib import Path
 
-    from kgc.checkpoint import ADAPTER_CONFIG
-
     root = Path(settings.adapter_dir).resolve()
     path = (root / name).resolve()
-    if path.parent != root or not (path / ADAPTER_CONFIG).is_file():
-        return None
-    return str(path)
+    return path if path.parent == root and path.is_dir() else None
+
+
+def resolve_adapter(name: str, settings: ServeSettings) -> str | None:
+    """Directory of adapter `name`, or None when unknown: a configured one (`adapters`; the
+    engine checks its files when it loads it), or a folder of adapter_dir holding peft's
+    config and weights."""
+    if name in settings.adapters:
+        return settings.adapters[name]
+    from kgc.checkpoint import adapter_problem
+
+    path = _adapter_folder(name, settings)
+    return str(path) if path is not None and adapter_problem(path) is None else None
+
+
+def adapter_unavailable(name: str, settings: ServeSettings) -> str | None:
+    """Why an adapter_dir folder called `name` cannot be served (its config or weights
+    missing), for the 404; None when there is no such folder."""
+    from kgc.checkpoint import adapter_problem
+
+    path = _adapter_folder(name, settings)
+    problem = adapter_problem(path) if path is not None else None
+    return f"adapter {name!r} cannot be loaded: {problem}" if problem else None
 
 
 def known_models(settings: ServeSettings) -> list[str]:

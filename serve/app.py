@@ -40,6 +40,7 @@ from kgc.serving import (
     ExtractRequest,
     RequestTooLarge,
     ServeSettings,
+    adapter_unavailable,
     api_keys,
     build_instructions,
     check_engine,
@@ -133,7 +134,8 @@ class ModelServer:
         self._waiting: deque[_Pending] = deque()
         self._draining = False
 
-    def _run(self, adapter: str | None, items: list[tuple], on_text=None) -> list[str]:
+    def _run(self, adapter: str | None, items: list[tuple], on_text=None) -> list[dict]:
+        """One engine call (on the engine thread): each item's result with its usage."""
         from kgc.engine import GenerationSettings
 
         path = resolve_adapter(adapter, self.s) if adapter else None
@@ -141,14 +143,19 @@ class ModelServer:
         use = getattr(self.engine, "use_adapter", None)  # vLLM: no named adapters
         extra = {"on_text": on_text} if on_text is not None else {}
         with use(adapter, path) if use else contextlib.nullcontext():
-            return self.engine.generate(
+            texts = self.engine.generate(
                 [it[1] for it in items],
                 GenerationSettings(max_new_tokens=items[0][2]),
                 schemas if any(schemas) else None,
                 **extra,
             )
+            # the token ids each answer generated, where the engine records them
+            counts = getattr(self.engine, "last_token_counts", None)
+        if not isinstance(counts, list) or len(counts) != len(texts):
+            counts = [None] * len(texts)
+        return [self._result(it, t, n) for it, t, n in zip(items, texts, counts)]
 
-    async def _engine_call(self, adapter: str | None, items: list[tuple]) -> list[str]:
+    async def _engine_call(self, adapter: str | None, items: list[tuple]) -> list[dict]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._engine_thread, self._run, adapter, items)
 
@@ -161,26 +168,31 @@ class ModelServer:
             groups.setdefault((adapter, max_new), []).append(i)
         for (adapter, _max_new), idx in groups.items():
             try:
-                texts = await self._engine_call(adapter, [items[i] for i in idx])
-                for i, t in zip(idx, texts):
-                    out[i] = self._result(items[i], t)
+                results = await self._engine_call(adapter, [items[i] for i in idx])
+                for i, r in zip(idx, results):
+                    out[i] = r
             except Exception as exc:
                 if len(idx) == 1:
                     out[idx[0]] = _failure(exc)
                     continue
                 for i in idx:  # the group failed: each item alone, so only the bad one fails
                     try:
-                        text = (await self._engine_call(adapter, [items[i]]))[0]
-                        out[i] = self._result(items[i], text)
+                        out[i] = (await self._engine_call(adapter, [items[i]]))[0]
                     except Exception as one:
                         out[i] = _failure(one)
         return out
 
-    def _result(self, item: tuple, text: str) -> dict:
+    def _result(self, item: tuple, text: str, tokens: int | None = None) -> dict:
         """An answer with its token counts (OpenAI `usage`): the prompt as the model read
-        it, the answer's text re-tokenized (engines without a tokenizer: 0)."""
+        it, and the token ids the answer generated (`tokens`, from the engine; an engine
+        that does not say: the answer's text re-tokenized; without a tokenizer: 0)."""
         count = getattr(self.engine, "count_tokens", None)
-        p, c = count(item[1], text) if count is not None else (0, 0)
+        prompt_tokens = getattr(self.engine, "prompt_tokens", None)
+        if tokens is not None and prompt_tokens is not None:
+            p, c = prompt_tokens(item[1]), tokens
+        else:
+            p, c = count(item[1], text) if count is not None else (0, 0)
+            c = c if tokens is None else tokens
         return {"text": text, "prompt_tokens": p, "completion_tokens": c}
 
     async def generate_batched(self, item: tuple) -> dict:
@@ -224,10 +236,67 @@ class ModelServer:
             }
         return None
 
+    async def _prompt_problem(self, prompt: Any, max_new: int) -> dict | None:
+        """A prompt measured in tokens before it joins a decode (engines with a tokenizer):
+        its tokens + `max_new` beyond the model's context, or its tokens beyond
+        `limits.max_prompt_tokens`, is a 413 naming the numbers (an 89k-token prompt grew a
+        replica to 19.9 GB; prefill time grows with the square of the length). A prompt of
+        more characters than the room could hold at the vocabulary's longest token is
+        refused without tokenizing it. None, or the failure as the request's result."""
+        count = getattr(self.engine, "prompt_tokens", None)
+        context = getattr(self.engine, "context_tokens", None)
+        cap = self.s.limits.max_prompt_tokens
+        if count is None or (context is None and cap is None):
+            return None
+        source = getattr(self.engine, "context_source", "") or "its config"
+        rooms = []  # (prompt tokens that fit, why)
+        if context is not None:
+            rooms.append(
+                (
+                    context - max_new,
+                    f"the model's context of {context} tokens ({source}) less max_new_tokens "
+                    f"{max_new}",
+                )
+            )
+        if cap is not None:
+            rooms.append((cap, f"limits.max_prompt_tokens {cap}"))
+        room, why = min(rooms)
+        fix = "send a shorter prompt (or a smaller max_tokens / max_new_tokens)"
+        if room < 1:
+            return {"error": f"no room for a prompt: {why} leaves {room}; {fix}", "status": 413}
+        per = getattr(self.engine, "max_token_chars", None)
+        chars = _prompt_chars(prompt)
+        if isinstance(per, int) and chars is not None and chars > 2 * per * room:
+            return {
+                "error": f"the prompt has {chars} characters, at least {chars // (2 * per)} "
+                f"tokens; at most {room} fit: {why}; {fix}",
+                "status": 413,
+                "limit": room,
+            }
+        try:
+            n = await asyncio.to_thread(count, prompt)
+        except Exception as exc:  # noqa: BLE001 - a prompt the engine cannot read: its own
+            return _failure(exc)
+        if n > room:
+            return {
+                "error": f"the prompt has {n} tokens; at most {room} fit: {why}; {fix}",
+                "status": 413,
+                "prompt_tokens": n,
+                "limit": room,
+            }
+        return None
+
+    async def _problem(self, prompt: Any, max_new: int, schema: dict | None) -> dict | None:
+        """What refuses a request before it joins a decode: its prompt's size, its schema."""
+        problem = await self._prompt_problem(prompt, max_new)
+        if problem is None:
+            problem = await self._schema_problem(schema, max_new)
+        return problem
+
     async def generate(
         self, adapter: str | None, prompt: Any, max_new_tokens: int, schema: dict | None = None
     ) -> dict:
-        problem = await self._schema_problem(schema, max_new_tokens)
+        problem = await self._problem(prompt, max_new_tokens, schema)
         if problem is not None:
             return problem
         item = (adapter, prompt, max_new_tokens, schema)
@@ -305,10 +374,10 @@ class ModelServer:
                         p.finish(_failure(exc))
                     continue
                 for p in open_:
-                    if p.finished:
+                    if p.finished or p.cancelled:
                         continue
                     try:
-                        p.finish(self._result(p.item, self._run(adapter, [p.item])[0]))
+                        p.finish(self._run(adapter, [p.item])[0])
                     except Exception as one:  # noqa: BLE001
                         p.finish(_failure(one))
 
@@ -322,11 +391,20 @@ class ModelServer:
             for p in self._take(adapter, free):
                 open_.append(p)
 
-                def done(text, error, p=p):
-                    p.finish(_failure(error) if error else self._result(p.item, text))
+                def done(text, error, tokens=None, p=p):
+                    p.finish(_failure(error) if error else self._result(p.item, text, tokens))
 
                 _a, prompt, max_new, schema = p.item
-                reqs.append(ServeRequest(prompt, max_new, schema, done, p.stream_piece_cb))
+                reqs.append(
+                    ServeRequest(
+                        prompt,
+                        max_new,
+                        schema,
+                        done,
+                        p.stream_piece_cb,
+                        is_cancelled=lambda p=p: p.cancelled,  # polled by the decode, each step
+                    )
+                )
             return reqs
 
         with self.engine.use_adapter(adapter, path):
@@ -338,8 +416,10 @@ class ModelServer:
         """`stream: true`: the answer as it is generated, as {"text": piece} items (token by
         token where the engine streams: the HF engine's continuous path; one piece at the
         end otherwise), or one {"error", "status"} item. A streamed request is its own
-        engine call, taking its turn on the engine thread with the batches."""
-        problem = await self._schema_problem(schema, max_new_tokens)
+        engine call, taking its turn on the engine thread with the batches. A consumer that
+        leaves (the generator closed or cancelled) cancels its request: on the continuous
+        path its row leaves the running decode at the next step."""
+        problem = await self._problem(prompt, max_new_tokens, schema)
         if problem is not None:
             yield problem
             return
@@ -363,18 +443,18 @@ class ModelServer:
             while (piece := await queue.get()) is not end:
                 yield {"text": piece}
             result = call.result()
-        except asyncio.CancelledError:
-            call.cancel()
-            raise
         except Exception as exc:
             yield _failure(exc)
             return
-        if isinstance(result, dict):  # the continuous path's result
-            if "error" in result:
-                yield result
-            return
-        if not streams and result[0]:
-            yield {"text": result[0]}
+        finally:  # cancelled, or closed by a consumer that left (GeneratorExit)
+            if not call.done():
+                call.cancel()
+        if isinstance(result, list):  # an engine call's results
+            result = result[0]
+        if "error" in result:
+            yield result
+        elif not streams and result["text"]:
+            yield {"text": result["text"]}
 
 
 @serve.deployment
@@ -444,6 +524,20 @@ async def _sse(head: dict, first: str, rest, stop: list[str]):
     yield "data: [DONE]\n\n"
 
 
+def _prompt_chars(prompt: Any) -> int | None:
+    """Characters of a prompt's text (a message's content, a raw prompt's text), None if it
+    is not a prompt."""
+    if isinstance(prompt, str):
+        return len(prompt)
+    if isinstance(prompt, dict):
+        raw = prompt.get("raw")
+        return len(raw) if isinstance(raw, str) else None
+    if isinstance(prompt, list):
+        parts = [m.get("content") if isinstance(m, dict) else None for m in prompt]
+        return sum(len(c) for c in parts if isinstance(c, str))
+    return None
+
+
 def _error(status: int, message: str, **extra) -> JSONResponse:
     return JSONResponse({"error": {"message": message, **extra}}, status_code=status)
 
@@ -462,16 +556,33 @@ def _replica_lost(exc: BaseException) -> bool:
     return isinstance(exc, (RayActorError, ActorDiedError, ActorUnavailableError))
 
 
-async def _gather_or_cancel(responses: list) -> list:
-    """Await Serve responses together; if one fails or this request is cancelled (the client
-    went away), cancel the rest so no orphaned model calls keep running."""
+async def _gather_or_cancel(responses: list, check=None) -> list:
+    """Await Serve responses together; if one fails (or `check` raises on its result) or
+    this request is cancelled (the client went away), cancel the rest at once so no
+    orphaned model calls keep running."""
+
+    async def one(response):
+        result = await response
+        if check is not None:
+            check(result)
+        return result
+
+    tasks = [asyncio.ensure_future(one(r)) for r in responses]
     try:
-        return await asyncio.gather(*responses)
+        return await asyncio.gather(*tasks)
     except BaseException:
-        for r in responses:
+        for t, r in zip(tasks, responses):
+            t.cancel()
             with contextlib.suppress(Exception):
                 r.cancel()
         raise
+
+
+def _refused(result: dict) -> None:
+    """A model call's refusal (its 4xx) as the request's: the request's other calls are
+    cancelled, not decoded for nothing."""
+    if "error" in result:
+        raise HTTPException(result["status"], result["error"])
 
 
 async def call_model(model, calls: list[tuple], retry_after_s: int) -> list[dict]:
@@ -479,7 +590,7 @@ async def call_model(model, calls: list[tuple], retry_after_s: int) -> list[dict
     results ({"text", "prompt_tokens", "completion_tokens"}); an item's failure → its 4xx;
     a lost replica → 503 with Retry-After (never a 500)."""
     try:
-        results = await _gather_or_cancel([model.generate.remote(*c) for c in calls])
+        return await _gather_or_cancel([model.generate.remote(*c) for c in calls], _refused)
     except Exception as exc:
         if _replica_lost(exc):
             raise HTTPException(
@@ -488,10 +599,6 @@ async def call_model(model, calls: list[tuple], retry_after_s: int) -> list[dict
                 headers={"Retry-After": str(max(retry_after_s, 1))},
             ) from None
         raise
-    for r in results:
-        if "error" in r:
-            raise HTTPException(r["status"], r["error"])
-    return results
 
 
 def usage(results: list[dict]) -> dict:
@@ -577,10 +684,10 @@ class IngressServer:
     def _adapter(self, model: str | None) -> str | None:
         try:
             return split_model_name(model, self.s)
-        except KeyError:
-            raise HTTPException(
-                404, {"message": f"unknown model {model!r}", "models": known_models(self.s)}
-            ) from None
+        except KeyError as exc:
+            why = adapter_unavailable(str(exc.args[0]), self.s)
+            message = f"model {model!r}: {why}" if why else f"unknown model {model!r}"
+            raise HTTPException(404, {"message": message, "models": known_models(self.s)}) from None
 
     async def _generate(self, calls: list[tuple]) -> list[dict]:
         return await call_model(self.model, calls, self.s.retry_after_s)

@@ -215,8 +215,8 @@ def test_serve_takes_requests_as_they_arrive(tiny_llama, prompts_and_schemas):
     calls = [0]
 
     def make(i, prompt, budget, schema):
-        def done(text, error):
-            assert error is None
+        def done(text, error, tokens):
+            assert error is None and 0 < tokens <= budget  # the token ids generated
             results[i] = text
             order.append(i)
 

@@ -100,6 +100,7 @@ def test_adapters_listed_are_exactly_those_a_request_can_load(tmp_path):
     for d in (root / "good", outside / "evil"):
         d.mkdir(parents=True)
         (d / "adapter_config.json").write_text("{}")
+        (d / "adapter_model.safetensors").write_bytes(b"")
     (root / "link").symlink_to(outside / "evil")
     s = ServeSettings(adapter_dir=str(root), auth_disabled=True)
     assert resolve_adapter("link", s) is None

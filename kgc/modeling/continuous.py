@@ -213,6 +213,7 @@ class _Row:
     watch: tuple[str, int] | None = None  # (forced text, token index it starts at): learning
     hist: list[int] = field(default_factory=list)  # prompt + verified tokens (lookup drafts)
     grams: dict = field(default_factory=dict)  # last 2/3 tokens → where what followed starts
+    dropped: bool = False  # its request was cancelled: retired without `on_done`
 
 
 class ContinuousDecoder:
@@ -282,6 +283,7 @@ class ContinuousDecoder:
             "padded_tokens": 0,
             "closed_early": 0,
             "lookup_tokens": 0,
+            "cancelled": 0,
         }
         self.lookup = 0  # lookup drafts per step (the run's generation.lookup_drafts)
         self.forced = False  # forced text drafted (the run's generation.jump_forward)
@@ -399,6 +401,7 @@ class ContinuousDecoder:
         feed: Callable[[int], list[Job]] | None = None,
         on_done: Callable[[int, list[int]], None] | None = None,
         budgets: Sequence[int] | None = None,
+        cancelled: Callable[[int], bool] | None = None,
     ) -> list[list[int]]:
         """The generated token ids per prompt (end-of-turn token not included).
 
@@ -410,7 +413,9 @@ class ContinuousDecoder:
         slots are free; they join the running batch and are numbered after the ones before
         them; the run ends when no row is left and `feed` gives nothing. `on_done(i, ids)`
         is called as soon as prompt i's answer ends. `budgets`: max new tokens per prompt
-        (default: `config.max_new_tokens`)."""
+        (default: `config.max_new_tokens`). `cancelled(i)`, asked for every waiting and
+        decoding prompt at every step: True drops it (its slot is freed at once, no
+        `on_done`; its ids so far stay in the result)."""
         import torch
 
         prompts = list(prompts)
@@ -429,6 +434,7 @@ class ContinuousDecoder:
         self.forced = jump and config.jump_forward  # else drafts from lookup only
         ctx = _Ctx(self, config, gen, out, on_token, jump, prompts)
         shared = shared_prefix_len(prompts) if self.prefix else 0
+        head = list(prompts[0][:shared]) if prompts else []  # the prefix later prompts share
         prefix_kv = None
         with torch.no_grad():
             if shared:
@@ -448,6 +454,8 @@ class ContinuousDecoder:
                         grammars.append(job.grammar)
                         budgets.append(job.budget)
                         out.append([])
+                if cancelled is not None:
+                    self._drop(cancelled, queue, rows)
                 if not queue and not rows:
                     break
                 free = self.slots - len(rows)
@@ -455,17 +463,22 @@ class ContinuousDecoder:
                     take = [queue.popleft() for _ in range(min(free, len(queue)))]
                     # prompts that joined later share the prefix only if they start with it
                     sh = shared if all(
-                        list(prompts[i][:shared]) == list(prompts[0][:shared]) for i in take
+                        list(prompts[i][:shared]) == head for i in take
                     ) else 0  # fmt: skip
                     new, new_kv, new_mask = self._admit(take, prompts, grammars, budgets, sh,
                                                         prefix_kv if sh else None, ctx)  # fmt: skip
                     kv, mask = _join(kv, mask, new_kv, new_mask)
                     rows += new
                 alive = [r for r, row in enumerate(rows) if row.pending]
-                if on_done is not None:
-                    for row in rows:
-                        if not row.pending:
-                            on_done(row.index, out[row.index])
+                for row in rows:
+                    if row.pending:
+                        continue
+                    if on_done is not None and not row.dropped:
+                        on_done(row.index, out[row.index])
+                    if feed is not None:  # open-ended (Serve): a run lasts as long as the
+                        # traffic, so an ended prompt's data is let go (no result is returned)
+                        i = row.index
+                        prompts[i], grammars[i], out[i] = head if i == 0 else (), None, []
                 if not alive:
                     rows, kv, mask = [], None, None
                     continue
@@ -478,6 +491,20 @@ class ContinuousDecoder:
                 kv, mask = _compact(kv, mask)
                 kv, mask = self._step(rows, kv, mask, ctx)
         return out
+
+    def _drop(self, cancelled, queue: deque, rows: list[_Row]) -> None:
+        """Prompts whose request was cancelled leave: waiting ones from the queue, decoding
+        ones marked done (the step's compaction removes their cache rows)."""
+        if queue:
+            keep = [i for i in queue if not cancelled(i)]
+            self.stats["cancelled"] += len(queue) - len(keep)
+            queue.clear()
+            queue.extend(keep)
+        for row in rows:
+            if not row.dropped and cancelled(row.index):
+                row.dropped = True
+                row.pending, row.drafts, row.prev = [], 0, None
+                self.stats["cancelled"] += 1
 
     def _admit(self, take, prompts, grammars, budgets, shared, prefix_kv, ctx):
         """Prefill new prompts (with what their grammar forces at the start, as drafts):

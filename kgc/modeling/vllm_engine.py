@@ -87,6 +87,11 @@ class VLLMEngine:
             **extra,
         )
         self.model_id = f"vllm:{cfg.path}" + (f"+{adapter}" if adapter else "")
+        # what Serve measures a prompt + its budget against (vLLM's own context length)
+        engine_cfg = getattr(getattr(self.llm, "llm_engine", None), "model_config", None)
+        self.context_tokens = getattr(engine_cfg, "max_model_len", None) or max_model_len
+        self.context_source = "max_model_len"
+        self.last_token_counts: list[int] | None = None  # token ids per answer, last call
 
     def sampling_params(self, config: GenerationSettings, schema: dict | None):
         from vllm import SamplingParams
@@ -121,8 +126,13 @@ class VLLMEngine:
         per_row = list(schemas) if schemas else [None] * len(inputs)
         params = [self.sampling_params(config, s) for s in per_row]
         outs = self.llm.generate(inputs, params, lora_request=self.lora, use_tqdm=False)
+        self.last_token_counts = [len(o.outputs[0].token_ids) for o in outs]
         stops = config.stop + tuple(self.prompts.fmt.stop_strings())
         return [cut_at_stop(o.outputs[0].text, stops) for o in outs]
+
+    def prompt_tokens(self, prompt: Prompt) -> int:
+        """Tokens of a prompt as fed to the model (Serve's admission check, usage)."""
+        return len(self.prompts.encode(prompt))
 
     def count_tokens(self, prompt: Prompt, text: str) -> tuple[int, int]:
         """(prompt tokens as fed to the model, tokens of the answer's text) for usage."""
