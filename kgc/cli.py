@@ -201,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _ray_job_args(ex, "YAML extraction config (see jobs/configs/extract_*.yaml)")
     ex.add_argument("--quiet", action="store_true", help="no progress lines")
+    ex.add_argument(
+        "--fresh",
+        action="store_true",
+        help="clear the output folder's old results (rows, merge, scores, summary) first "
+        "instead of resuming from them",
+    )
 
     sv = sub.add_parser("serve", help="run the Ray Serve app (task API + OpenAI-compatible API)")
     sv.add_argument("--config", required=True, help="a Serve config (see serve/config.yaml)")
@@ -480,7 +486,7 @@ def _cmd_extract(args) -> int:
         from kgc.runtime.cluster import ensure_ray
 
         ensure_ray(args.address)
-    summary = run_extract(cfg, progress=not args.quiet)
+    summary = run_extract(cfg, progress=not args.quiet, fresh=args.fresh)
     scores = summary.pop("scores", None)
     print(json.dumps(summary, ensure_ascii=False))
     if scores is not None:
@@ -502,7 +508,10 @@ def extract_block(summary: dict, scores: dict | None) -> str:
     out = Path(summary["output"])
     rows, errors = summary["rows"], round(summary["parse_error_rate"] * summary["rows"])
     resumed = summary.get("rows_skipped_resume") or 0
-    aside = {k: summary.get(k) for k in ("shards_corrupt", "rows_duplicate", "rows_not_in_input")}
+    aside = {
+        k: summary.get(k)
+        for k in ("shards_corrupt", "rows_duplicate", "rows_not_in_input", "rows_changed")
+    }
     score = None
     if scores is not None:
         s = next(iter(scores["scores"].values()), None)
@@ -608,6 +617,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except KgcError as exc:
+        from kgc.runtime.pool import Stalled, quiet_abandoned_pipeline
+
+        if isinstance(exc, Stalled):  # the command ends with this error (jobs/ exit with
+            quiet_abandoned_pipeline()  # it too): the abandoned pipeline prints nothing after
         print(f"kgc {args.command}: error:\n{exc.render()}", file=sys.stderr)
         return 2
 

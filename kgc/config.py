@@ -219,6 +219,10 @@ class EngineConfig(_Strict):
     tensor_parallel_size: int = Field(1, ge=1)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     max_model_len: int | None = Field(None, ge=16)
+    # a row whose prompt has more tokens is not generated but kept with its error (counted
+    # as rows_too_long); hf, vllm. Without it: prompt + generation.max_new_tokens must fit
+    # the model's context (its max_position_embeddings)
+    max_prompt_tokens: int | None = Field(None, ge=1)
     # hf: load a plain model's weights in 4 or 8 bits (bitsandbytes, as QLoRA training does;
     # DeepKE's `--bits 4`): less memory, and on a GPU often faster for large models
     quantization: QuantConfig | None = None
@@ -281,6 +285,9 @@ class ExtractConfig(_Strict):
     output: OutputConfig
     score: bool = True  # score against labels when the input carries them
     stall_timeout_s: float = Field(600.0, gt=0)  # no progress for this long → fail the job
+    # constrained decoding: one answer grammar's compile; a row whose grammar takes longer
+    # is kept with its error, not generated (Serve: limits.grammar_timeout_s)
+    grammar_timeout_s: float = Field(60.0, gt=0)
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), populate_by_name=True)
 

@@ -59,6 +59,10 @@ class GenerationSettings(BaseModel):
     # grounded_max_words words): the model can copy names, not invent them (NER, RE, SPO)
     grounded: bool = False
     grounded_max_words: int = Field(6, ge=1, le=16)
+    # the most spans (enum values) one grounded answer schema lists: beyond it the words per
+    # span are lowered (kgc.engine.grounded_spans), so a chunk's grammar stays small (an
+    # 804-token chunk at 6 words made 12,189 spans: a 13 MB grammar, 1.8 s to compile)
+    grounded_max_spans: int = Field(2048, ge=1, le=65536)
     # constrained, greedy (HF engine, continuous path): text the grammar forces (keys,
     # brackets, the rest of the only name that fits) is proposed at once and verified in
     # one multi-token step; answers stay the greedy answers (kgc.modeling.continuous)
@@ -149,11 +153,36 @@ def text_spans(text: str, max_words: int = 6) -> list[str]:
     return list(out)
 
 
-def grounded(schema, text: str, max_words: int = 6):
+# characters a grounded enum may hold per span allowed, on average (long "words": URLs, …)
+SPAN_CHARS = 48
+
+
+def grounded_spans(text: str, max_words: int = 6, max_spans: int = 2048) -> list[str]:
+    """The spans a grounded answer may copy: `text_spans(text, w)` for the largest
+    w <= `max_words` that gives at most `max_spans` spans of at most `max_spans` ×
+    SPAN_CHARS characters in all. When single words are still too many, the first ones of
+    the text (every value is still a span of it)."""
+    budget = max_spans * SPAN_CHARS
+    spans: list[str] = []
+    for w in range(max_words, 0, -1):
+        spans = text_spans(text, w)
+        if len(spans) <= max_spans and sum(map(len, spans)) <= budget:
+            return spans
+    out, size = [], 0
+    for span in spans:
+        if len(out) == max_spans or size + len(span) > budget:
+            break
+        out.append(span)
+        size += len(span)
+    return out
+
+
+def grounded(schema, text: str, max_words: int = 6, max_spans: int = 2048):
     """A copy of a JSON Schema where every string value must be a span of `text` (an enum
-    of its word runs): a constrained answer can copy names from the input, never invent
-    them. Object keys stay as they are (they are the schema's labels)."""
-    spans = text_spans(text, max_words)
+    of its word runs, `grounded_spans`: at most `max_spans`, so its grammar stays small):
+    a constrained answer can copy names from the input, never invent them. Object keys
+    stay as they are (they are the schema's labels)."""
+    spans = grounded_spans(text, max_words, max_spans)
 
     def walk(node):
         if isinstance(node, list):

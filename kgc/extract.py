@@ -17,13 +17,16 @@ from typing import Any
 from kgc.chunking import Offsets
 from kgc.config import ExtractConfig
 from kgc.errors import KgcError, Problem
-from kgc.rows import ExtractedRow, Row, row_id
-from kgc.shards import SetAside
+from kgc.rows import TOO_LONG, ExtractedRow, Row, digest, fingerprint, row_id
+from kgc.shards import QUARANTINE, SHARDS, SetAside
 
 SUMMARY = "summary.json"
 DOCUMENTS = "documents.jsonl"
 SCORES = "scores.json"
 PREDICTIONS = "predictions.jsonl"  # IEPile inputs: the input records + `output` (DeepKE's shape)
+# touched by the actors as tokens are generated: the driver's stall watchdog sees progress
+# inside a batch (kgc.runtime.extract)
+HEARTBEAT = ".heartbeat"
 
 
 # ----------------------------------------------------------------------------- reading
@@ -205,6 +208,7 @@ def _instruction_records(cfg: ExtractConfig) -> list[tuple[dict, Row]]:
     out: list[tuple[dict, Row]] = []
     problems: list[Problem] = []
     seen: dict[tuple[str, str], int] = {}
+    run = run_fingerprint(cfg)
     for f in _files(cfg.input.path, (".jsonl", ".json")):
         for n, rec in _jsonl(f, problems):
             msg = check_record(rec, need_output=False)
@@ -229,6 +233,7 @@ def _instruction_records(cfg: ExtractConfig) -> list[tuple[dict, Row]]:
                 instruction=rec["instruction"],
                 source=rec.get("source") or "",
                 label=rec.get("label") if isinstance(rec.get("label"), str) else None,
+                fingerprint=fingerprint(cfg.task.upper(), rec["instruction"], run),
             )
             out.append((rec, row))
     if problems:
@@ -278,20 +283,25 @@ def input_rows(
         docs = read_documents(cfg)
         n_docs = len(docs)
         offsets = load_offsets()
-        rows = [r for d in docs for r in document_rows(d, cfg, schema, offsets)]
+        run = run_fingerprint(cfg)  # once: it reads the model's file list
+        rows = [r for d in docs for r in document_rows(d, cfg, schema, offsets, run)]
     ids = [r["id"] for r in rows]
     if len(set(ids)) != len(ids):
         raise KgcError("two rows share an id (duplicate documents with the same doc id?)")
     return rows, n_docs
 
 
-def document_rows(doc: dict, cfg: ExtractConfig, schema, offsets) -> list[Row]:
-    """One document → rows (chunk × schema split), each with its instruction."""
+def document_rows(
+    doc: dict, cfg: ExtractConfig, schema, offsets, run: str | None = None
+) -> list[Row]:
+    """One document → rows (chunk × schema split), each with its instruction; `run`: this
+    run's `run_fingerprint` (computed here when not given)."""
     from kgc.chunking import chunk_text
     from kgc.schema_splits import instructions
     from kgc.tasks import get
 
     task = get(cfg.task)
+    run = run or run_fingerprint(cfg)
     rows = []
     for ch in chunk_text(doc["text"], cfg.chunk.max_tokens, cfg.chunk.overlap, offsets):
         for split in instructions(
@@ -309,12 +319,82 @@ def document_rows(doc: dict, cfg: ExtractConfig, schema, offsets) -> list[Row]:
                     instruction=split.instruction,
                     source=doc.get("source", ""),
                     label=None,
+                    fingerprint=fingerprint(task.name, split.instruction, run),
                 )
             )
     return rows
 
 
+# what changes no answer: speed settings documented to keep the greedy answers
+_SAME_ANSWERS = {"jump_forward", "lookup_drafts"}
+
+
+def run_fingerprint(cfg: ExtractConfig) -> str:
+    """The model and generation parts of this run's row fingerprints (`kgc.rows`): the
+    engine's model identity and every generation setting that can change an answer."""
+    e = cfg.engine
+    model = {
+        "type": e.type,
+        "model": e.model,
+        "adapter": e.adapter,
+        "checkpoint": e.checkpoint,
+        "dtype": e.dtype,
+        "quantization": e.quantization.model_dump(mode="json") if e.quantization else None,
+        "base_url": e.base_url if e.type == "openai" else None,
+    }
+    # the files behind the paths too: a model retrained or replaced in place is another model
+    model["files"] = [_files_identity(p) for p in (e.model, e.adapter, e.checkpoint)]
+    gen = cfg.generation.model_dump(mode="json", exclude=_SAME_ANSWERS)
+    return f"{digest(model)}.{digest(gen)}"
+
+
+def _files_identity(path: str | None) -> list | None:
+    """Name, size and modification time of a local model/adapter/checkpoint's files (its
+    folder and the folders in it, at most 256 files): cheap, and it changes when the weights
+    are rewritten. None for no path or a name that is not a local file (a hub id, a URI)."""
+    if not path or is_uri(path):
+        return None
+    root = Path(path)
+    try:
+        if root.is_file():
+            st = root.stat()
+            return [[root.name, st.st_size, st.st_mtime_ns]]
+        if not root.is_dir():
+            return None
+        out = []
+        files = [f for f in root.iterdir()] + [
+            f for d in root.iterdir() if d.is_dir() and not d.is_symlink() for f in d.iterdir()
+        ]
+        for f in sorted(files)[:256]:
+            if f.is_file():
+                st = f.stat()
+                out.append([f.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns])
+        return out
+    except OSError:
+        return None
+
+
 # ----------------------------------------------------------------------------- results
+def clear_results(out_dir: str | Path) -> list[str]:
+    """`kgc extract --fresh`: remove what earlier runs wrote in the output folder (its rows,
+    the shards set aside, the merge, scores, predictions and summary) and nothing else.
+    Returns the paths removed."""
+    import shutil
+
+    out = Path(out_dir)
+    gone = []
+    for name in (SHARDS, QUARANTINE, DOCUMENTS, SUMMARY, SCORES, PREDICTIONS, HEARTBEAT):
+        p = out / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+        else:
+            continue
+        gone.append(str(p))
+    return gone
+
+
 def finish(
     cfg: ExtractConfig,
     rows: list[ExtractedRow],
@@ -345,6 +425,8 @@ def finish(
         "rows_skipped_resume": total - rows_this_run,
         "records": sum(len(json.loads(r["records"])) for r in rows),
         "parse_error_rate": sum(bool(json.loads(r["errors"])) for r in rows) / max(1, total),
+        # rows not generated: the prompt (+ generation.max_new_tokens) exceeds the context
+        "rows_too_long": sum(_too_long(r) for r in rows),
         "seconds": seconds,
         "rows_per_s": rows_this_run / seconds if rows_this_run and seconds else 0.0,
         # set aside this run, each counted: unreadable shards (their rows redone), extra
@@ -361,6 +443,11 @@ def finish(
         (out_dir / SCORES).write_text(json.dumps(summary["scores"], ensure_ascii=False, indent=1))
     (out_dir / SUMMARY).write_text(json.dumps(summary, ensure_ascii=False, indent=1))
     return summary
+
+
+def _too_long(row: dict) -> bool:
+    errors = json.loads(row["errors"])
+    return bool(errors) and str(errors[0]).startswith(f"engine error: {TOO_LONG}")
 
 
 def merge_documents(rows: list[dict], docs: dict[str, str] | None = None) -> list[dict]:

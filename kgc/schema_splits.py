@@ -48,16 +48,18 @@ def answer_schema(
     max_list_items: int,
     grounded_in: str | None = None,
     grounded_max_words: int = 6,
+    grounded_max_spans: int = 2048,
 ) -> dict:
     """The JSON Schema an answer to the instruction of `split` must follow (constrained
     decoding): strings and lists capped so an answer always closes; with `grounded_in`,
-    every string must be a span of that text (up to `grounded_max_words` words)."""
+    every string must be a span of that text (up to `grounded_max_words` words, at most
+    `grounded_max_spans` spans)."""
     from kgc.engine import bounded, grounded
 
     shape = bounded(task.output_schema(split), max_text_chars, max_list_items)
     if grounded_in is None:
         return shape
-    return grounded(shape, grounded_in, grounded_max_words)
+    return grounded(shape, grounded_in, grounded_max_words, grounded_max_spans)
 
 
 def merge_records(found: Iterable[tuple[Task, dict, T]]) -> list[tuple[dict, list[T]]]:

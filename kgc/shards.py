@@ -9,8 +9,11 @@ What a rerun finds that no run of the job writes is set aside, not trusted and n
 (`scan_shards`, `settle_shards`): a shard that cannot be read (cut short, not UTF-8) moves
 to `<output>/quarantine/` and its rows are extracted again; a second copy of a row (a
 copied shard) loses to the copy in the first shard by name; a row whose id the current
-input no longer produces (a document removed) is not one of the job's rows. Each is named
-in a warning and counted, and the shards left in `rows/` hold every current id exactly once.
+input no longer produces (a document removed) is not one of the job's rows; a row whose
+fingerprint (`kgc.rows.fingerprint`: task, instruction, model, generation settings) is not
+the current one was made from another text, task, model or settings (or by an older kgc, or
+not by kgc) and is redone. Each is named in a warning and counted, and the shards left in
+`rows/` hold every current id exactly once.
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ import hashlib
 import json
 import os
 import sys
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kgc.errors import KgcError, Problem
-from kgc.rows import ROW_FIELDS
+from kgc.rows import ROW_FIELDS, fingerprint_parts
 
 SHARDS = "rows"
 QUARANTINE = "quarantine"  # shards set aside: unreadable, or holding rows not kept
@@ -147,25 +152,73 @@ class ShardScan:
     corrupt: list[tuple[Path, Problem]] = field(default_factory=list)
     duplicates: int = 0
     stale: int = 0
+    # rows of a current id whose fingerprint is not the current row's, by why (`mismatch`)
+    changed: Counter = field(default_factory=Counter)
+    changed_from: set[tuple[str, str]] = field(default_factory=set)  # their (task, model_id)
     rewrite: dict[Path, list[dict]] = field(default_factory=dict)
     notes: dict[Path, str] = field(default_factory=dict)
+    quiet: set[Path] = field(default_factory=set)  # moved for changed rows only: one line
+
+    def whole_run_changed(self) -> str | None:
+        """`"model"` or `"task"` when every row found of a current id was made by another model
+        (or for another task): the output folder holds another run's results."""
+        found = len(self.rows) + sum(self.changed.values())
+        for why in ("task", "model"):
+            if found and self.changed[why] == found:
+                return why
+        return None
 
 
-def scan_shards(out_dir: str | os.PathLike, expected: set[str] | None = None) -> ShardScan:
-    """Read every shard and resolve it against `expected` (the ids of the current input;
-    None keeps every id). Deterministic: shards are read in name order, so which copy of a
-    duplicated row is kept does not depend on timing or on the order of a listing."""
+# why a written row is not reused (`mismatch`), as the warning says it
+CHANGED = {
+    "task": "the task changed",
+    "model": "the model changed",  # engine.model, adapter, checkpoint, dtype, quantization
+    "text": "their text changed",  # the chunk text, its schema split or the language
+    "generation": "the generation settings changed",
+    "unsigned": "no fingerprint, as an older kgc (or not kgc) wrote them",
+}
+
+
+def mismatch(found: dict, want: dict) -> str | None:
+    """Why the written row `found` is not the row `want` of this run (a key of `CHANGED`),
+    or None when it can be reused: same task, instruction and fingerprint."""
+    if found.get("task") != want["task"]:
+        return "task"
+    have, need = fingerprint_parts(found.get("fingerprint")), fingerprint_parts(want["fingerprint"])
+    if have is None or need is None:
+        return "unsigned"
+    if have["model"] != need["model"]:
+        return "model"
+    if have["input"] != need["input"] or found.get("instruction") != want["instruction"]:
+        return "text"
+    if have["generation"] != need["generation"]:
+        return "generation"
+    return None
+
+
+def scan_shards(
+    out_dir: str | os.PathLike, expected: Mapping[str, dict] | set[str] | None = None
+) -> ShardScan:
+    """Read every shard and resolve it against `expected`: the current input's rows by id
+    (a written row is kept only if `mismatch` finds none), or only their ids, or None (keep
+    every id). Deterministic: shards are read in name order, so which copy of a duplicated
+    row is kept does not depend on timing or on the order of a listing."""
     scan = ShardScan()
     first: dict[str, str] = {}  # id → name of the shard whose row is kept
+    check = isinstance(expected, Mapping)
     for f in shard_files(out_dir):
         rows, problem = read_shard(f)
         if problem is not None:
             scan.corrupt.append((f, problem))
             continue
-        kept, dup, stale, dup_of = [], 0, 0, set()
+        kept, dup, stale, dup_of, changed = [], 0, 0, set(), Counter()
         for r in rows:
+            why = mismatch(r, expected[r["id"]]) if check and r["id"] in expected else None
             if expected is not None and r["id"] not in expected:
                 stale += 1
+            elif why is not None:
+                changed[why] += 1
+                scan.changed_from.add((str(r.get("task")), str(r.get("model_id"))))
             elif r["id"] in first:
                 dup += 1
                 dup_of.add(first[r["id"]])
@@ -173,10 +226,13 @@ def scan_shards(out_dir: str | os.PathLike, expected: set[str] | None = None) ->
                 first[r["id"]] = f.name
                 kept.append(r)
         scan.rows.extend(kept)
-        if dup or stale:
+        scan.changed += changed
+        if dup or stale or changed:
             scan.duplicates += dup
             scan.stale += stale
             scan.rewrite[f] = kept
+            if not (dup or stale):
+                scan.quiet.add(f)
             parts = []
             if dup:
                 was = ", ".join(sorted(dup_of)[:3]) + (" …" if len(dup_of) > 3 else "")
@@ -187,6 +243,9 @@ def scan_shards(out_dir: str | os.PathLike, expected: set[str] | None = None) ->
                     "document removed or changed, or other chunk/schema settings, since "
                     "these rows were written)"
                 )
+            if changed:
+                n = sum(changed.values())
+                parts.append(f"{n} row(s) from an earlier run not reused: {_why(changed)}")
             scan.notes[f] = " and ".join(parts)
     return scan
 
@@ -225,8 +284,13 @@ def settle_shards(out_dir: str | os.PathLike, scan: ShardScan) -> list[dict]:
             }
         )
         rest = f"the {len(kept)} row(s) kept rewritten as {new.name}" if new else "no row kept"
-        _warn(f"{f}: {scan.notes[f]}; set aside as {dest}, {rest}")
+        if f not in scan.quiet:  # changed rows alone are said once for all (`settle_rows`)
+            _warn(f"{f}: {scan.notes[f]}; set aside as {dest}, {rest}")
     return moved
+
+
+def _why(changed: Counter) -> str:
+    return ", ".join(f"{CHANGED[k]} ({n})" for k, n in changed.most_common())
 
 
 def _quarantine(out: Path, f: Path, why: str) -> Path:
@@ -252,6 +316,8 @@ class SetAside:
     shards_corrupt: int = 0
     rows_duplicate: int = 0
     rows_not_in_input: int = 0
+    rows_changed: int = 0  # of a current id, but not this run's fingerprint: redone
+    changed_why: Counter = field(default_factory=Counter)
     moved: list[dict] = field(default_factory=list)
 
     def counts(self) -> dict:
@@ -259,15 +325,46 @@ class SetAside:
             "shards_corrupt": self.shards_corrupt,
             "rows_duplicate": self.rows_duplicate,
             "rows_not_in_input": self.rows_not_in_input,
+            "rows_changed": self.rows_changed,
+            "rows_changed_why": dict(self.changed_why.most_common()),
         }
 
 
-def settle_rows(out_dir: str | os.PathLike, expected: set[str], aside: SetAside) -> list[dict]:
+def settle_rows(
+    out_dir: str | os.PathLike, expected: Mapping[str, dict] | set[str], aside: SetAside
+) -> list[dict]:
     """The rows of the shards, each id of `expected` at most once, with everything else set
-    aside (`scan_shards`, `settle_shards`) and counted in `aside`."""
+    aside (`scan_shards`, `settle_shards`) and counted in `aside`; the rows whose
+    fingerprint changed are said in one line.
+
+    When every row found was made by another model or for another task, nothing is moved:
+    the folder holds another run's results, and the KgcError names it and `--fresh`."""
     scan = scan_shards(out_dir, expected)
+    whole = scan.whole_run_changed()
+    if whole is not None:
+        n = scan.changed[whole]
+        now = next(iter(expected.values()))["task"] if isinstance(expected, Mapping) else "?"
+        if whole == "task":
+            was = ", ".join(sorted({t for t, _ in scan.changed_from})[:3])
+            what = f"for another task ({was}; this run's task is {now})"
+        else:
+            was = ", ".join(sorted({m for _, m in scan.changed_from})[:2])
+            what = f"by another model (model_id {was}) than this run's engine settings"
+        raise KgcError(
+            f"output.path {out_dir} holds another run's results: its {n} rows were extracted "
+            f"{what}. Rerun with --fresh to clear that folder's old results, or set "
+            "output.path to a new folder"
+        )
     aside.moved += settle_shards(out_dir, scan)
     aside.shards_corrupt += len(scan.corrupt)
     aside.rows_duplicate += scan.duplicates
     aside.rows_not_in_input += scan.stale
+    n = sum(scan.changed.values())
+    if n:
+        aside.rows_changed += n
+        aside.changed_why += scan.changed
+        _warn(
+            f"{n} row(s) from an earlier run set aside (under {Path(out_dir) / QUARANTINE}): "
+            f"{_why(scan.changed)}; they are extracted again"
+        )
     return scan.rows

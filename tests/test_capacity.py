@@ -138,3 +138,61 @@ def test_ensure_capacity_without_a_cluster(monkeypatch):
     release()
     release()
     assert asked == [[{"GPU": 1.0}], []]  # withdrawn once
+
+
+def test_requests_of_two_pools_do_not_cancel_each_other(monkeypatch):
+    """`request_resources` replaces the cluster's whole request: each pool's release must
+    leave the other pools' requests standing (the union of the live ones is sent)."""
+    asked: list = []
+    monkeypatch.setattr(capacity, "REQUESTS", capacity.Requests())
+    monkeypatch.setattr(capacity, "_alive_nodes", lambda: ([HEAD], ["aa11"]))
+    monkeypatch.setattr(capacity, "_read_status", lambda: _status({"head": 1}))
+    import ray.autoscaler.sdk
+
+    monkeypatch.setattr(
+        ray.autoscaler.sdk, "request_resources", lambda bundles: asked.append(bundles)
+    )
+    with pytest.raises(KgcError):  # job A asks for a GPU node that never comes...
+        capacity.ensure_capacity({"GPU": 1.0}, FIELDS, what="a", grace_s=0.05, poll_s=0.01)
+    assert asked == [[{"GPU": 1.0}], []]
+    asked.clear()
+    gpu, big = {"GPU": 1.0}, {"CPU": 32.0}
+    release_a = capacity.REQUESTS.add(gpu, ray.autoscaler.sdk.request_resources)
+    release_b = capacity.REQUESTS.add(big, ray.autoscaler.sdk.request_resources)
+    assert asked == [[gpu], [gpu, big]]
+    release_a()
+    release_a()  # idempotent
+    assert asked[-1] == [big]  # B's request stands
+    release_b()
+    assert asked[-1] == [] and len(asked) == 4
+
+
+def test_a_failure_after_the_request_still_withdraws_it(monkeypatch):
+    """An exception between `ensure_capacity` and the pool's drain (building the dataset)
+    must not leave the autoscaler request behind."""
+    import ray.data
+
+    from kgc.runtime import pool
+
+    released = []
+    monkeypatch.setattr(capacity, "ensure_capacity", lambda *a, **k: lambda: released.append(1))
+
+    def boom(*a, **k):
+        raise RuntimeError("from_items failed")
+
+    monkeypatch.setattr(ray.data, "from_items", boom)
+    with pytest.raises(RuntimeError, match="from_items failed"):
+        pool.run_pool(
+            [{"x": 1}],
+            object,
+            args=(),
+            actors=1,
+            batch_size=1,
+            blocks=1,
+            num_cpus=1,
+            on_batch=lambda b: None,
+            stall_s=5,
+            what="test",
+            advice="",
+        )
+    assert released == [1]

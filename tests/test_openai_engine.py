@@ -131,45 +131,77 @@ class HangingServer(BaseHTTPRequestHandler):
         pass
 
 
-def test_stalled_extraction_fails_loudly(local_ray, tmp_path):
+def _stalling_config(tmp_path, port: int) -> dict:
     from conftest import IEPILE, write_jsonl
 
+    return {
+        "input": {"path": str(write_jsonl(tmp_path / "c.jsonl", [{"text": "张三在北京。"}]))},
+        "task": "NER",
+        "schema": str(IEPILE / "NER" / "schema.json"),
+        # the request gives up after 10 s (so the actor is free again soon after)
+        "engine": {
+            "type": "openai",
+            "model": "m",
+            "batch_size": 1,
+            "timeout_s": 10,
+            "max_retries": 0,
+            "base_url": f"http://127.0.0.1:{port}/v1",
+        },
+        "workers": {"num_actors": 1, "cpus_per_actor": 0.5},
+        "output": {"path": str(tmp_path / "out")},
+        "stall_timeout_s": 3,
+    }
+
+
+@pytest.fixture
+def hanging_port():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), HangingServer)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv.server_address[1]
+    srv.shutdown()
+
+
+def test_stalled_extraction_fails_loudly(local_ray, tmp_path, hanging_port):
     from kgc.config import ExtractConfig, load_config
     from kgc.errors import KgcError
     from kgc.runtime.extract import run_extract
 
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), HangingServer)
-    srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        cfg = load_config(
-            None,
-            [],
-            schema=ExtractConfig,
-            data={
-                "input": {
-                    "path": str(write_jsonl(tmp_path / "c.jsonl", [{"text": "张三在北京。"}]))
-                },
-                "task": "NER",
-                "schema": str(IEPILE / "NER" / "schema.json"),
-                # the request gives up after 10 s (so the actor is free again soon after)
-                "engine": {
-                    "type": "openai",
-                    "model": "m",
-                    "batch_size": 1,
-                    "timeout_s": 10,
-                    "max_retries": 0,
-                    "base_url": f"http://127.0.0.1:{srv.server_address[1]}/v1",
-                },
-                "workers": {"num_actors": 1, "cpus_per_actor": 0.5},
-                "output": {"path": str(tmp_path / "out")},
-                "stall_timeout_s": 3,
-            },
-        )
-        with pytest.raises(KgcError, match="extraction stalled: no batch finished in 3 s"):
-            run_extract(cfg, progress=False)
-    finally:
-        srv.shutdown()
+    cfg = load_config(None, [], schema=ExtractConfig, data=_stalling_config(tmp_path, hanging_port))
+    stalled = "extraction stalled: no batch finished and no token was generated in 3 s"
+    with pytest.raises(KgcError, match=stalled):
+        run_extract(cfg, progress=False)
+
+
+@pytest.mark.timeout(240)
+def test_a_stalled_kgc_extract_prints_nothing_after_its_error(tmp_path, hanging_port):
+    """`kgc extract` ending on a stall: its error is the last thing it prints (the abandoned
+    Ray Data pipeline and Ray's shutdown at exit printed tracebacks after it)."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    cfg = tmp_path / "stall.yaml"
+    cfg.write_text(yaml.safe_dump(_stalling_config(tmp_path, hanging_port)), encoding="utf-8")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "KGC_PROGRESS": "plain"}
+    r = subprocess.run(
+        [sys.executable, "-m", "kgc", "extract", "--config", str(cfg), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=200,
+        env=env,
+    )
+    assert r.returncode == 2, r.stderr[-3000:]
+    err = r.stderr.rstrip()
+    at = err.find("kgc extract: error:")
+    assert at >= 0, err[-3000:]
+    tail = err[at:]
+    assert "extraction stalled" in tail, tail
+    assert "Traceback" not in tail and "ERROR" not in tail, tail[-3000:]
+    # the error's own lines are all that follow: the message, its advice
+    assert len(tail.splitlines()) <= 6, tail[-3000:]
 
 
 def test_answer_schemas_go_out_as_response_format(server):

@@ -82,6 +82,11 @@ def add_commands(sub, ray_handlers: dict[str, Callable]) -> None:
     )
     p.add_argument("--address", help="Ray cluster address (default: a local Ray)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="each extraction clears its output folder's old results first (kgc extract --fresh)",
+    )
     p.add_argument("--check", action="store_true", help="validate the config and exit")
     p.set_defaults(handler=ray_handlers["pipeline"])
 
@@ -206,7 +211,7 @@ def pipeline(args, run_pipeline: Callable) -> int:
             file=sys.stderr,
         )
         return 0
-    _print(run_pipeline(cfg, progress=not args.quiet, address=args.address))
+    _print(run_pipeline(cfg, progress=not args.quiet, address=args.address, fresh=args.fresh))
     return 0
 
 

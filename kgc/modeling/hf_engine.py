@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from kgc.checkpoint import resolve_checkpoint, trained_weights
+from kgc.checkpoint import adapter_problem, resolve_checkpoint, trained_weights
 from kgc.config import ModelConfig, QuantConfig
 from kgc.engine import (
     GenerationSettings,
@@ -110,6 +110,26 @@ class PromptEncoder:
         return self.fmt.prompt_ids(user, system)
 
 
+# a tokenizer's model_max_length above this is transformers' "not set" (int(1e30)), not a length
+_SANE_MAX_LENGTH = 10_000_000
+
+
+def model_context(config, tok) -> tuple[int, str] | None:
+    """The tokens a model attends to (prompt and answer together) and the setting that says
+    so: its config's `max_position_embeddings` (or an older name), or the tokenizer's
+    `model_max_length` when it is set and smaller; None when neither says."""
+    found = None
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        v = getattr(config, key, None)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            found = (v, key)
+            break
+    m = getattr(tok, "model_max_length", None)
+    if isinstance(m, int) and 0 < m < _SANE_MAX_LENGTH and (found is None or m < found[0]):
+        found = (m, "the tokenizer's model_max_length")
+    return found
+
+
 def pad_after_prefix(batch: list[list[int]], shared: int, pad: int):
     """Token ids and attention mask, each row laid out as [shared prefix][pads][own tokens].
 
@@ -159,6 +179,11 @@ class TextDeltas:
         for i in range(count):
             self.finish_one(i)
 
+    def forget(self, i: int) -> None:
+        """Prompt i's state, dropped (its request was cancelled)."""
+        for d in (self.ids, self.decoded, self.cutters):
+            d.pop(i, None)
+
     def finish_one(self, i: int) -> None:
         """The rest of prompt i's text (its answer has ended)."""
         self._push(i, self.tok.decode(self.ids.get(i, []), skip_special_tokens=True))
@@ -170,14 +195,17 @@ class TextDeltas:
 @dataclass
 class ServeRequest:
     """A request for `HFEngine.serve`: its prompt, budget and answer schema; `done(text,
-    error)` is called once when it ends; `on_text(piece)` gets its text as it is generated
-    (streaming)."""
+    error, tokens)` is called once when it ends (`tokens`: how many token ids were
+    generated, None on an error); `on_text(piece)` gets its text as it is generated
+    (streaming); `is_cancelled()` (asked every step) True: its client left, the row is
+    dropped from the decode and `done` is not called."""
 
     prompt: Prompt
     max_new_tokens: int
     schema: dict | None
-    done: Callable[[str | None, BaseException | None], None]
+    done: Callable[..., None]
     on_text: Callable[[str], None] | None = None
+    is_cancelled: Callable[[], bool] | None = None
 
 
 class HFEngine:
@@ -226,6 +254,9 @@ class HFEngine:
         )
         if weights is not None:  # full / freeze fine-tuning
             load_trainable(net, weights)
+        # what Serve measures a prompt + its budget against (before any prefill)
+        context = model_context(net.config, self.tok)
+        self.context_tokens, self.context_source = context if context else (None, "")
         self.prompt_learning = False
         if adapter:
             from peft import PeftModel
@@ -251,6 +282,10 @@ class HFEngine:
         # how the model spells forced strings, learned across runs (jump-forward drafts)
         self._spellings = Spellings()
         self.last_stats: dict = {}
+        # token ids generated per answer by the last `generate` call (usage counts these,
+        # not the answer's text re-tokenized)
+        self.last_token_counts: list[int] | None = None
+        self._max_token_chars: int | None = None
         self._grammar_cache = None  # compiled output grammars (constrained decoding)
         self._closer_obj = None  # constrained answers close within max_new_tokens
         self.model_id = f"{cfg.path}" + (f"+{adapter}" if adapter else "")
@@ -270,6 +305,12 @@ class HFEngine:
         if self.peft is None or name not in self.peft.peft_config:
             if path is None:
                 raise KgcError(f"adapter {name!r} is not loaded and no path was given")
+            problem = adapter_problem(path)
+            if problem is not None:
+                raise KgcError(
+                    f"adapter {name!r} ({path}) cannot be loaded: {problem}; save it again "
+                    "(peft's save_pretrained) or remove it from the settings"
+                )
             if PeftConfig.from_pretrained(path).is_prompt_learning:
                 raise KgcError(
                     f"adapter {name!r} is a prompt-learning adapter; serve it as its "
@@ -295,13 +336,16 @@ class HFEngine:
         config: GenerationSettings,
         schemas: Sequence[dict | None] | None = None,
         on_text: Callable[[int, str], None] | None = None,
+        on_token: Callable[[int, int], None] | None = None,
     ) -> list[str]:
         """Texts per prompt. `schemas` (one JSON Schema or None per prompt) constrains each
         answer to that shape (xgrammar); greedy or sampling only, not beam search.
 
         `on_text(i, delta)` (streaming) gets prompt i's text in pieces as it is generated
         (continuous path: token by token; otherwise whole, when its batch ends); the pieces
-        of a prompt joined equal its returned text."""
+        of a prompt joined equal its returned text. `on_token(i, token_id)` (continuous path)
+        is told of each token as it is chosen: cheap progress for a watchdog."""
+        self.last_token_counts = None
         encoded = [self.encode(p) for p in prompts]
         grammars = self._grammars(schemas, config) if schemas else [None] * len(encoded)
         stops = config.stop + tuple(self.fmt.stop_strings())
@@ -311,23 +355,33 @@ class HFEngine:
                 config.jump_forward or config.lookup_drafts > 0,
                 self._closer if any(g is not None for g in grammars) else None,
             )
-            ids = decoder.run(encoded, config, grammars, deltas.push if deltas else None)
+            tick = deltas.push if deltas else on_token
+            if deltas and on_token:
+
+                def tick(i: int, tok: int) -> None:
+                    deltas.push(i, tok)
+                    on_token(i, tok)
+
+            ids = decoder.run(encoded, config, grammars, tick)
             self.last_stats = dict(decoder.stats)
+            self.last_token_counts = [len(x) for x in ids]
             out = [cut_at_stop(self.tok.decode(x, skip_special_tokens=True), stops) for x in ids]
             if deltas is not None:
                 deltas.finish(len(out))
             return out
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         out: list[str] = [""] * len(encoded)
+        counts = [0] * len(encoded)
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
-            texts = self._generate_batch(
+            texts, n = self._generate_batch(
                 [encoded[i] for i in idx], config, [grammars[i] for i in idx]
             )
-            for i, t in zip(idx, texts):
-                out[i] = cut_at_stop(t, stops)
+            for i, t, k in zip(idx, texts, n):
+                out[i], counts[i] = cut_at_stop(t, stops), k
                 if on_text is not None and out[i]:
                     on_text(i, out[i])
+        self.last_token_counts = counts
         return out
 
     def _decoder(self, jump_forward: bool, closer=None) -> ContinuousDecoder:
@@ -365,6 +419,15 @@ class HFEngine:
         stops = tuple(self.fmt.stop_strings())
         counter = [0]
 
+        def cancelled(i: int) -> bool:
+            """The client of prompt i left: forgotten here, its row dropped by the loop."""
+            r = reqs.get(i)
+            if r is None or r.is_cancelled is None or not r.is_cancelled():
+                return False
+            del reqs[i]
+            deltas.forget(i)
+            return True
+
         def emit(i: int, piece: str) -> None:
             cb = reqs[i].on_text
             if cb is not None:
@@ -393,10 +456,13 @@ class HFEngine:
                 deltas.push(i, tok)
 
         def on_done(i: int, ids: list[int]) -> None:
-            r = reqs.pop(i)
-            if r.on_text is not None:
+            r = reqs[i]
+            if r.on_text is not None:  # its last piece (text held back) still reaches it
                 deltas.finish_one(i)
-            r.done(cut_at_stop(self.tok.decode(ids, skip_special_tokens=True), stops), None)
+                deltas.forget(i)
+            del reqs[i]
+            text = cut_at_stop(self.tok.decode(ids, skip_special_tokens=True), stops)
+            r.done(text, None, len(ids))
 
         decoder = self._decoder(True)
         first = feed(self.batch_size)  # the prompts whose common prefix is prefilled once
@@ -408,6 +474,7 @@ class HFEngine:
             feed=feed,
             on_done=on_done,
             budgets=[j.budget for j in first],
+            cancelled=cancelled,
         )
         self.last_stats = dict(decoder.stats)
 
@@ -434,6 +501,19 @@ class HFEngine:
         """(prompt tokens as fed to the model, tokens of the answer's text) for usage."""
         return len(self.encode(prompt)), len(self.tok(text, add_special_tokens=False)["input_ids"])
 
+    def prompt_tokens(self, prompt: Prompt) -> int:
+        """Tokens of a prompt as fed to the model (Serve's admission check, usage)."""
+        return len(self.encode(prompt))
+
+    @property
+    def max_token_chars(self) -> int:
+        """The most characters one token of the vocabulary spells (its byte-level or
+        sentencepiece form, never shorter than its text): a prompt of more characters than
+        this × a token budget cannot fit the budget, known without tokenizing it."""
+        if self._max_token_chars is None:
+            self._max_token_chars = max(1, max(map(len, self.tok.get_vocab()), default=1))
+        return self._max_token_chars
+
     def min_answer_tokens(self, schema: dict) -> int | None:
         """max_new_tokens the shortest answer of `schema` needs (end-of-turn included), or
         None if unknown. Serve refuses a constrained request with a smaller budget."""
@@ -447,7 +527,9 @@ class HFEngine:
 
     def _generate_batch(
         self, batch: list[list[int]], config: GenerationSettings, grammars: list
-    ) -> list[str]:
+    ) -> tuple[list[str], list[int]]:
+        """Texts of one static batch, and the token ids each answer generated (up to its end
+        of turn; padding after it not counted)."""
         import torch
 
         pad = self.tok.pad_token_id
@@ -507,4 +589,8 @@ class HFEngine:
                     kwargs[cache_keyword(self.model)] = cache
                 seqs = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
         new = seqs[:, width:]
-        return [self.tok.decode(row, skip_special_tokens=True) for row in new]
+        stop = set() if eos is None else set(eos)  # generate pads only after an end of turn
+        counts = [
+            next((k for k, t in enumerate(row) if t in stop), len(row)) for row in new.tolist()
+        ]
+        return [self.tok.decode(row, skip_special_tokens=True) for row in new], counts

@@ -11,6 +11,11 @@ the autoscaler is launching something (up to `timeout_s`), else `grace_s`. The r
 always withdrawn afterwards (once the pool's first batch is back, or on failure), so idle
 nodes can go.
 
+`request_resources` replaces the cluster's whole standing request, so the requests of this
+process are kept together (`Requests`): each pool adds its own shape, and the autoscaler is
+always sent the union of those still live; withdrawing one leaves the others standing.
+(Drivers in separate processes still replace each other's request: docs/cluster.md.)
+
 The decisions are plain functions of what the cluster reports (`decide`, `autoscaler_state`,
 `shortfall`), tested without a cluster; `ensure_capacity` reads Ray and applies them.
 """
@@ -154,6 +159,36 @@ def capacity_error(
     )
 
 
+class Requests:
+    """The autoscaler requests of this process, one per waiting pool: `add` and `remove`
+    send the union of those live (`request_resources(bundles=[...])`, [] when none is)."""
+
+    def __init__(self):
+        import itertools
+        import threading
+
+        self._live: dict[int, dict] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def add(self, shape: dict, send: Callable[..., Any]) -> Callable[[], None]:
+        """Ask for `shape` on top of the others; returns its own `release` (idempotent)."""
+        with self._lock:
+            key = next(self._ids)
+            self._live[key] = dict(shape)
+            send(bundles=list(self._live.values()))
+
+        def release() -> None:
+            with self._lock:
+                if self._live.pop(key, None) is not None:
+                    send(bundles=list(self._live.values()))
+
+        return release
+
+
+REQUESTS = Requests()
+
+
 # ----------------------------------------------------------------------------- on Ray
 def _alive_nodes() -> tuple[list[dict], list[str]]:
     import ray
@@ -200,15 +235,9 @@ def ensure_capacity(
         file=sys.stderr,
         flush=True,
     )
-    released = [False]
-
-    def release() -> None:
-        if not released[0]:
-            released[0] = True
-            request_resources(bundles=[])  # idle nodes may go again
-
     start = time.monotonic()
-    request_resources(bundles=[shape])
+    # withdrawn once the pool runs or fails: idle nodes may go again (other requests stay)
+    release = REQUESTS.add(shape, request_resources)
     try:
         while True:
             waited = time.monotonic() - start

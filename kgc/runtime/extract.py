@@ -9,6 +9,8 @@ scores and summary.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
 import logging
 import math
@@ -18,28 +20,34 @@ import time
 from pathlib import Path
 
 from kgc.config import ExtractConfig
-from kgc.extract import finish, input_rows
+from kgc.extract import HEARTBEAT, clear_results, finish, input_rows
 from kgc.progress import Rate
-from kgc.rows import Row
+from kgc.rows import TOO_LONG, Row
 from kgc.shards import SHARDS, SetAside, remove_partial_shards, settle_rows, write_shard
 
 
 # ----------------------------------------------------------------------------- the driver
-def run_extract(cfg: ExtractConfig, *, progress: bool = True) -> dict:
+def run_extract(cfg: ExtractConfig, *, progress: bool = True, fresh: bool = False) -> dict:
     """Run (or resume) an extraction; returns the summary (also written next to the rows).
 
     The summary counts what was set aside before and after generating: `shards_corrupt`,
-    `rows_duplicate`, `rows_not_in_input`, with each moved shard under `set_aside`."""
+    `rows_duplicate`, `rows_not_in_input`, `rows_changed` (a row whose fingerprint is not
+    this run's: other text, task, model or generation settings), with each moved shard
+    under `set_aside`. `fresh`: clear the output folder's old results first."""
     from kgc.modeling.engines import offsets_fn
 
     _resolve_model(cfg)
     rows, n_docs = input_rows(cfg, lambda: offsets_fn(cfg.engine))
     out_dir = Path(cfg.output.path)
+    if fresh:
+        for p in clear_results(out_dir):
+            print(f"kgc extract: --fresh: removed {p}", file=sys.stderr, flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_partial_shards(out_dir)
     # what earlier runs left: unreadable shards, copies of a row, rows of documents no longer
-    # in the input are set aside (counted, warned about), so that a rerun always converges
-    expected = {r["id"] for r in rows}
+    # in the input, rows made from another text, task, model or settings are set aside
+    # (counted, warned about), so that a rerun always converges to this run's rows
+    expected = {r["id"]: r for r in rows}
     aside = SetAside()
     done = {r["id"] for r in settle_rows(out_dir, expected, aside)}
     todo = [r for r in rows if r["id"] not in done]
@@ -52,7 +60,7 @@ def run_extract(cfg: ExtractConfig, *, progress: bool = True) -> dict:
     return finish(
         cfg,
         kept,
-        expected,
+        set(expected),
         aside,
         documents=n_docs,
         rows_this_run=len(todo),
@@ -99,6 +107,7 @@ def _generate(cfg: ExtractConfig, todo: list[Row], out_dir: Path, progress: bool
         fields={"CPU": "workers.cpus_per_actor", "GPU": "workers.gpus_per_actor"},
         scale_up_grace_s=cfg.workers.scale_up_grace_s,
         on_batch=report,
+        heartbeat=lambda: Heartbeat.read(out_dir / HEARTBEAT),
         stall_s=cfg.stall_timeout_s,
         what="extraction",
         advice="Rows written so far are kept; rerun the same command to resume. Check the "
@@ -147,10 +156,31 @@ class ExtractUDF:
         self.out = Path(out_dir) / SHARDS
         self.out.mkdir(parents=True, exist_ok=True)
         self.batches = 0
+        self.heartbeat = Heartbeat(Path(out_dir) / HEARTBEAT)
+        params = inspect.signature(self.engine.generate).parameters
+        # the HF engine tells of each token: the driver's watchdog sees a long batch move
+        self.tick = {"on_token": self.heartbeat.tick} if "on_token" in params else {}
+        self.compiler = None  # a worker thread that compiles grammars under a time limit
+        self.slow: set[str] = set()  # schemas whose grammar did not compile in time
 
     def __call__(self, batch: dict) -> dict:
         ids = [str(x) for x in batch["id"]]
-        outputs, failures = self._generate(list(batch["instruction"]), self._schemas(batch))
+        self.heartbeat.beat()
+        prompts = list(batch["instruction"])
+        schemas = self._schemas(batch)
+        # rows that cannot run get their error and are not generated; the rest still run
+        failures = self._too_long(prompts)
+        if schemas:
+            failures = [f or self._compiles(s) for f, s in zip(failures, schemas)]
+        run = [i for i, f in enumerate(failures) if f is None]
+        outputs = [""] * len(prompts)
+        if run:
+            texts, errs = self._generate(
+                [prompts[i] for i in run], [schemas[i] for i in run] if schemas else None
+            )
+            for i, text, err in zip(run, texts, errs):
+                outputs[i], failures[i] = text, err
+        self.heartbeat.beat()
         rows, n_errors, n_records = [], [], []
         for i, text in enumerate(outputs):
             parsed = self.task.parse(text)
@@ -198,9 +228,72 @@ class ExtractUDF:
                 max_list_items=g.max_list_items,
                 grounded_in=t,
                 grounded_max_words=g.grounded_max_words,
+                grounded_max_spans=g.grounded_max_spans,
             )
             for s, t in zip(batch["schema"], texts)
         ]
+
+    def _too_long(self, prompts: list[str]) -> list[str | None]:
+        """Per prompt, None or why it is not generated: its tokens and the answer's budget
+        (generation.max_new_tokens) exceed the model's context, or its tokens exceed
+        engine.max_prompt_tokens. Such a prompt would fail or run out of memory mid-batch;
+        measured before generating, it is a named row error and the rest of the batch runs."""
+        count = getattr(self.engine, "prompt_tokens", None)
+        context = getattr(self.engine, "context_tokens", None)
+        source = getattr(self.engine, "context_source", "") or "its context"
+        cap, budget = self.cfg.engine.max_prompt_tokens, self.gen.max_new_tokens
+        if count is None or (context is None and cap is None):
+            return [None] * len(prompts)
+        out: list[str | None] = []
+        for p in prompts:
+            n = count(p)
+            if cap is not None and n > cap:
+                out.append(
+                    f"{TOO_LONG}: {n} prompt tokens > engine.max_prompt_tokens {cap}; lower "
+                    "chunk.max_tokens (or split_num) or raise engine.max_prompt_tokens"
+                )
+            elif context is not None and n + budget > context:
+                out.append(
+                    f"{TOO_LONG}: {n} prompt tokens + generation.max_new_tokens {budget} > "
+                    f"{context}, the model's context ({source}); lower chunk.max_tokens (or "
+                    "split_num) or generation.max_new_tokens"
+                )
+            else:
+                out.append(None)
+        return out
+
+    def _compiles(self, schema: dict | None) -> str | None:
+        """None once the answer grammar of `schema` is compiled (the engine caches it), or
+        why not: it cannot be compiled, or not within `grammar_timeout_s` (a grammar that
+        large would hold the actor for minutes; the compile is left to finish on its own
+        thread, and the same schema fails at once from then on)."""
+        compile_schema = getattr(self.engine, "compile_schema", None)
+        if schema is None or compile_schema is None:
+            return None
+        from concurrent.futures import ThreadPoolExecutor, TimeoutError
+
+        limit = self.cfg.grammar_timeout_s
+        key = json.dumps(schema, ensure_ascii=False, sort_keys=True)
+        slow = (
+            f"the answer grammar did not compile within {limit:g} s (grammar_timeout_s); "
+            "lower generation.grounded_max_spans or grounded_max_words, or raise "
+            "grammar_timeout_s"
+        )
+        if key in self.slow:
+            return slow
+        if self.compiler is None:
+            self.compiler = ThreadPoolExecutor(1, thread_name_prefix="kgc-grammar")
+        job = self.compiler.submit(compile_schema, schema)
+        try:
+            job.result(timeout=limit)
+        except TimeoutError:
+            self.slow.add(key)
+            self.compiler.shutdown(wait=False)  # its thread finishes alone; the next is new
+            self.compiler = None
+            return slow
+        except Exception as exc:  # noqa: BLE001 - a KgcError saying why, kept on the row
+            return f"{type(exc).__name__}: {exc}"[:500]
+        return None
 
     def _generate(
         self, prompts: list[str], schemas: list[dict] | None = None
@@ -208,12 +301,14 @@ class ExtractUDF:
         """Texts per prompt; if the batch fails, prompts are retried one by one and a prompt
         that still fails gets an empty text and its error."""
         extra = {"schemas": schemas} if schemas else {}
+        extra.update(self.tick)
         try:
             return self.engine.generate(prompts, self.gen, **extra), [None] * len(prompts)
         except Exception:  # noqa: BLE001 - isolate the failing prompt(s) below
             texts, errs = [], []
             for i, p in enumerate(prompts):
                 one = {"schemas": [schemas[i]]} if schemas else {}
+                one.update(self.tick)
                 try:
                     texts.append(self.engine.generate([p], self.gen, **one)[0])
                     errs.append(None)
@@ -221,6 +316,32 @@ class ExtractUDF:
                     texts.append("")
                     errs.append(f"{type(exc).__name__}: {exc}"[:500])
             return texts, errs
+
+
+class Heartbeat:
+    """A file the actor touches while it works (at most every `every_s`), so the driver's
+    stall watchdog (`kgc.runtime.pool.drain`) sees progress inside a long batch: on a busy
+    machine one batch can take longer than stall_timeout_s while tokens keep coming."""
+
+    def __init__(self, path: Path, every_s: float = 2.0):
+        self.path, self.every_s, self.last = path, every_s, 0.0
+
+    def beat(self) -> None:
+        self.last = time.monotonic()
+        with contextlib.suppress(OSError):  # a heartbeat is a hint; it never fails a batch
+            self.path.touch()
+
+    def tick(self, _i: int = 0, _token: int = 0) -> None:
+        if time.monotonic() - self.last >= self.every_s:
+            self.beat()
+
+    @staticmethod
+    def read(path: Path) -> int | None:
+        """What the driver compares: the file's modification time (ns), None if absent."""
+        try:
+            return path.stat().st_mtime_ns
+        except OSError:
+            return None
 
 
 def _plain(v):

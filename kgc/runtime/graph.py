@@ -55,9 +55,16 @@ def map_reduce(
     return maps, reds
 
 
-def run_pipeline(cfg: PipelineConfig, *, progress: bool = True, address: str | None = None) -> dict:
+def run_pipeline(
+    cfg: PipelineConfig,
+    *,
+    progress: bool = True,
+    address: str | None = None,
+    fresh: bool = False,
+) -> dict:
     """`kgc pipeline`: every task's extraction, then the graph; returns the summary (also
-    written to <extract.output.path>/pipeline.json)."""
+    written to <extract.output.path>/pipeline.json). `fresh`: each extraction clears its
+    output folder's old results first (`kgc extract --fresh`)."""
     from kgc.graph.pipeline import plan
     from kgc.graph.stream import run_build
     from kgc.io import write_json_atomic
@@ -70,7 +77,7 @@ def run_pipeline(cfg: PipelineConfig, *, progress: bool = True, address: str | N
     for r in runs:
         if progress:
             print(f"[kgc pipeline] extract {r.task} → {r.output.path}", file=sys.stderr, flush=True)
-        extracted[r.task] = run_extract(r, progress=progress)
+        extracted[r.task] = run_extract(r, progress=progress, fresh=fresh)
     if progress:
         print(f"[kgc pipeline] graph → {gcfg.output.path}", file=sys.stderr, flush=True)
     graph = run_build(
