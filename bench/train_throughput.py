@@ -16,11 +16,18 @@ torch threads. Prints real (non-pad) tokens/s of:
 and the ratios c/a (Ray Train's cost), c/e (its cost net of Ray's background processes on
 the same cores), b/a (what packing buys) and f/c (what the shared prefix buys).
 `--model smollm2` runs it on the real 135M model (try --steps 6).
+
+`--data demo` trains on `make demo`'s batches instead (its SPO documents, LoRA r16 on every
+layer, lr 3e-3, batch 8 — the demo's preset) and runs only kgc's loop: (c), (d), (f), and
+(g) = (f) with `train.precision: fp32` (where the code has that setting), so f/g is what
+bf16 frozen weights buy on this CPU. `--loss-steps N` also trains (f) and (g) for N steps
+and prints both loss curves and their largest relative difference (the accuracy check).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +35,7 @@ from pathlib import Path
 from _models import add_model_arg, bench_model
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # jobs/ (the demo's preset) runs from the checkout
 
 
 def build_data(tmp: Path) -> Path:
@@ -102,11 +110,111 @@ def _release() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def ray_job(cfg, name: str) -> float:
+def build_demo_data(tmp: Path) -> Path:
+    """The demo's training instructions (examples/demo, all relations in one instruction)."""
+    from kgc.convert import convert_file
+    from kgc.sampling import SamplingOptions
+
+    demo = ROOT / "examples" / "demo"
+    out = tmp / "spo.train.jsonl"
+    opts = SamplingOptions(split_num=-1)
+    convert_file("SPO", demo / "train.json", demo / "schema.json", out, language="en", opts=opts)
+    return out
+
+
+def has_precision() -> bool:
+    """Whether this kgc has `train.precision` (the before/after of the bf16 change)."""
+    from kgc.config import TrainConfig
+
+    return "precision" in TrainConfig.model_fields
+
+
+def ray_job(cfg, name: str, losses: list | None = None) -> float:
     from kgc.runtime.train import run
+    from kgc.trainlog import read_events
 
     result = run(cfg.model_copy(update={"run": cfg.run.model_copy(update={"name": name})}))
+    if losses is not None:
+        run_dir = Path(cfg.run.storage_path) / name
+        losses += [e["loss"] for e in read_events(run_dir) if "loss" in e and "step" in e]
     return float(result.metrics["tokens_per_s"])
+
+
+def loss_check(cfg, steps: int) -> None:
+    """kgc's loop on the same batches, auto precision vs fp32: both loss curves."""
+    auto, fp32 = [], []
+    over = {"max_steps": steps, "log_every": 1, "save_every": 10**6}
+    base = cfg(False, shared=True)
+    ray_job(base.model_copy(update={"train": base.train.model_copy(update=over)}), "la", auto)
+    over["precision"] = "fp32"
+    ray_job(base.model_copy(update={"train": base.train.model_copy(update=over)}), "lf", fp32)
+    worst = max(abs(a - b) / max(abs(b), 1e-9) for a, b in zip(auto, fp32))
+    print(f"loss check, {steps} steps (auto precision vs fp32, same batches):")
+    print("  auto: " + " ".join(f"{x:.4f}" for x in auto))
+    print("  fp32: " + " ".join(f"{x:.4f}" for x in fp32))
+    print(f"  largest relative difference {worst:.3f}; final {auto[-1]:.4f} vs {fp32[-1]:.4f}")
+
+
+def demo_main(args) -> None:
+    """`--data demo`: kgc's loop on the demo's batches (its preset), (c) (d) (f) (g)."""
+    import ray
+    import torch
+
+    from jobs.demo import PRESETS
+    from kgc.config import load_config
+
+    preset = PRESETS["smollm2"]
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(t)
+        model, label = bench_model(args.model, tmp)
+        data = build_demo_data(tmp)
+
+        def cfg(packing: bool, shared: bool = False, precision: str | None = None):
+            train = {**preset["train"], "shared_prefix": shared}
+            train.update(max_steps=args.steps, save_every=10**6, log_every=10**6)
+            if precision:
+                train["precision"] = precision
+            return load_config(
+                None,
+                [],
+                data={
+                    "model": {"path": str(model)},
+                    "method": {"type": "lora", "lora": preset["lora"]},
+                    "data": {"train_file": str(data), **preset["data"], "packing": packing},
+                    "train": train,
+                    "distributed": {"num_workers": 1, "cpus_per_worker": args.threads},
+                    "run": {"name": "bench", "storage_path": str(tmp / "runs")},
+                },
+            )
+
+        ray.init(
+            num_cpus=args.threads,
+            _node_ip_address="127.0.0.1",
+            include_dashboard=False,
+            log_to_driver=False,
+        )
+        rows = [
+            ("(c) kgc Ray Train, padding", ray_job(cfg(False), "pad")),
+            ("(d) kgc Ray Train, packing", ray_job(cfg(True), "pack")),
+            ("(f) kgc Ray Train, shared prefix", ray_job(cfg(False, shared=True), "shared")),
+        ]
+        if has_precision():
+            g = ray_job(cfg(False, shared=True, precision="fp32"), "fp32")
+            rows.append(("(g) (f) with train.precision fp32", g))
+        if args.loss_steps and has_precision():
+            loss_check(cfg, args.loss_steps)
+        ray.shutdown()
+    print(f"model={label} data=demo steps={args.steps} batch={preset['train']['batch_size']} "
+          f"threads={args.threads}")  # fmt: skip
+    print(f"{'case':<38} {'tokens/s':>10}")
+    for name, v in rows:
+        print(f"{name:<38} {v:10.0f}")
+    v = dict(rows)
+    print(f"d/c (packing, kgc)             {v['(d) kgc Ray Train, packing'] / v['(c) kgc Ray Train, padding']:.2f}")  # fmt: skip
+    print(f"f/c (shared prefix vs padding) {v['(f) kgc Ray Train, shared prefix'] / v['(c) kgc Ray Train, padding']:.2f}")  # fmt: skip
+    if len(rows) > 3:
+        print(f"f/g (precision auto vs fp32)   {rows[2][1] / rows[3][1]:.2f}")
 
 
 def main() -> None:
@@ -115,7 +223,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--data", choices=("iepile", "demo"), default="iepile")
+    ap.add_argument("--loss-steps", type=int, default=0, help="with --data demo: loss check")
     args = ap.parse_args()
+    if args.data == "demo":
+        demo_main(args)
+        return
 
     import ray
     import torch

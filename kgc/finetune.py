@@ -49,6 +49,24 @@ def _combination_problems(cfg: FinetuneConfig) -> list[Problem]:
                 "quant_type: nf4); or use method.type=lora"
             )
         )
+    if cfg.train.precision == "bf16":
+        mismatch = [
+            what
+            for what, bad in (
+                (f"method.type={cfg.method.type} (bf16 is for lora)", cfg.method.type != "lora"),
+                (f"model.dtype={cfg.model.dtype}", cfg.model.dtype != "fp32"),
+                ("model.quantization", cfg.model.quantization is not None),
+                ("distributed.strategy=deepspeed", cfg.distributed.strategy != "ddp"),
+            )
+            if bad
+        ]
+        if mismatch:
+            probs.append(
+                Problem(
+                    f"train.precision=bf16 (bf16 frozen weights, fp32 LoRA) does not work with "
+                    f"{', '.join(mismatch)}; use train.precision=auto or fp32"
+                )
+            )
     if cfg.train.shared_prefix:
         why = [
             (m.type in ("ptuning", "ptuning_v2"), f"method.type={m.type} (prompt learning)"),

@@ -101,6 +101,8 @@ class Progress:
                 )
             else:
                 self.write(f"[kgc train] starting {self.name} fresh: {self.total} steps")
+            if ev.get("precision"):  # which ran, and why (train.precision)
+                self.write(f"[kgc train] precision {ev['precision']} ({ev.get('precision_why')})")
             if self.bar_mode:
                 from kgc.progress import terminal_bar
 

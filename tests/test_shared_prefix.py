@@ -138,3 +138,71 @@ def test_lora_top_layers_adapts_only_the_last_layers(tiny_llama):
         if p.requires_grad
     }
     assert adapted == {n - 1}
+
+
+def test_label_positions_only_gives_the_same_loss_padded_and_packed(lora_batch):
+    """The LM head on labelled positions only: the same loss and gradients as transformers'
+    full-logits loss, for padded rows and for packed rows (labels scattered)."""
+    from kgc.modeling.training import causal_lm_loss, label_logits_loss
+
+    model, batch = lora_batch
+    ref_loss, ref = _loss_and_grads(model, lambda: model(**batch).loss)
+    loss, grads = _loss_and_grads(model, lambda: label_logits_loss(model, model, batch))
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    for name, g in ref.items():
+        assert torch.allclose(grads[name], g, rtol=1e-4, atol=1e-6), name
+    # packed: two rows' tokens in one row, positions restarting; labels in both halves
+    ids, labels = batch["input_ids"][:2], batch["labels"][:2]
+    lens = [int(m.sum()) for m in batch["attention_mask"][:2]]
+    packed = {
+        "input_ids": torch.cat([ids[0, : lens[0]], ids[1, : lens[1]]]).unsqueeze(0),
+        "labels": torch.cat([labels[0, : lens[0]], labels[1, : lens[1]]]).unsqueeze(0),
+        "position_ids": torch.cat([torch.arange(lens[0]), torch.arange(lens[1])]).unsqueeze(0),
+    }
+    ref_loss, ref = _loss_and_grads(model, lambda: model(**packed).loss)
+    loss, grads = _loss_and_grads(model, lambda: causal_lm_loss(model, model, packed, True))
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    for name, g in ref.items():
+        assert torch.allclose(grads[name], g, rtol=1e-4, atol=1e-6), name
+
+
+def test_bf16_frozen_weights_keep_the_loss_and_train_fp32_lora(tiny_llama, lora_batch):
+    """train.precision bf16: the frozen base in bf16, LoRA weights and their gradients fp32;
+    the loss stays within bf16's rounding of the fp32 loss."""
+    import copy
+
+    from kgc.modeling.training import frozen_to_bf16
+
+    model, batch = lora_batch
+    ref_loss, _ = _loss_and_grads(model, lambda: model_loss(model, model, batch, True, True))
+    half = copy.deepcopy(model)
+    assert frozen_to_bf16(half) > 0
+    params = dict(half.named_parameters())
+    assert all(p.dtype == torch.float32 for p in params.values() if p.requires_grad)
+    assert all(p.dtype == torch.bfloat16 for p in params.values() if not p.requires_grad)
+    loss, grads = _loss_and_grads(half, lambda: model_loss(half, half, batch, True, True))
+    assert loss == pytest.approx(ref_loss, rel=2e-2)
+    assert grads and all(g.dtype == torch.float32 and g.abs().sum() > 0 for g in grads.values())
+
+
+def test_precision_auto_is_bf16_only_where_the_cpu_and_the_method_fit(tiny_llama, ner_train_file):
+    from kgc.finetune import config_problems
+    from kgc.modeling.training import resolve_precision
+
+    def cfg(*overrides):
+        data = {"model": {"path": str(tiny_llama)}, "data": {"train_file": str(ner_train_file)}}
+        return load_config(None, list(overrides), data=data)
+
+    bf16_cpu = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n"
+    avx2_cpu = "processor\t: 0\nflags\t\t: fpu sse2 avx2\n"
+    assert resolve_precision(cfg(), bf16_cpu) == (
+        "bf16",
+        "train.precision: auto; the CPU has AVX512_BF16",
+    )
+    assert resolve_precision(cfg(), avx2_cpu)[0] == "fp32"
+    assert resolve_precision(cfg("method.type=full"), bf16_cpu)[0] == "fp32"
+    assert resolve_precision(cfg("distributed.use_gpu=true"), bf16_cpu)[0] == "fp32"
+    assert resolve_precision(cfg("train.precision=fp32"), bf16_cpu)[0] == "fp32"
+    assert resolve_precision(cfg("train.precision=bf16"), avx2_cpu)[0] == "bf16"
+    msgs = [str(p) for p in config_problems(cfg("train.precision=bf16", "method.type=freeze"))]
+    assert any("train.precision=bf16" in m and "method.type=freeze" in m for m in msgs), msgs

@@ -136,14 +136,73 @@ class TrainState:
 
 
 def load_tuned_model(cfg: FinetuneConfig):
-    """The base model with the tuning method (adapter, frozen layers, …) applied."""
-    return apply_method(
+    """The base model with the tuning method (adapter, frozen layers, …) applied, its frozen
+    weights in bf16 when `resolve_precision` says so."""
+    model = apply_method(
         load_model(cfg.model),
         cfg.method,
         resolve_family(cfg.model),
         quantized=cfg.model.quantization is not None,
         gradient_checkpointing=cfg.model.gradient_checkpointing,
     )
+    if resolve_precision(cfg)[0] == "bf16":
+        frozen_to_bf16(model)
+    return model
+
+
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_bf16_flag(cpuinfo: str | None = None) -> str | None:
+    """The CPU flag that makes bf16 matmuls native here (AVX512_BF16 or AMX), or None."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[-1].split())
+            break
+    return next((f for f in BF16_CPU_FLAGS if f in flags), None)
+
+
+def resolve_precision(cfg: FinetuneConfig, cpuinfo: str | None = None) -> tuple[str, str]:
+    """(`fp32` or `bf16`, why) for `train.precision`. bf16 means the frozen base weights in
+    bf16 and everything trained (LoRA weights, their gradients, AdamW state) in fp32, so it
+    is for method lora on an fp32, unquantized model with ddp; `auto` picks it on a CPU
+    with native bf16 matmuls (on a GPU the model's own dtype, `model.dtype`, decides)."""
+    want = cfg.train.precision
+    if want == "fp32":
+        return "fp32", "train.precision: fp32"
+    fits = (
+        cfg.method.type == "lora"
+        and cfg.model.dtype == "fp32"
+        and cfg.model.quantization is None
+        and cfg.distributed.strategy == "ddp"
+    )
+    if want == "bf16":
+        return ("bf16", "train.precision: bf16") if fits else ("fp32", "bf16 does not fit")
+    if cfg.distributed.use_gpu or not fits:
+        return "fp32", "train.precision: auto (fp32 here)"
+    flag = cpu_bf16_flag(cpuinfo)
+    if flag is None:
+        return "fp32", "train.precision: auto; the CPU has no AVX512_BF16/AMX"
+    return "bf16", f"train.precision: auto; the CPU has {flag.upper()}"
+
+
+def frozen_to_bf16(model) -> int:
+    """The frozen fp32 weights of `model` in bf16, in place (trainable ones stay fp32: peft's
+    LoRA layers cast their input to the adapter's dtype and the sum back); their count."""
+    import torch
+
+    n = 0
+    for p in model.parameters():
+        if not p.requires_grad and p.dtype == torch.float32:
+            p.data = p.data.to(torch.bfloat16)
+            n += 1
+    return n
 
 
 def ddp_state(cfg: FinetuneConfig, net, steps: int) -> TrainState:
@@ -239,13 +298,12 @@ def accepts_logits_to_keep(model) -> bool:
 
 
 def answer_logits_only(batch: dict, enabled: bool = True) -> dict:
-    """The same loss with the LM head applied only from the first answer position on.
-
-    Prompt positions carry no label, yet the head (vocab × hidden, a fifth of a small
-    model's compute) would score every one of them. Rows are right-padded and batched by
-    length, so the answers sit in the last columns: keep the logits from one position before
-    the earliest label (it predicts that label) and cut the labels to match; transformers'
-    causal-LM loss shifts them inside. Packed rows (labels scattered) are left as they are.
+    """The same loss with the LM head applied only from the first answer position on (the
+    fallback of `label_logits_loss`, for prompt-learning models whose forward adds virtual
+    tokens). Rows are right-padded and batched by length, so the answers sit in the last
+    columns: keep the logits from one position before the earliest label (it predicts that
+    label) and cut the labels to match; transformers' causal-LM loss shifts them inside.
+    Packed rows (labels scattered) are left as they are.
     """
     labels = batch.get("labels")
     if not enabled or labels is None or "position_ids" in batch:
@@ -258,6 +316,58 @@ def answer_logits_only(batch: dict, enabled: bool = True) -> dict:
     if keep >= width:
         return batch
     return {**batch, "labels": labels[:, width - keep :], "logits_to_keep": keep}
+
+
+def _prompt_learning(model) -> bool:
+    """Whether a peft prompt-learning method (P-Tuning, prefix) is active: its forward adds
+    virtual tokens, so hidden states are wider than the batch."""
+    config = getattr(model, "active_peft_config", None)
+    return bool(getattr(config, "is_prompt_learning", False))
+
+
+def label_logits_loss(net, raw_model, batch: dict, **extra):
+    """The causal-LM loss with the LM head applied to labelled positions only.
+
+    Prompt positions carry no label, yet the head (vocab × hidden: 49,152 × 576 in
+    SmolLM2-135M) would score every one of them, and transformers then runs log-softmax over
+    the whole vocabulary at each. Here a forward pre-hook on the output embedding keeps only
+    the hidden states whose next token is a label ([N, hidden]), so the head, the softmax
+    and their backward run on N rows: the same loss (mean cross-entropy over labelled
+    tokens, as transformers computes it), at any layout — padded, after a shared prefix, or
+    packed (where answers are scattered and `logits_to_keep` cannot cut anything)."""
+    import torch
+    import torch.nn.functional as F
+
+    labels = batch["labels"]
+    want = torch.zeros_like(labels, dtype=torch.bool)
+    want[:, :-1] = labels[:, 1:] != -100
+    targets = labels[:, 1:][want[:, :-1]]
+
+    def pick(_module, args):
+        (hidden,) = args
+        if hidden.shape[:2] != want.shape:
+            raise KgcError(
+                f"label_logits_loss: hidden states {tuple(hidden.shape[:2])} do not match the "
+                f"batch {tuple(want.shape)} (a model whose forward adds positions)"
+            )
+        return (hidden[want],)
+
+    head = raw_model.get_output_embeddings()
+    handle = head.register_forward_pre_hook(pick)
+    try:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits = net(**inputs, **{"use_cache": False, **extra}).logits
+    finally:
+        handle.remove()
+    return F.cross_entropy(logits.float(), targets)
+
+
+def causal_lm_loss(net, raw_model, batch: dict, trim: bool, **extra):
+    """The batch's loss: labelled positions only (`label_logits_loss`) for transformers'
+    own causal LMs (`trim`), answer columns only for prompt-learning models, else plain."""
+    if trim and not _prompt_learning(raw_model) and raw_model.get_output_embeddings() is not None:
+        return label_logits_loss(net, raw_model, batch, **extra)
+    return net(**answer_logits_only(batch, trim), **extra).loss
 
 
 MIN_SHARED_PREFIX = 16  # tokens; below this the extra prefill is not worth it
@@ -285,7 +395,7 @@ def model_loss(net, raw_model, batch: dict, trim: bool, shared_prefix: bool):
     """
     n = shared_prefix_len(batch) if shared_prefix else 0
     if not n:
-        return net(**answer_logits_only(batch, trim)).loss
+        return causal_lm_loss(net, raw_model, batch, trim)
     import torch
 
     ids = batch["input_ids"]
@@ -293,15 +403,17 @@ def model_loss(net, raw_model, batch: dict, trim: bool, shared_prefix: bool):
     cache = raw_model(input_ids=ids[:1, :n], use_cache=True).past_key_values
     cache.batch_repeat_interleave(rows)
     own = {"input_ids": ids[:, n:], "labels": batch["labels"][:, n:]}
-    own = answer_logits_only(own, trim)
     positions = torch.arange(n, width, device=ids.device).unsqueeze(0).expand(rows, -1)
-    return net(
-        **own,
+    return causal_lm_loss(
+        net,
+        raw_model,
+        own,
+        trim,
         attention_mask=batch["attention_mask"],
         position_ids=positions,
         past_key_values=cache,
         use_cache=True,
-    ).loss
+    )
 
 
 def eval_loss(net, rows, pad, device, rank, world, batch) -> float:

@@ -36,6 +36,7 @@ from kgc.modeling.training import (
     eval_loss,
     load_train_data,
     load_tuned_model,
+    resolve_precision,
     restore,
     train_step,
     validate,
@@ -141,7 +142,17 @@ def train_loop_per_worker(loop_config: dict) -> None:
     steps = total_steps(cfg, len(data.rows))
     state = _build(cfg, steps)
     start, ckpt = _resume(state, me)
-    me.log({"event": "start", "step": start, "total_steps": steps, "checkpoint": ckpt})
+    precision, why = resolve_precision(cfg)
+    me.log(
+        {
+            "event": "start",
+            "step": start,
+            "total_steps": steps,
+            "checkpoint": ckpt,
+            "precision": precision,
+            "precision_why": why,
+        }
+    )
     for step in range(start, steps):
         metrics = _step(cfg, data, state, me, step)
         _evaluate_and_report(cfg, data, state, me, metrics, steps)
