@@ -25,15 +25,17 @@ def test_demo_runs_every_stage(tmp_path):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=560,
     )  # fmt: skip
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    line = re.search(r"^held-out F1 \(constrained\): zero-shot (\d\.\d{3}) → tuned (\d\.\d{3})$",
-                     r.stdout, re.M)  # fmt: skip
+    line = re.search(r"^held-out F1 \(constrained\): zero-shot (\d\.\d{3}) \(8 documents\) → "
+                     r"tuned (\d\.\d{3})$", r.stdout, re.M)  # fmt: skip
     assert line, r.stdout[-3000:]
+    took = re.search(r"^demo time: (\d+) s \(model preparation excluded\)$", r.stdout, re.M)
+    assert took and r.stdout.rstrip().endswith(took.group(0)), r.stdout[-3000:]
     report = json.loads((tmp_path / "demo.json").read_text())
-    assert [row["model"] for row in report["table"]] == [
-        "zero-shot free", "zero-shot constrained", "tuned free", "tuned constrained"
+    assert [(row["model"], row["docs"]) for row in report["table"]] == [
+        ("zero-shot constrained", 8), ("tuned constrained", 40)
     ]  # fmt: skip
-    assert f"{report['table'][3]['f1']:.3f}" == line.group(2)
-    assert report["table"][3]["errors"] == 0.0  # constrained answers always parse
+    assert f"{report['table'][1]['f1']:.3f}" == line.group(2)
+    assert report["table"][1]["errors"] == 0.0  # constrained answers always parse
     assert re.search(r"^  checkpoint\s+\S+", r.stdout, re.M)
     n_heldout = len((ROOT / "examples/demo/heldout.json").read_text().splitlines())
     preds = (tmp_path / "predictions-tuned-constrained.jsonl").read_text().splitlines()

@@ -133,6 +133,7 @@ class TrainState:
     local_params: int  # parameters this worker holds (ZeRO-3: its partitions only)
     trim: bool  # the model takes `logits_to_keep`
     keepalive: Any = None  # HfDeepSpeedConfig under ZeRO-3: it must outlive the model
+    precision: str = "fp32"  # resolve_precision: forwards run under autocast(precision)
 
 
 def load_tuned_model(cfg: FinetuneConfig):
@@ -193,16 +194,35 @@ def resolve_precision(cfg: FinetuneConfig, cpuinfo: str | None = None) -> tuple[
 
 
 def frozen_to_bf16(model) -> int:
-    """The frozen fp32 weights of `model` in bf16, in place (trainable ones stay fp32: peft's
-    LoRA layers cast their input to the adapter's dtype and the sum back); their count."""
+    """The frozen fp32 weights of `model`'s linear layers in bf16, in place; their count.
+    Trained weights stay fp32 (peft's LoRA layers cast their input to the adapter's dtype and
+    the sum back), and so do the embeddings (a tied LM head with them) and the norms: the
+    residual stream stays fp32. Run the model under `autocast("bf16")`, which multiplies
+    in bf16 (≈ 2.3× fp32 on AVX512_BF16) and keeps fp32 where torch's autocast lists say."""
     import torch
 
+    embedding = model.get_input_embeddings()
+    keep = {id(p) for p in embedding.parameters()} if embedding is not None else set()
     n = 0
-    for p in model.parameters():
-        if not p.requires_grad and p.dtype == torch.float32:
-            p.data = p.data.to(torch.bfloat16)
-            n += 1
+    for module in model.modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        for p in module.parameters(recurse=False):
+            if not p.requires_grad and p.dtype == torch.float32 and id(p) not in keep:
+                p.data = p.data.to(torch.bfloat16)
+                n += 1
     return n
+
+
+def autocast(precision: str):
+    """The context a forward runs in: bf16 autocast on the CPU for `bf16`, else nothing."""
+    import contextlib
+
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
 def ddp_state(cfg: FinetuneConfig, net, steps: int) -> TrainState:
@@ -213,7 +233,9 @@ def ddp_state(cfg: FinetuneConfig, net, steps: int) -> TrainState:
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps))
-    return _state(net, model, optimizer, scheduler, None, trainable)
+    state = _state(net, model, optimizer, scheduler, None, trainable)
+    state.precision = resolve_precision(cfg)[0]
+    return state
 
 
 def deepspeed_state(cfg: FinetuneConfig, steps: int) -> TrainState:
@@ -269,7 +291,8 @@ def train_step(cfg: FinetuneConfig, state: TrainState, batches: Iterable[dict]) 
     state.net.train()
     losses = []
     for batch in batches:
-        loss = model_loss(state.net, state.model, batch, state.trim, cfg.train.shared_prefix)
+        with autocast(state.precision):
+            loss = model_loss(state.net, state.model, batch, state.trim, cfg.train.shared_prefix)
         if state.engine is not None:
             state.engine.backward(loss)
             state.engine.step()
@@ -416,7 +439,7 @@ def model_loss(net, raw_model, batch: dict, trim: bool, shared_prefix: bool):
     )
 
 
-def eval_loss(net, rows, pad, device, rank, world, batch) -> float:
+def eval_loss(net, rows, pad, device, rank, world, batch, precision: str = "fp32") -> float:
     """Token-weighted loss over `rows`, each rank scoring its share, summed over ranks."""
     import torch
     import torch.distributed as dist
@@ -428,7 +451,9 @@ def eval_loss(net, rows, pad, device, rank, world, batch) -> float:
         for i in range(0, len(mine), batch):
             b = {k: v.to(device) for k, v in collate(mine[i : i + batch], pad).items()}
             n = int((b["labels"] != -100).sum())
-            total += torch.tensor([net(**b).loss.item() * n, n], device=device)
+            with autocast(precision):
+                loss = net(**b).loss
+            total += torch.tensor([loss.item() * n, n], device=device)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(total)
     net.train()

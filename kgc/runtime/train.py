@@ -229,7 +229,14 @@ def _evaluate_and_report(cfg, data: TrainData, state: TrainState, me: _Worker, m
     done, t = metrics["step"], cfg.train
     if data.val_rows and ((t.eval_every and done % t.eval_every == 0) or done == steps):
         metrics["eval_loss"] = eval_loss(
-            state.net, data.val_rows, data.pad, me.device, me.rank, me.world, t.batch_size
+            state.net,
+            data.val_rows,
+            data.pad,
+            me.device,
+            me.rank,
+            me.world,
+            t.batch_size,
+            state.precision,
         )
     if done % t.save_every == 0 or done == steps:
         _save_and_report(cfg, data, state, me, done, metrics)
