@@ -9,9 +9,9 @@ import time
 import tracemalloc
 
 import pytest
+from test_icl_client import make as make_client
 
 from kgc.icl.client import ChatClient, ChatParams
-from kgc.icl.config import ClientConfig
 from tests.support.replay import ReplayServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -25,15 +25,8 @@ def srv():
 
 
 def make(srv, tmp_path=None, **kw) -> ChatClient:
-    cfg = ClientConfig(
-        base_url=srv.base_url,
-        model="replay",
-        allow_no_key=True,
-        cache_dir=str(tmp_path / "cache") if tmp_path else None,
-        backoff_s=0.01,
-        **kw,
-    )
-    return ChatClient(cfg, sleep=lambda _s: None)
+    """test_icl_client's client, its sleeps recorded instead of slept."""
+    return make_client(srv, tmp_path, sleeps=[], **kw)
 
 
 @pytest.mark.parametrize("length", [True, False], ids=["content-length", "until-close"])
