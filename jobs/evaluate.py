@@ -7,8 +7,8 @@ Local:
 On a cluster:
     ray job submit --working-dir . -- python -m jobs.evaluate --config jobs/configs/eval_ner.yaml
 
-Options are the config's keys (task, input, format, by_source, match, normalize, rouge,
-language, segmenter, report); `key=value` arguments after the config override them.
+Options are the config's keys (task, input, format, by_source, by_label, match, normalize,
+strict, rouge, language, segmenter, report); `key=value` arguments after the config override them.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from kgc import __version__
 from kgc.errors import KgcError
+from kgc.formats import CONVERT_FORMATS, EVAL_FORMATS
 from kgc.tasks.registry import TASK_NAMES
 
 
@@ -63,8 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert raw annotations into IEPile/OneKE instruction records.",
     )
     c.add_argument("--task", required=True, type=_task, help=", ".join(TASK_NAMES))
-    c.add_argument("--input", required=True, help="raw JSONL: {text, entity|relation|event}")
-    c.add_argument("--schema", help="3-line schema file (required for --format iepile)")
+    c.add_argument(
+        "--input",
+        required=True,
+        help="raw JSONL: {text, entity|relation|event} (--format spert: a SpERT JSON list)",
+    )
+    c.add_argument(
+        "--schema",
+        help="3-line schema file (required for --format iepile; --format spert: optional, "
+        "else the labels come from --types)",
+    )
     c.add_argument("--output", required=True, help="instruction JSONL to write")
     c.add_argument("--split", choices=("train", "test"), default="train")
     c.add_argument("--language", choices=("zh", "en"), default="zh")
@@ -107,10 +116,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument(
         "--format",
-        choices=("iepile", "ccks2023"),
+        choices=tuple(CONVERT_FORMATS),
         default="iepile",
-        help="ccks2023 = the 2023 CCKS / InstructIE text format of DeepKE's kg2instruction "
-        "(RE, NER, EE, EET, EEA)",
+        help="; ".join(f"{name} = {what}" for name, what in CONVERT_FORMATS.items()),
+    )
+    c.add_argument(
+        "--types",
+        metavar="FILE",
+        help="--format spert (required): SpERT's types file {entities: {...}, relations: {...}}",
+    )
+    c.add_argument(
+        "--names",
+        metavar="FILE|verbose",
+        help="--format spert: display names of the types, a JSON file {type: name} (types it "
+        "leaves out keep theirs) or `verbose` = the types file's verbose names (default: the "
+        "names as they are)",
+    )
+    c.add_argument(
+        "--detokenize",
+        action="store_true",
+        help='--format spert: join tokens as natural text (" ," → ","; gold strings follow); '
+        "default: tokens joined by spaces",
     )
     c.add_argument(
         "--ccks-sample",
@@ -153,9 +179,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--input", help="test records with the model's `output`")
     e.add_argument("--report", help="also write the report as JSON to this file")
     e.add_argument("overrides", nargs="*", help="with --config: key=value overrides")
-    e.add_argument("--by", choices=("source",), help="also print scores per source")
+    e.add_argument(
+        "--by",
+        choices=("source", "label"),
+        help="also print scores per source, or per label (relation, entity type)",
+    )
     e.add_argument("--json", action="store_true", help="print one JSON object")
-    e.add_argument("--match", choices=("multiset", "set"), default="multiset")
+    e.add_argument("--match", choices=("multiset", "set"), help="default multiset")
+    e.add_argument(
+        "--strict",
+        action="store_true",
+        help="the papers' strict F1 (SpERT, CoNLL04 tables): exact strings and set matching "
+        "per record (= --no-normalize --match set); printed as `strict relation F1 (micro)`",
+    )
     e.add_argument(
         "--no-normalize",
         action="store_true",
@@ -173,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="char",
         help="Chinese ROUGE tokens: characters or jieba words",
     )
-    e.add_argument("--format", choices=("iepile", "ccks2023"), default="iepile")
+    e.add_argument("--format", choices=EVAL_FORMATS, default="iepile")
 
     t = sub.add_parser(
         "train",
@@ -297,6 +333,19 @@ def _cmd_convert(args) -> int:
             f"{', '.join(ccks_flags)}: only for --format ccks2023; add --format ccks2023 or "
             "drop them (IEPile negatives: --neg-prob)"
         )
+    spert_flags = [
+        flag
+        for flag, value in (
+            ("--types", args.types),
+            ("--names", args.names),
+            ("--detokenize", args.detokenize or None),
+        )
+        if value is not None
+    ]
+    if spert_flags and args.format != "spert":
+        raise KgcError(
+            f"{', '.join(spert_flags)}: only for --format spert; add --format spert or drop them"
+        )
     if args.format == "ccks2023":
         tasks = (*legacy.TASKS, *legacy_tasks.TASKS)
         if args.task not in tasks:
@@ -358,14 +407,16 @@ def _cmd_convert(args) -> int:
             file=sys.stderr,
         )
         return 0
-    if not args.schema:
-        raise KgcError("--schema is required: the 3-line schema file of your labels")
     opts = SamplingOptions(
         split_num=args.split_num,
         neg_prob=args.neg_prob,
         random_order=args.random_order,
         seed=args.seed,
     )
+    if args.format == "spert":
+        return _convert_spert(args, opts)
+    if not args.schema:
+        raise KgcError("--schema is required: the 3-line schema file of your labels")
     stats = convert.convert_file(
         args.task,
         args.input,
@@ -382,6 +433,45 @@ def _cmd_convert(args) -> int:
     return 0
 
 
+def _convert_spert(args, opts) -> int:
+    from kgc import spert
+
+    spert.check_task(args.task)
+    unused = [
+        f"{flag} {value}"
+        for flag, value in (
+            ("--hard-negatives", args.hard_negatives),
+            ("--schema-info", args.schema_info),
+        )
+        if value is not None
+    ]
+    if unused:
+        raise KgcError(
+            f"{', '.join(unused)}: not for --format spert; convert to DeepKE's raw JSONL first "
+            "(kgc.spert.to_raw) and use --format iepile, or drop them"
+        )
+    if not args.types:
+        raise KgcError(
+            "--format spert needs --types FILE: the SpERT types file of the dataset (e.g. "
+            "conll04_types.json)"
+        )
+    stats = spert.convert_spert(
+        args.task,
+        args.input,
+        args.types,
+        args.output,
+        names=args.names,
+        detokenize=args.detokenize,
+        schema_path=args.schema,
+        split=args.split,
+        language=args.language,
+        opts=opts,
+        source=args.source,
+    )
+    print(f"kgc convert: {stats.summary()}; wrote {args.output}", file=sys.stderr)
+    return 0
+
+
 def _eval_config(args):
     """The eval options from --config (plus key=value overrides) or from the flags."""
     from kgc.config import EvalConfig, load_config
@@ -391,13 +481,20 @@ def _eval_config(args):
     missing = [f"--{k}" for k in ("task", "input") if not getattr(args, k)]
     if missing:
         raise KgcError(f"kgc eval needs {' and '.join(missing)} (or --config FILE)")
+    if args.strict and args.match == "multiset":
+        raise KgcError(
+            "--strict matches each record's items as sets (the papers' scoring); drop "
+            "--match multiset, or drop --strict"
+        )
     return EvalConfig(
         task=args.task,
         input=args.input,
         format=args.format,
         by_source=args.by == "source",
-        match=args.match,
+        by_label=args.by == "label",
+        match=args.match or "multiset",
         normalize=not args.no_normalize,
+        strict=args.strict,
         rouge=args.rouge,
         language=args.language,
         segmenter=args.segmenter,
@@ -412,6 +509,14 @@ def _cmd_eval(args) -> int:
     from kgc.io import read_jsonl
 
     cfg = _eval_config(args)
+    opts = evaluate.EvalOptions(
+        match=cfg.match,
+        normalize=cfg.normalize,
+        rouge=cfg.rouge,
+        language=cfg.language,
+        segmenter=cfg.segmenter,
+        strict=cfg.strict,
+    )
     if cfg.format == "ccks2023":
         tasks = (*legacy.TASKS, *legacy_tasks.TASKS)
         if cfg.task not in tasks:
@@ -419,6 +524,8 @@ def _cmd_eval(args) -> int:
                 f"--format ccks2023 scores --task {', '.join(tasks)}, got {cfg.task}; use "
                 "--format iepile for it"
             )
+        if cfg.by_label:
+            raise KgcError("--by label: per-label scores are for --format iepile; drop it")
         problems = []
         rows = list(read_jsonl(cfg.input, problems))
         if problems:
@@ -433,17 +540,11 @@ def _cmd_eval(args) -> int:
             path=cfg.input,
             language=cfg.language,
             segmenter=cfg.segmenter,
-            match=cfg.match,
-            normalize=cfg.normalize,
+            match=opts.match,
+            normalize=opts.normalize,
         )
+        report["strict"] = opts.strict
     else:
-        opts = evaluate.EvalOptions(
-            match=cfg.match,
-            normalize=cfg.normalize,
-            rouge=cfg.rouge,
-            language=cfg.language,
-            segmenter=cfg.segmenter,
-        )
         report = evaluate.evaluate_file(cfg.task, cfg.input, opts)
     if cfg.report:
         from kgc.io import write_text_atomic
@@ -452,7 +553,7 @@ def _cmd_eval(args) -> int:
     if args.json:
         print(json.dumps(report, ensure_ascii=False))
     else:
-        print(evaluate.format_table(report, by_source=cfg.by_source))
+        print(evaluate.format_table(report, by_source=cfg.by_source, by_label=cfg.by_label))
     return 0
 
 

@@ -34,6 +34,7 @@ from pydantic import (
 
 from kgc.engine import GenerationSettings
 from kgc.errors import KgcError, Problem
+from kgc.formats import EvalFormat
 from kgc.tasks.registry import TaskName
 
 
@@ -160,6 +161,21 @@ class RunSpec(_Strict):
                 "must be a plain folder name (letters, digits, '.', '_', '-'; starts with a "
                 "letter or digit; no '/' or '..'; at most 128 characters), e.g. "
                 "run.name=ner-lora-r16; set run.storage_path to choose where it goes"
+            )
+        return v
+
+    @field_validator("storage_path")
+    @classmethod
+    def _local_folder(cls, v: str) -> str:
+        # Ray Train itself takes s3://… here, but kgc reads the run folder back with local
+        # file I/O (metrics.jsonl, resume manifests, the checkpoint to restore), so a URI
+        # would become a local folder named "s3:" on each node: refused, not misread.
+        if "://" in v:
+            raise ValueError(
+                f"{v!r} is a URI; kgc needs a folder every node mounts (its metrics, resume "
+                "manifests and checkpoints are read back as local files): mount the bucket "
+                "or a shared volume (NFS, a ReadWriteMany PersistentVolumeClaim, Mountpoint "
+                "for S3, gcsfuse) and set run.storage_path to its path, e.g. /data/runs"
             )
         return v
 
@@ -334,10 +350,12 @@ class EvalConfig(_Strict):
 
     task: TaskName
     input: str  # test records (JSONL) whose `output` holds the model's answer
-    format: Literal["iepile", "ccks2023"] = "iepile"
+    format: EvalFormat = "iepile"
     by_source: bool = False
+    by_label: bool = False  # also print the per-label rows (relation, entity type)
     match: Literal["multiset", "set"] = "multiset"
     normalize: bool = True
+    strict: bool = False  # the papers' strict F1: exact strings, set per record (SpERT)
     rouge: bool = False
     language: Literal["zh", "en"] | None = None
     segmenter: Literal["char", "jieba"] = "char"

@@ -306,6 +306,23 @@ def read_hard_negatives(path: str | os.PathLike, task: Task, schema: Schema) -> 
     return data
 
 
+def check_options(
+    task: Task, split: str, language: str, opts: SamplingOptions | None
+) -> SamplingOptions:
+    """The options every input format's conversion checks first (split, language, sampling)."""
+    if split not in SPLITS:
+        raise KgcError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    from kgc.instructions import instruction_text
+
+    instruction_text(task.name, language)  # validates the language early
+    opts = opts or SamplingOptions()
+    if opts.split_num == 0 or opts.split_num < -1:
+        raise KgcError(f"--split-num must be -1 (no split) or >= 1, got {opts.split_num}")
+    if not 0.0 <= opts.neg_prob <= 1.0:
+        raise KgcError(f"--neg-prob must be between 0 and 1, got {opts.neg_prob}")
+    return opts
+
+
 def convert_file(
     task_name: str,
     input_path: str | os.PathLike,
@@ -321,16 +338,7 @@ def convert_file(
 ) -> ConvertStats:
     """Convert a file; on any problem nothing is written and every problem is raised."""
     task = get_task(task_name)
-    if split not in SPLITS:
-        raise KgcError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
-    from kgc.instructions import instruction_text
-
-    instruction_text(task.name, language)  # validates the language early
-    opts = opts or SamplingOptions()
-    if opts.split_num == 0 or opts.split_num < -1:
-        raise KgcError(f"--split-num must be -1 (no split) or >= 1, got {opts.split_num}")
-    if not 0.0 <= opts.neg_prob <= 1.0:
-        raise KgcError(f"--neg-prob must be between 0 and 1, got {opts.neg_prob}")
+    opts = check_options(task, split, language, opts)
     check_readable(input_path)
     schema = read_schema(schema_path)
     schema_problems = task.check_schema(schema)

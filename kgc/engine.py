@@ -141,15 +141,20 @@ def as_messages(prompt: Prompt, system: str | None = None) -> list[Message]:
 
 
 def text_spans(text: str, max_words: int = 6) -> list[str]:
-    """Every run of 1..max_words words of `text` as it is written there (words are letters
-    and digits; a run is kept only if the text contains it verbatim), in order, unique."""
+    """Every run of 1..max_words words of `text` as it is written there (words are runs of
+    letters and digits, so "Kennedy's" holds "Kennedy" and "U.S." the words U and S), in
+    order, unique; a run followed by "." also with it ("U.S.", "Inc.", "Fla."), since
+    annotated names keep an abbreviation's point."""
     import re
 
-    words = [m for m in re.finditer(r"[^\W_]+(?:['’][^\W_]+)*", text)]
+    words = [m for m in re.finditer(r"[^\W_]+", text)]
     out: dict[str, None] = {}
     for i in range(len(words)):
         for j in range(i, min(i + max_words, len(words))):
-            out.setdefault(text[words[i].start() : words[j].end()], None)
+            end = words[j].end()
+            out.setdefault(text[words[i].start() : end], None)
+            if text[end : end + 1] == ".":
+                out.setdefault(text[words[i].start() : end + 1], None)
     return list(out)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from kgc.convert import text_id
 from kgc.errors import KgcError, Problem
 from kgc.io import dumps, read_jsonl
-from kgc.metrics import MATCH_MODES, PRF, count
+from kgc.metrics import MATCH_MODES, PRF, count, normalize_item
 from kgc.schema import Schema
 from kgc.tasks import get as get_task
 from kgc.tasks.base import Task, TypedRolesTask
@@ -29,11 +29,53 @@ MAX_EXAMPLES = 5
 
 @dataclass(frozen=True)
 class EvalOptions:
+    """How outputs are matched. `strict`: the papers' strict F1 (SpERT's evaluator, and the
+    CoNLL04 / ADE tables that follow it): strings exact (no normalisation) and each record's
+    gold and predicted items taken as sets (a gold item counts once, a repeated prediction
+    once); it overrides `match` and `normalize`."""
+
     match: str = "multiset"
     normalize: bool = True
     rouge: bool = False
     language: str | None = None
     segmenter: str = "char"
+    strict: bool = False
+
+    def __post_init__(self) -> None:
+        if self.strict:
+            object.__setattr__(self, "match", "set")
+            object.__setattr__(self, "normalize", False)
+
+
+# how the strict headline names a metric group (`strict relation F1 (micro): …`)
+_GROUP_TERMS = {"triple": "relation"}
+
+
+class _LabelScores:
+    """Per-label counts of one metric group, pooled over records. Items are split by their
+    label as matching sees it (normalised or not), so the rows add up to the group's total;
+    a row is named by the gold spelling of its label (else the first predicted one)."""
+
+    def __init__(self, index: int, match: str, normalize: bool):
+        self.index, self.match, self.normalize = index, match, normalize
+        self.names: dict[Any, list] = {}  # label key → [gold spelling, predicted spelling]
+        self.scores: dict[Any, PRF] = {}
+
+    def add(self, pred: list[tuple], gold: list[tuple]) -> None:
+        parts: dict[Any, tuple[list, list]] = {}
+        for side, items in ((0, gold), (1, pred)):
+            for item in items:
+                key = normalize_item(item[self.index], self.normalize)
+                parts.setdefault(key, ([], []))[side].append(item)
+                names = self.names.setdefault(key, [None, None])
+                names[side] = names[side] or str(item[self.index])
+        for key, (g, p) in parts.items():
+            c = count(p, g, match=self.match, normalize=self.normalize)
+            self.scores.setdefault(key, PRF()).add(c)
+
+    def as_dict(self) -> dict[str, dict]:
+        rows = {(g or p): self.scores[k].as_dict() for k, (g, p) in self.names.items()}
+        return dict(sorted(rows.items()))
 
 
 @dataclass
@@ -149,6 +191,11 @@ def evaluate_rows(
         raise KgcError(problems)
 
     overall = {g: PRF() for g in task.groups}
+    by_label = {
+        g: _LabelScores(task.label_fields[g], opts.match, opts.normalize)
+        for g in task.groups
+        if g in task.label_fields
+    }
     by_source: dict[str, dict] = {}
     lines = parse_errors = unparseable = 0
     examples: list[dict] = []
@@ -186,6 +233,8 @@ def evaluate_rows(
             c = count(pred_t[g], gold_t[g], match=opts.match, normalize=opts.normalize)
             overall[g].add(c)
             src["scores"][g].add(c)
+            if g in by_label:
+                by_label[g].add(pred_t[g], gold_t[g])
 
     report: dict[str, Any] = {
         "task": task.name,
@@ -193,7 +242,9 @@ def evaluate_rows(
         "lines": lines,
         "parse_errors": parse_errors,
         "unparseable": unparseable,
+        "strict": opts.strict,
         "scores": {g: v.as_dict() for g, v in overall.items()},
+        "by_label": {g: v.as_dict() for g, v in by_label.items()},
         "by_source": {
             s: {
                 "records": v["records"],
@@ -221,28 +272,43 @@ def evaluate_file(task: str, path: str | os.PathLike, opts: EvalOptions | None =
     return evaluate_rows(task_obj, rows, path=str(path), opts=opts)
 
 
-def format_table(report: dict, by_source: bool = False) -> str:
-    """A plain-text table of the report (what `kgc eval` prints without --json)."""
+def strict_lines(report: dict) -> list[str]:
+    """The papers' headline, one line per metric group, e.g.
+    `strict relation F1 (micro): 0.4980  P 0.5100  R 0.4870` (RE, SPO; NER: `strict entity`)."""
+    return [
+        f"strict {_GROUP_TERMS.get(g, g)} F1 (micro): {s['f1']:.4f}  P {s['precision']:.4f}  "
+        f"R {s['recall']:.4f}"
+        for g, s in report["scores"].items()
+    ]
+
+
+def format_table(report: dict, by_source: bool = False, by_label: bool = False) -> str:
+    """A plain-text table of the report (what `kgc eval` prints without --json); a strict
+    report (`--strict`) starts with `strict_lines`, `by_label` adds a row per label."""
     head = (
         f"task {report['task']}: {report['records']} records, {report['lines']} lines, "
         f"{report['parse_errors']} with parse errors ({report['unparseable']} unreadable)"
     )
-    rows = [
-        f"{'source':<16} {'group':<10} {'P':>7} {'R':>7} {'F1':>7} {'tp':>6} {'pred':>6} {'gold':>6}"
-    ]
-
-    def add(src: str, scores: dict) -> None:
-        for g, s in scores.items():
-            rows.append(
-                f"{src:<16} {g:<10} {s['precision']:7.4f} {s['recall']:7.4f} {s['f1']:7.4f} "
-                f"{s['tp']:6d} {s['pred']:6d} {s['gold']:6d}"
-            )
-
-    add("(all)", report["scores"])
+    entries: list[tuple[str, str, dict]] = [("(all)", g, s) for g, s in report["scores"].items()]
     if by_source:
         for src, v in report["by_source"].items():
-            add(src or "(none)", v["scores"])
+            entries += [(src or "(none)", g, s) for g, s in v["scores"].items()]
+    if by_label:
+        for g, labels in report.get("by_label", {}).items():
+            entries += [(label, g, s) for label, s in labels.items()]
+    first = ("source / label" if by_source else "label") if by_label else "source"
+    w = max(16, len(first), *(len(e[0]) for e in entries))
+    rows = [
+        f"{first:<{w}} {'group':<10} {'P':>7} {'R':>7} {'F1':>7} {'tp':>6} {'pred':>6} {'gold':>6}"
+    ]
+    for name, g, s in entries:
+        rows.append(
+            f"{name:<{w}} {g:<10} {s['precision']:7.4f} {s['recall']:7.4f} {s['f1']:7.4f} "
+            f"{s['tp']:6d} {s['pred']:6d} {s['gold']:6d}"
+        )
     out = [head, *rows]
+    if report.get("strict"):
+        out = [*strict_lines(report), *out]
     if "rouge" in report:
         r = report["rouge"]
         out.append(

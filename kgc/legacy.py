@@ -24,12 +24,13 @@ from typing import Any
 
 from kgc.convert import text_id
 from kgc.errors import KgcError, Problem
+from kgc.formats import EVAL_FORMATS
 from kgc.io import dumps
 from kgc.metrics import PRF, count
 from kgc.sampling import record_rng
 from kgc.tasks.base import position
 
-FORMATS = ("iepile", "ccks2023")
+FORMATS = EVAL_FORMATS  # kept for importers; the one list is kgc.formats
 TASKS = ("RE",)
 NAN = "NAN"
 SAMPLES = (-1, 0, 1, 2, 3)

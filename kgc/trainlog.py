@@ -4,7 +4,7 @@ at the end.
 
 Rank 0 of the Ray Train job appends one JSON object per event to `<run>/metrics.jsonl`: a
 `start` event (fresh, or resumed from a checkpoint at a step), then one per logged step
-(`step`, `loss`, `lr`, `tokens_per_s`, and `eval_loss` when evaluated). A resumed or
+(`step`, `loss`, `lr`, `tokens_per_s`, and `eval_loss` / `eval_exact` when evaluated). A resumed or
 restarted run appends to the same file; steps replayed after a restart appear again and the
 last value of a step wins. The driver follows the file (`Follower`) and prints each event;
 no Ray here.
@@ -53,14 +53,14 @@ def read_events(run_dir: str | os.PathLike) -> list[dict]:
 
 
 def curves(events: list[dict]) -> dict[str, list[tuple[int, float]]]:
-    """Per metric (loss, eval_loss, lr, tokens_per_s): (step, value) sorted by step, the last
-    value of a replayed step kept."""
+    """Per metric (loss, eval_loss, eval_exact, lr, tokens_per_s): (step, value) sorted by
+    step, the last value of a replayed step kept."""
     series: dict[str, dict[int, float]] = {}
     for ev in events:
         step = ev.get("step")
         if not isinstance(step, int):
             continue
-        for key in ("loss", "eval_loss", "lr", "tokens_per_s"):
+        for key in ("loss", "eval_loss", "eval_exact", "lr", "tokens_per_s"):
             v = ev.get(key)
             if isinstance(v, (int, float)) and math.isfinite(v):
                 series.setdefault(key, {})[step] = float(v)
@@ -119,6 +119,8 @@ class Progress:
             parts.append(f"loss {ev['loss']:.4f}")
         if isinstance(ev.get("eval_loss"), (int, float)):
             parts.append(f"eval_loss {ev['eval_loss']:.4f}")
+        if isinstance(ev.get("eval_exact"), (int, float)):
+            parts.append(f"eval_exact {ev['eval_exact']:.3f}")
         if isinstance(ev.get("lr"), (int, float)):
             parts.append(f"lr {ev['lr']:.2e}")
         if isinstance(ev.get("tokens_per_s"), (int, float)):
@@ -135,7 +137,7 @@ class Progress:
         bar = self._bar
         bar.update(max(0, step - bar.n))
         post = []
-        for key, fmt in (("loss", "loss {:.4f}"), ("eval_loss", "eval {:.4f}"),
+        for key, fmt in (("loss", "loss {:.4f}"), ("eval_loss", "eval {:.4f}"), ("eval_exact", "exact {:.3f}"),
                          ("lr", "lr {:.2e}"), ("tokens_per_s", "{:,.0f} tok/s")):  # fmt: skip
             if isinstance(ev.get(key), (int, float)):
                 post.append(fmt.format(ev[key]))
@@ -238,6 +240,7 @@ def write_tensorboard(run_dir: str | os.PathLike, events: list[dict]) -> Path | 
     names = {
         "loss": "train/loss",
         "eval_loss": "eval/loss",
+        "eval_exact": "eval/exact",
         "lr": "train/lr",
         "tokens_per_s": "train/tokens_per_s",
     }

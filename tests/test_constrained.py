@@ -245,3 +245,15 @@ def test_grammar_cache_is_bounded_by_bytes_and_names_bad_schemas(tiny_qwen2):
     with pytest.raises(KgcError, match=r"cannot be compiled into a grammar: .*parenthesis") as err:
         cache.get({"type": "string", "pattern": "("})
     assert ".cc:" not in str(err.value)
+
+
+def test_grounded_spans_hold_abbreviations_and_possessive_names():
+    """CoNLL04's annotated names: "U.S." and "Fla." keep their point, "Kennedy" is written
+    "Kennedy's" (before: neither could be copied, 15% of dev names out of reach)."""
+    from kgc.engine import text_spans
+
+    text = "Kennedy's aide flew from Tampa, Fla. to the U.S. office of Drexel Burnham Lambert Inc."
+    spans = text_spans(text, 8)
+    for name in ("Kennedy", "Fla.", "U.S.", "Drexel Burnham Lambert Inc.", "Tampa"):
+        assert name in spans, name
+    assert "Tampa," not in spans and all(s in text for s in spans)

@@ -77,6 +77,7 @@ def STATIC(why: str) -> Check:  # noqa: N802
 
 GPU, CLUSTER, MINUTES = "a GPU model", "a Ray cluster", "minutes of CPU (Ray Train)"
 SERVER = "a running Serve app (tests/test_serve.py runs it)"
+K8S = "a Kubernetes cluster with KubeRay (tests/test_k8s.py checks the manifests)"
 
 # Reviewed: every documented command and how it is checked.
 COMMANDS: dict[str, Check] = {
@@ -98,6 +99,8 @@ COMMANDS: dict[str, Check] = {
     "kgc eval --task EE --input predictions.jsonl --json": STATIC("EE predictions (none bundled)"),
     "kgc eval --task RE --input preds.jsonl --format ccks2023": STATIC("CCKS2023 predictions (none bundled)"),
     "kgc tiny-model --arch qwen2 --out /tmp/tiny-qwen2": RUN(),
+    # docs/deepke.md (tests/test_spert.py converts a hand-written SpERT fixture the same way)
+    "kgc convert --format spert --task RE --input ../shared/data/conll04/conll04_train.spert.json --types ../shared/data/conll04/conll04_types.json --names verbose --detokenize --language en --split-num -1 --output conll04.train.jsonl": STATIC("the CoNLL04 corpus beside the checkout, not in the repository"),
     "kgc convert --task NER --input examples/iepile/NER/sample.json --schema examples/iepile/NER/schema.json --output /tmp/ner.train.jsonl --split-num 6": RUN(),
     # the training itself is minutes on Ray Train; --check validates it with the model built above
     "kgc train --config jobs/configs/ner_lora.yaml model.path=/tmp/tiny-qwen2 data.train_file=/tmp/ner.train.jsonl distributed.use_gpu=false distributed.num_workers=2 distributed.cpus_per_worker=1 model.dtype=fp32 train.max_steps=20": RUN("--check"),
@@ -127,6 +130,34 @@ COMMANDS: dict[str, Check] = {
     "python -m cluster.submit jobs.build_graph --config jobs/configs/graph_demo.yaml": STATIC(CLUSTER),
     "python -m cluster.submit jobs.evaluate --config jobs/configs/eval_ner.yaml": STATIC(CLUSTER + " (tests/test_cluster.py runs it on a local head)"),
     "ray down ray_cluster.yaml": STATIC(CLUSTER),
+    # docs/cluster.md (Kubernetes)
+    'docker build -f cluster/k8s/Dockerfile -t kgc:0.1.0-cpu .': STATIC("Docker and network (tests/test_k8s.py checks the Dockerfile)"),
+    'docker build -f cluster/k8s/Dockerfile -t kgc:0.1.0-gpu --build-arg RAY_TAG=2.60.0-py311-gpu --build-arg TORCH_INDEX=https://pypi.org/simple .': STATIC("Docker and network (tests/test_k8s.py checks the Dockerfile)"),
+    'helm repo add kuberay https://ray-project.github.io/kuberay-helm/': STATIC(K8S),
+    'helm install kuberay-operator kuberay/kuberay-operator --version 1.7.0': STATIC(K8S),
+    'kubectl get pods -l app.kubernetes.io/name=kuberay-operator': STATIC(K8S),
+    'kubectl apply -f cluster/k8s/storage.yaml -f cluster/k8s/configs.yaml': STATIC(K8S),
+    'kubectl apply -f cluster/k8s/raycluster.yaml': STATIC(K8S),
+    'kubectl get raycluster kgc': STATIC(K8S),
+    'kubectl port-forward svc/kgc-head-svc 8265:8265 &': STATIC(K8S),
+    'kubectl apply -f cluster/k8s/rayjob-train.yaml': STATIC(K8S),
+    'kubectl get rayjob kgc-train': STATIC(K8S),
+    'kubectl logs -f job/kgc-train': STATIC(K8S),
+    'kubectl apply -f cluster/k8s/rayjob-extract.yaml': STATIC(K8S),
+    'kubectl get rayjob kgc-extract': STATIC(K8S),
+    'kubectl create secret generic kgc-openai --from-literal=api-key=sk-...': STATIC(K8S),
+    'kubectl apply -f cluster/k8s/rayjob-icl.yaml': STATIC(K8S),
+    'kubectl get rayjob kgc-icl': STATIC(K8S),
+    'kubectl apply -f cluster/k8s/rayjob-graph.yaml': STATIC(K8S),
+    'kubectl get rayjob kgc-graph': STATIC(K8S),
+    'kubectl apply -f cluster/k8s/rayjob-demo.yaml': STATIC(K8S),
+    'kubectl get rayjob kgc-demo': STATIC(K8S),
+    'kubectl delete rayjob kgc-train': STATIC(K8S),
+    'kubectl create secret generic kgc-api-keys --from-literal=keys=key1,key2': STATIC(K8S),
+    'kubectl apply -f cluster/k8s/rayservice.yaml': STATIC(K8S),
+    'kubectl get rayservice kgc-serve': STATIC(K8S),
+    'kubectl port-forward svc/kgc-serve-serve-svc 8000:8000 &': STATIC(K8S),
+    'curl http://127.0.0.1:8000/healthz': STATIC(K8S),
     # serve/README.md
     "KGC_API_KEYS=sk-... kgc serve --config serve/config.yaml": STATIC(GPU),
     "KGC_API_KEYS=sk-... serve run serve/config.yaml": STATIC(GPU),
@@ -346,6 +377,8 @@ def _static(c: DocCommand, words: list[str]) -> None:
             assert cluster["cluster_name"] and cluster["available_node_types"]
     elif prog == "curl":
         _static_curl(c, words)
+    elif prog in ("kubectl", "docker", "helm"):
+        _static_k8s(c, words)
     else:
         pytest.fail(f"{c.doc}:{c.line}: no static check for the program {prog!r}: {c.text}")
 
@@ -359,10 +392,61 @@ def _static_curl(c: DocCommand, words: list[str]) -> None:
     route = "/" + url.split("/", 3 if url.startswith("http") else 1)[-1]
     app = (ROOT / "serve" / "app.py").read_text(encoding="utf-8")
     assert f'"{route}"' in app, f"{c.doc}:{c.line}: serve/app.py has no route {route}"
+    if "-d" not in words:
+        return
     body = json.loads(words[words.index("-d") + 1])
     if route == "/v1/extract":
         req = ExtractRequest.model_validate(body)
         split_model_name(req.model, _serve_settings("serve/config.yaml"))
+
+
+def _static_k8s(c: DocCommand, words: list[str]) -> None:
+    """docs/cluster.md's Kubernetes lines: the manifests, resources, Secrets, Services and
+    build arguments they name are those of cluster/k8s/ (tests/test_k8s.py checks those)."""
+    from test_k8s import K8S, documents
+
+    docs = documents()
+    named = {(d["kind"].lower(), d["metadata"]["name"]) for d in docs}
+    where = f"{c.doc}:{c.line}: {c.text}"
+    prog, verb = words[0], words[1]
+    if prog == "helm":
+        assert verb in ("repo", "install") and "kuberay" in c.text, where
+        if verb == "install":  # the operator whose CRDs the manifests are checked against
+            assert words[words.index("--version") + 1].startswith("1.7."), where
+    elif prog == "docker":
+        assert verb == "build" and words[-1] == ".", where
+        dockerfile = ROOT / words[words.index("-f") + 1]
+        assert dockerfile == K8S / "Dockerfile", where
+        declared = re.findall(r"^ARG (\w+)", dockerfile.read_text("utf-8"), re.M)
+        for i, w in enumerate(words):
+            if w == "--build-arg":
+                assert words[i + 1].split("=")[0] in declared, where
+    elif verb == "apply":
+        files = [words[i + 1] for i, w in enumerate(words) if w == "-f"]
+        assert files and all((ROOT / f).is_file() and f.startswith("cluster/k8s/") for f in files)
+    elif verb in ("get", "delete") and words[2] in ("rayjob", "raycluster", "rayservice"):
+        assert (words[2], words[3]) in named, f"{where}: no such {words[2]} in cluster/k8s/"
+    elif verb == "get":
+        assert words[2] == "pods", where
+    elif verb == "logs":
+        job = words[-1].removeprefix("job/")  # KubeRay's submitter Job has the RayJob's name
+        assert ("rayjob", job) in named, where
+    elif verb == "create":
+        assert words[2:4] == ["secret", "generic"], where
+        name, literal = words[4], words[5].removeprefix("--from-literal=").split("=")[0]
+        refs = re.findall(r"secretKeyRef: \{name: ([\w-]+), key: ([\w-]+)\}", _k8s_text())
+        assert (name, literal) in refs, f"{where}: no manifest reads {name}/{literal}"
+    elif verb == "port-forward":
+        svc = words[2].removeprefix("svc/")
+        services = {f"{n}-head-svc" for k, n in named if k == "raycluster"}
+        services |= {f"{n}-serve-svc" for k, n in named if k == "rayservice"}
+        assert svc in services, f"{where}: KubeRay names its Services {sorted(services)}"
+    else:
+        pytest.fail(f"{where}: no static check for kubectl {verb}")
+
+
+def _k8s_text() -> str:
+    return "".join(p.read_text("utf-8") for p in sorted((ROOT / "cluster" / "k8s").glob("*.yaml")))
 
 
 class BlockRun:

@@ -109,3 +109,31 @@ def test_nothing_logged_writes_nothing(tmp_path):
     assert write_loss_png(tmp_path, [{"event": "start", "step": 0}]) is None
     assert write_tensorboard(tmp_path, []) is None
     assert json.loads(json.dumps(read_events(tmp_path))) == []
+
+
+def test_eval_exact_counts_rows_whose_every_answer_token_is_the_top_choice():
+    """eval_exact = rows greedy decoding would reproduce: a row with one answer token not
+    the model's top choice is not exact, however small its loss share; prompt tokens
+    (label -100) and virtual-token logits in front (prompt learning) do not count."""
+    import torch
+
+    from kgc.modeling.training import eval_metrics
+
+    vocab, virtual = 5, 2
+
+    class Net(torch.nn.Module):
+        def forward(self, input_ids, labels, attention_mask=None):
+            # next-token logits that favour input_ids[t] + 1 (mod vocab), then virtual ones
+            nxt = torch.nn.functional.one_hot((input_ids + 1) % vocab, vocab).float() * 5
+            logits = torch.cat([torch.zeros(len(input_ids), virtual, vocab), nxt], dim=1)
+            loss = torch.tensor(0.5)
+            return type("Out", (), {"logits": logits, "loss": loss})()
+
+    rows = [  # labels: -100 on the prompt; the answer follows the +1 rule → exact
+        {"input_ids": [0, 1, 2, 3], "labels": [-100, -100, 2, 3]},
+        {"input_ids": [0, 1, 2, 4], "labels": [-100, -100, 2, 4]},  # 4 ≠ 2 + 1: not exact
+        {"input_ids": [1, 2], "labels": [-100, 2]},
+    ]
+    m = eval_metrics(Net(), rows, 0, "cpu", 0, 1, batch=2)
+    assert m["eval_exact"] == 2 / 3
+    assert m["eval_loss"] == 0.5

@@ -439,25 +439,39 @@ def model_loss(net, raw_model, batch: dict, trim: bool, shared_prefix: bool):
     )
 
 
-def eval_loss(net, rows, pad, device, rank, world, batch, precision: str = "fp32") -> float:
-    """Token-weighted loss over `rows`, each rank scoring its share, summed over ranks."""
+def eval_metrics(net, rows, pad, device, rank, world, batch, precision: str = "fp32") -> dict:
+    """Over the validation `rows` (each rank scoring its share, summed over ranks):
+    `eval_loss`, the token-weighted loss, and `eval_exact`, the share of rows whose every
+    answer token is the model's top choice given the gold tokens before it — exactly the
+    answers greedy decoding would reproduce word for word. The loss of an IE answer is mostly
+    its JSON skeleton; `eval_exact` moves only when the facts (which relation, which names)
+    come out right. Both come from the same forward pass."""
     import torch
     import torch.distributed as dist
 
     net.eval()
-    total = torch.zeros(2, device=device)
+    total = torch.zeros(4, device=device)  # loss · tokens, tokens, exact rows, rows
     mine = rows[rank::world]
     with torch.no_grad():
         for i in range(0, len(mine), batch):
             b = {k: v.to(device) for k, v in collate(mine[i : i + batch], pad).items()}
-            n = int((b["labels"] != -100).sum())
+            labels = b["labels"][:, 1:]
+            n = int((labels != -100).sum())
             with autocast(precision):
-                loss = net(**b).loss
-            total += torch.tensor([loss.item() * n, n], device=device)
+                out = net(**b)
+            # prompt learning prepends virtual tokens' logits: the text's are the last ones
+            logits = out.logits[:, -b["labels"].shape[1] : -1]
+            hit = (logits.argmax(-1) == labels) | (labels == -100)
+            exact = int(hit.all(dim=1).sum())
+            total += torch.tensor([out.loss.item() * n, n, exact, len(labels)], device=device)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(total)
     net.train()
-    return float(total[0] / total[1]) if total[1] > 0 else float("nan")
+    loss, n, exact, rows_n = (float(x) for x in total)
+    return {
+        "eval_loss": loss / n if n > 0 else float("nan"),
+        "eval_exact": exact / rows_n if rows_n > 0 else float("nan"),
+    }
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -33,7 +33,7 @@ from kgc.modeling.training import (
     TrainState,
     ddp_state,
     deepspeed_state,
-    eval_loss,
+    eval_metrics,
     load_train_data,
     load_tuned_model,
     resolve_precision,
@@ -228,7 +228,7 @@ def _evaluate_and_report(cfg, data: TrainData, state: TrainState, me: _Worker, m
 
     done, t = metrics["step"], cfg.train
     if data.val_rows and ((t.eval_every and done % t.eval_every == 0) or done == steps):
-        metrics["eval_loss"] = eval_loss(
+        metrics |= eval_metrics(
             state.net,
             data.val_rows,
             data.pad,

@@ -107,6 +107,9 @@ class Task(ABC):
     name: ClassVar[str]
     annotation_key: ClassVar[str]
     groups: ClassVar[tuple[str, ...]]
+    # metric group → where its tuples hold their label (relation, entity type), for the
+    # per-label scores (`kgc eval --by label`); a group not named here has none
+    label_fields: ClassVar[dict[str, int]] = {}
 
     # --- raw annotated records ------------------------------------------------------------
 

@@ -127,6 +127,7 @@ class EE(TypedRolesTask):
     name = "EE"
     annotation_key = "event"
     groups = ("trigger", "argument")
+    label_fields = {"trigger": 0, "argument": 0}  # (event type, trigger), (event type, …)
 
     def validate_one(self, ann, where, schema, problems):
         validate_event(ann, where, schema, problems)

@@ -19,6 +19,7 @@ from kgc.tasks.registry import register
 class EEA(EE):
     name = "EEA"
     groups = ("event", "argument")
+    label_fields = {"event": 0, "argument": 0}  # both tuples start with the event type
     negative_types = False
 
     def element(self, type_, roles, anns, text):

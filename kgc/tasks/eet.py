@@ -17,6 +17,7 @@ class EET(LabelTask):
     name = "EET"
     annotation_key = "event"
     groups = ("trigger",)
+    label_fields = {"trigger": 0}  # (event type, trigger)
 
     def universe(self, schema):
         return event_types(schema)

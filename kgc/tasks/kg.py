@@ -30,6 +30,7 @@ class KG(TypedRolesTask):
     name = "KG"
     annotation_key = "relation"
     groups = ("attribute",)
+    label_fields = {"attribute": 1}  # (entity, attribute, value)
     type_field = "entity_type"
     roles_field = "attributes"
 

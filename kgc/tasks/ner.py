@@ -14,6 +14,7 @@ class NER(LabelTask):
     name = "NER"
     annotation_key = "entity"
     groups = ("entity",)
+    label_fields = {"entity": 1}  # (entity, entity type)
 
     def universe(self, schema):
         return list(schema.types)

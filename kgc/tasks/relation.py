@@ -72,6 +72,7 @@ class RE(LabelTask):
     name = "RE"
     annotation_key = "relation"
     groups = ("triple",)
+    label_fields = {"triple": 1}  # (head, relation, tail)
     schema_line = 2
 
     def universe(self, schema):

@@ -29,6 +29,7 @@ class SPO(LabelTask):
     name = "SPO"
     annotation_key = "relation"
     groups = ("triple",)
+    label_fields = {"triple": 1}  # (head, relation, tail)
 
     def universe(self, schema):
         return [t for t in schema.types if split_typed(t) is not None]
