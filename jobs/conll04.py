@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -54,6 +55,9 @@ PRESETS = {
         "bounds": {"max_text_chars": 96, "max_list_items": 6},
         "grounded_max_words": 8,
         "zero_shot": 16,
+        # dev sentences whose answers training checks every tenth of the run (eval_exact: the
+        # share greedy decoding would reproduce exactly; eval_loss)
+        "eval_rows": 64,
     },
     "tiny": {
         "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all"},
@@ -66,18 +70,25 @@ PRESETS = {
         "bounds": {"max_text_chars": 24, "max_list_items": 1},
         "grounded_max_words": 3,
         "zero_shot": 2,
+        "eval_rows": 2,
     },
 }
 
 
 def find_split(data: Path, split: str) -> Path:
-    """The one `*<split>*.json` file of the dataset folder (not its types file)."""
-    found = sorted(p for p in data.glob(f"*{split}*.json") if "types" not in p.name)
+    """The dataset folder's `<name>_<split>.json` or `<name>_<split>.spert.json` (SpERT's
+    own download names them conll04_train.json, …; its conll04_train_dev.json is not train)."""
+    pattern = re.compile(rf"(?:^|[_.-]){split}(?:\.spert)?\.json$")
+    found = sorted(
+        p
+        for p in data.glob("*.json")
+        if pattern.search(p.name) and (split == "train" or "train" not in p.name)
+    )
     if len(found) != 1:
         raise SystemExit(
-            f"{data}: expected one *{split}*.json SpERT file, found "
+            f"{data}: expected one *_{split}.json SpERT file, found "
             f"{[p.name for p in found] or 'none'}; --data names the folder holding "
-            "<name>_train.spert.json, <name>_dev.spert.json and <name>_types.json"
+            "<name>_train.json, <name>_dev.json and <name>_types.json (or *.spert.json)"
         )
     return found[0]
 
@@ -120,8 +131,10 @@ def strict_scores(records: list[dict], outputs: list[str]) -> dict:
     return evaluate_rows(TASK, list(enumerate(rows, 1)), opts=EvalOptions(strict=True))
 
 
-def _train_config(model: str, train: Path, out: Path, preset: dict, steps: int):
+def _train_config(model: str, train: Path, val: Path | None, out: Path, preset: dict, steps: int):
     from kgc.config import load_config
+
+    val_keys = {"val_file": str(val)} if val else {}
 
     return load_config(
         None,
@@ -129,11 +142,12 @@ def _train_config(model: str, train: Path, out: Path, preset: dict, steps: int):
         data={
             "model": {"path": model},
             "method": {"type": "lora", "lora": preset["lora"]},
-            "data": {"train_file": str(train), **preset["data"]},
+            "data": {"train_file": str(train), **val_keys, **preset["data"]},
             "train": {
                 "max_steps": steps,
                 "save_every": steps,
                 "log_every": max(1, steps // 10),
+                "eval_every": max(1, steps // 10) if val else 0,
                 **preset["train"],
             },
             "distributed": {"num_workers": 1, "cpus_per_worker": 2},
@@ -148,7 +162,11 @@ class Recipe:
     def __init__(self, args):
         self.t0 = time.time()
         self.args = args
-        self.preset = PRESETS[args.model]
+        self.preset = json.loads(json.dumps(PRESETS[args.model]))
+        if args.lr:
+            self.preset["train"]["lr"] = args.lr
+        if args.lora_r:
+            self.preset["lora"] |= {"r": args.lora_r, "alpha": 2 * args.lora_r}
         self.out = Path(args.out).resolve()
         self.out.mkdir(parents=True, exist_ok=True)
         self.data = Path(args.data).resolve()
@@ -173,6 +191,11 @@ class Recipe:
         dev = spert.read_spert(find_split(self.data, "dev"), types)
         self.dev, _ = self.instructions(dev, "test", opts)
         _write(self.out / "dev.jsonl", self.dev)
+        self.val = None
+        n_eval = self.preset["eval_rows"]
+        if n_eval:  # the first dev sentences with their gold answers, for eval_exact
+            self.val = self.out / "dev.answers.jsonl"
+            _write(self.val, self.instructions(dev[:n_eval], "train", opts)[0])
         self.n_train = len(train)
         print(
             f"[conll04] {len(train)} train and {len(dev)} dev sentences from {self.data}; "
@@ -248,7 +271,7 @@ class Recipe:
         steps = self.steps()
         print(f"[conll04] LoRA fine-tuning on Ray Train: {steps} steps", flush=True)
         t = time.time()
-        result = run(_train_config(self.model, self.train, self.out, self.preset, steps))
+        result = run(_train_config(self.model, self.train, self.val, self.out, self.preset, steps))
         self.ckpt = result.checkpoint.path
         self.timings["fine-tuning"] = time.time() - t
         self.n_steps = steps
@@ -351,6 +374,8 @@ def main(argv=None) -> int:
     ap.add_argument("--model", choices=tuple(PRESETS), default="smollm2")
     ap.add_argument("--epochs", type=float, help="passes over train (default: the preset's)")
     ap.add_argument("--steps", type=int, help="fine-tuning steps (instead of --epochs)")
+    ap.add_argument("--lr", type=float, help="learning rate (default: the preset's)")
+    ap.add_argument("--lora-r", type=int, help="LoRA rank, alpha = 2·r (default: the preset's)")
     ap.add_argument(
         "--zero-shot", type=int, help="dev sentences scored zero-shot (default: the preset's)"
     )
