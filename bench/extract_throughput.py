@@ -7,12 +7,20 @@ the same model and prompts:
   (c) kgc's engine alone (continuous batching + shared prefix + drafts: forced text and
       lookup, verified);
   (d) kgc on Ray Data (`run_extract`, 1 actor), the same documents as a raw corpus;
+  (e) vLLM offline: one `LLM.generate` call on the same token ids, budgets and answer
+      grammar (`VLLMEngine`, loaded first, timed after loading like (c));
+  (f) kgc on Ray Data with the vLLM engine (`engine.type: vllm`), as (d);
 
 plus an ablation of (c): each of shared prefix, continuous batching, forced-text drafts
 (jump-forward) and lookup drafts alone and in combination. Every row also prints `same`: the share of answers equal to (b)'s.
 
     python bench/extract_throughput.py --model smollm2 [--rows 64] [--a-rows 8] [--batch-size 16]
     python bench/extract_throughput.py --model tiny --rows 24 --a-rows 4   # smoke run
+    .venv-vllm/bin/python bench/extract_throughput.py --model smollm2 --no-ablation  # + (e), (f)
+
+(e) and (f) run where vllm imports (.venv-vllm: make venv-vllm; there the HF cases run on its
+transformers release too) and print `c/e` and `d/f`; elsewhere they are skipped, saying so.
+vLLM compiles its model at start (≈ 2 min on CPU, not timed); `--vllm-eager` skips that.
 
 Prompts: IEPile SPO test instructions (English, all three relations in one instruction) of
 the demo's documents (examples/demo: held-out first, then training documents as needed),
@@ -84,9 +92,19 @@ def timed(
     return len(recs) / (time.perf_counter() - t0), answers
 
 
-def ray_data(model: str, recs: list[dict], tmp: Path, batch: int, max_new: int, threads: int):
-    """(d): the documents as a raw corpus through `run_extract`; answers matched back to the
-    records by text and relations."""
+def ray_data(
+    model: str,
+    recs: list[dict],
+    tmp: Path,
+    batch: int,
+    max_new: int,
+    threads: int,
+    engine: dict | None = None,
+    name: str = "out",
+):
+    """(d), (f): the documents as a raw corpus through `run_extract` (`engine`: extra
+    engine settings, e.g. type vllm); answers matched back to the records by text and
+    relations."""
     import ray
 
     from jobs.demo import BOUNDS, _extract_config, corpus_answers
@@ -102,8 +120,8 @@ def ray_data(model: str, recs: list[dict], tmp: Path, batch: int, max_new: int, 
     try:
         cfg = _extract_config(
             tmp,
-            "out",
-            {"model": model},
+            name,
+            {"model": model, **(engine or {})},
             {"max_new_tokens": max_new, "batch_size": batch},
             input={"path": str(corpus), "id_field": "id"},
             schema=str(DEMO / "schema.json"),
@@ -119,7 +137,29 @@ def ray_data(model: str, recs: list[dict], tmp: Path, batch: int, max_new: int, 
         summary = run_extract(cfg, progress=False)
     finally:
         ray.shutdown()
-    return summary["rows"] / summary["seconds"], corpus_answers(tmp / "out", recs)
+    return summary["rows"] / summary["seconds"], corpus_answers(tmp / name, recs)
+
+
+def vllm_missing() -> str | None:
+    """Why (e) and (f) cannot run here, or None."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return "vllm is not installed (make venv-vllm; run with .venv-vllm/bin/python)"
+    return None
+
+
+def vllm_offline(model: str, recs: list[dict], max_new: int, eager: bool, kv_gib: float):
+    """(e): rows/s of one `LLM.generate` call (after loading), tokens made, answers."""
+    from kgc.modeling.vllm_engine import VLLMEngine
+
+    engine = VLLMEngine(model, dtype="fp32", enforce_eager=eager, kv_cache_gib=kv_gib)
+    try:
+        rate, answers = timed(engine, recs, max_new, jump=False)
+        tokens = sum(engine.last_token_counts or [])
+    finally:
+        engine.close()
+    return rate, tokens, answers
 
 
 def main() -> None:
@@ -130,6 +170,9 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=208)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-ablation", action="store_true")
+    ap.add_argument("--no-vllm", action="store_true", help="skip (e) and (f)")
+    ap.add_argument("--vllm-eager", action="store_true", help="(e), (f): no torch.compile")
+    ap.add_argument("--vllm-kv-gib", type=float, default=2.0, help="(e), (f): KV cache, GiB")
     add_model_arg(ap, "smollm2")
     args = ap.parse_args()
 
@@ -168,17 +211,46 @@ def main() -> None:
             model, recs, tmp, args.batch_size, args.max_new_tokens, args.threads
         )
         results.append(("(d) kgc on Ray Data (1 actor)", d, d_answers))
+        why_not = "--no-vllm" if args.no_vllm else vllm_missing()
+        e = f = None
+        if why_not:
+            print(f"  (e), (f) skipped: {why_not}", flush=True)
+        else:
+            e, e_tokens, e_answers = vllm_offline(
+                model, recs, args.max_new_tokens, args.vllm_eager, args.vllm_kv_gib
+            )
+            print(f"  (e) vLLM offline: {e:.3f} rows/s  {e * e_tokens / len(recs):.1f} "
+                  f"tokens/s ({e_tokens} answer tokens)", flush=True)  # fmt: skip
+            results.append(("(e) vLLM offline LLM.generate", e, e_answers))
+            vllm = {"type": "vllm", "enforce_eager": args.vllm_eager,
+                    "kv_cache_gib": args.vllm_kv_gib}  # fmt: skip
+            f, f_answers = ray_data(model, recs, tmp, args.batch_size, args.max_new_tokens,
+                                    args.threads, vllm, "out-vllm")  # fmt: skip
+            results.append(("(f) kgc on Ray Data, vLLM engine (1 actor)", f, f_answers))
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(model)  # answer tokens, counted alike for all
+
+    def tokens_per_s(rate, answers):
+        if answers is None:
+            return "-"
+        n = sum(len(tok(x, add_special_tokens=False)["input_ids"]) for x in answers)
+        return f"{rate * n / len(answers):.1f}"
 
     def same(answers):
         if answers is None:
             return "   -"
         return f"{100 * sum(x == y for x, y in zip(answers, b_answers)) / len(b_answers):5.1f} %"
 
-    print(f"\n{'path':<54} {'rows/s':>8} {'×(b)':>6} {'same as (b)':>12}")
+    print(f"\n{'path':<54} {'rows/s':>8} {'tokens/s':>9} {'×(b)':>6} {'same as (b)':>12}")
     for name, rate, answers in results:
-        print(f"{name:<54} {rate:8.3f} {rate / b:6.2f} {same(answers):>12}")
+        print(f"{name:<54} {rate:8.3f} {tokens_per_s(rate, answers):>9} {rate / b:6.2f} "
+              f"{same(answers):>12}")  # fmt: skip
     print(f"\nc/a = {c / a:.1f}x   c/b = {c / b:.2f}   d/b = {d / b:.2f}   "
           f"same (d) = {same(d_answers).strip()}   (target: d/b ≥ 1.5, same ≥ 99 %)")  # fmt: skip
+    if e is not None and f is not None:
+        print(f"c/e = {c / e:.2f}   d/f = {d / f:.2f}   same (e) = {same(e_answers).strip()}   "
+              f"same (f) = {same(f_answers).strip()}   (goal: c/e ≥ 1.5)")  # fmt: skip
 
 
 if __name__ == "__main__":

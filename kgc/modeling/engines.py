@@ -67,6 +67,8 @@ def build_engine(
             gpu_memory_utilization=e.gpu_memory_utilization,
             max_model_len=e.max_model_len,
             dtype=vllm_dtype or e.dtype,
+            enforce_eager=e.enforce_eager,
+            kv_cache_gib=e.kv_cache_gib,
         )
     raise KgcError(f"engine.type={e.type!r} is unknown; use hf, vllm or openai")
 
