@@ -44,8 +44,8 @@ PUBLISHED = (
 PRESETS = {
     "smollm2": {
         "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all"},
-        "train": {"batch_size": 8, "lr": 1e-3, "warmup_ratio": 0.05, "shared_prefix": True},
-        "epochs": 2.0,
+        "train": {"batch_size": 8, "lr": 2e-3, "warmup_ratio": 0.05, "shared_prefix": True},
+        "epochs": 3.0,
         "split_num": -1,  # every relation in one instruction
         "data": {"max_source_length": 320, "cutoff_len": 480, "max_target_length": 160},
         "batch_size": 32,
@@ -309,7 +309,7 @@ class Recipe:
 
     def report(self, test: dict | None) -> None:
         labels = list(self.schema.roles)
-        head = f"  {'model':<44} {'sent.':>5} {'P':>6} {'R':>6} {'F1':>6}  " + " ".join(
+        head = f"  {'model':<54} {'sent.':>5} {'P':>6} {'R':>6} {'F1':>6}  " + " ".join(
             f"{x[:10]:>10}" for x in labels
         )
         print(f"\n[conll04] strict relation scores ({TASK}, micro; per relation F1)")
@@ -320,7 +320,7 @@ class Recipe:
             per = rep.get("by_label", {}).get("triple", {})
             cells = " ".join(f"{per[x]['f1']:10.3f}" if x in per else f"{'-':>10}" for x in labels)
             print(
-                f"  {name:<44} {rep['sentences']:5d} {s['precision']:6.3f} "
+                f"  {name:<54} {rep['sentences']:5d} {s['precision']:6.3f} "
                 f"{s['recall']:6.3f} {s['f1']:6.3f}  {cells}"
             )
 
@@ -329,7 +329,7 @@ class Recipe:
         if test is not None:
             line("test, tuned", {**test, "sentences": test["records"]})
         for name, f1 in PUBLISHED:
-            print(f"  {'test, published: ' + name:<44} {'':>5} {'':>6} {'':>6} {f1:6.3f}")
+            print(f"  {'test, published: ' + name:<54} {'':>5} {'':>6} {'':>6} {f1:6.3f}")
         print(
             "[conll04] times: "
             + ", ".join(f"{k} {v:.0f} s" for k, v in self.timings.items())
