@@ -285,7 +285,6 @@ class Recipe:
     def test(self, path: str) -> dict | None:
         """Predictions for a SpERT test file; its strict scores when it has gold relations."""
         from kgc import spert
-        from kgc.io import write_jsonl_atomic
         from kgc.sampling import SamplingOptions
 
         t = time.time()
@@ -296,7 +295,7 @@ class Recipe:
         print(f"[conll04] test: {len(sentences)} sentences from {path}", flush=True)
         outputs = answers(self.engine, records, self.preset)
         pred = self.out / "test.predictions.jsonl"
-        write_jsonl_atomic(pred, [{**r, "output": o} for r, o in zip(records, outputs)])
+        _write(pred, [{**r, "output": o} for r, o in zip(records, outputs)])
         self.timings["test"] = time.time() - t
         print(f"[conll04] wrote {pred}", flush=True)
         if not any(s.relations for s in sentences):
