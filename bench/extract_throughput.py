@@ -107,7 +107,8 @@ def ray_data(
     relations."""
     import ray
 
-    from jobs.demo import BOUNDS, _extract_config, corpus_answers
+    from jobs.demo import BOUNDS, extract_config
+    from kgc.extract import answers_for_records
     from kgc.runtime.extract import run_extract
 
     corpus = tmp / "corpus.jsonl"
@@ -118,7 +119,7 @@ def ray_data(
     ray.init(num_cpus=threads, _node_ip_address="127.0.0.1", include_dashboard=False,
              log_to_driver=False)  # fmt: skip
     try:
-        cfg = _extract_config(
+        cfg = extract_config(
             tmp,
             name,
             {"model": model, **(engine or {})},
@@ -137,7 +138,7 @@ def ray_data(
         summary = run_extract(cfg, progress=False)
     finally:
         ray.shutdown()
-    return summary["rows"] / summary["seconds"], corpus_answers(tmp / name, recs)
+    return summary["rows"] / summary["seconds"], answers_for_records(tmp / name, recs)
 
 
 def vllm_missing() -> str | None:

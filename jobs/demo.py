@@ -81,7 +81,12 @@ def prepare_model(kind: str, out: Path) -> str:
     return str(prepare(DEFAULT_MODEL))
 
 
-def _extract_config(out: Path, name: str, engine: dict, preset: dict, **data):
+def extract_config(out: Path, name: str, engine: dict, preset: dict, **data):
+    """The demo's extraction config (`ExtractConfig`), also bench case (d)'s: SPO in
+    English, the HF engine at the preset's `batch_size` and `max_new_tokens` (`engine`
+    adds to or overrides its settings), one actor of 1.5 CPUs, JSONL rows under
+    `out/name` — which is removed first: the demo always extracts afresh. `data`: any other
+    `ExtractConfig` keys (input, schema, chunk, generation…), over these."""
     from kgc.config import ExtractConfig, load_config
 
     shutil.rmtree(out / name, ignore_errors=True)  # the demo always extracts afresh
@@ -127,26 +132,6 @@ def generate(engine, records: list[dict], preset: dict, constrained: bool) -> li
     return engine.generate(
         [r["instruction"] for r in records], GenerationSettings(max_new_tokens=limit), schemas
     )
-
-
-def _key(instruction: str) -> tuple:
-    inst = json.loads(instruction)
-    return inst["input"], tuple(s["predicate"] for s in inst["schema"])
-
-
-def corpus_answers(corpus_dir: Path, records: list[dict]) -> list[str]:
-    """The extraction job's answer for each held-out record, matched by its text and
-    relations (the job built the same instructions from the raw document, one chunk each)."""
-    from kgc.shards import read_rows
-
-    by_key = {}
-    for row in read_rows(corpus_dir):
-        if row["chunk_index"] != 0:
-            raise SystemExit(
-                f"document {row['doc_id']} was split into chunks; raise chunk.max_tokens"
-            )
-        by_key[_key(row["instruction"])] = row["output"]
-    return [by_key[_key(r["instruction"])] for r in records]
 
 
 def score(records: list[dict], answers: list[str], out: Path) -> dict:
@@ -298,12 +283,13 @@ class Demo:
     def extract_corpus(self) -> dict:
         """The "tuned constrained" row comes from the real job: the held-out documents as a
         raw corpus, chunked, extracted on a Ray Data actor pool, merged per document."""
+        from kgc.extract import answers_for_records
         from kgc.runtime.extract import run_extract
 
         name = "tuned constrained"
         print(f"[demo] {name}: extracting the held-out corpus on Ray Data", flush=True)
         t = time.time()
-        cfg = _extract_config(
+        cfg = extract_config(
             self.out,
             "corpus",
             {"checkpoint": self.ckpt},
@@ -321,7 +307,8 @@ class Demo:
             },
         )
         corpus = run_extract(cfg, progress=False)
-        answers = corpus_answers(self.out / "corpus", self.records)
+        # the job built the same instructions from the raw documents, one chunk each
+        answers = answers_for_records(self.out / "corpus", self.records)
         pred = self.out / "predictions-tuned-constrained.jsonl"
         self.table.append(
             {**_row(name, score(self.records, answers, pred)), "docs": len(self.records)}

@@ -141,6 +141,20 @@ class DistributedConfig(_Strict):
     cpus_per_worker: float = Field(1.0, gt=0)
 
 
+def local_folder(value: str, key: str, why: str, example: str) -> str:
+    """`value` if it is a path; a URI (s3://…, gs://…, file://…) is refused naming `key`, why
+    kgc needs a folder there and the fix. An output folder is written and read back with
+    local file I/O (os.replace, Path.mkdir), which would turn `s3://bucket/x` into a local
+    folder named "s3:" and write nothing to the bucket: refused, not misread."""
+    if "://" in value:
+        raise ValueError(
+            f"{value!r} is a URI; {why}: mount the bucket or a shared volume (NFS, a "
+            "ReadWriteMany PersistentVolumeClaim, Mountpoint for S3, gcsfuse) and set "
+            f"{key} to its path, e.g. {example}"
+        )
+    return value
+
+
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -168,16 +182,14 @@ class RunSpec(_Strict):
     @classmethod
     def _local_folder(cls, v: str) -> str:
         # Ray Train itself takes s3://… here, but kgc reads the run folder back with local
-        # file I/O (metrics.jsonl, resume manifests, the checkpoint to restore), so a URI
-        # would become a local folder named "s3:" on each node: refused, not misread.
-        if "://" in v:
-            raise ValueError(
-                f"{v!r} is a URI; kgc needs a folder every node mounts (its metrics, resume "
-                "manifests and checkpoints are read back as local files): mount the bucket "
-                "or a shared volume (NFS, a ReadWriteMany PersistentVolumeClaim, Mountpoint "
-                "for S3, gcsfuse) and set run.storage_path to its path, e.g. /data/runs"
-            )
-        return v
+        # file I/O (metrics.jsonl, resume manifests, the checkpoint to restore)
+        return local_folder(
+            v,
+            "run.storage_path",
+            "kgc needs a folder every node mounts (its metrics, resume manifests and "
+            "checkpoints are read back as local files)",
+            "/data/runs",
+        )
 
 
 class FinetuneConfig(_Strict):
@@ -271,8 +283,19 @@ class WorkersConfig(_Strict):
 
 
 class OutputConfig(_Strict):
-    path: str
+    path: str  # a folder (input.path may be a URI; outputs may not: `local_folder`)
     format: Literal["parquet", "jsonl"] = "parquet"
+
+    @field_validator("path")
+    @classmethod
+    def _local_folder(cls, v: str) -> str:
+        return local_folder(
+            v,
+            "output.path",
+            "kgc writes the rows as shards by atomic renames (each row exactly once) and "
+            "reads them back to resume, merge and score, with local file I/O",
+            "/data/out/extract",
+        )
 
 
 CONTINUOUS_CALL_ROWS = 4  # rows per actor call, in engine batches (continuous HF engine)

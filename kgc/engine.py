@@ -9,7 +9,8 @@ for IEPile, the instruction JSON string) or a list of chat messages.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -138,6 +139,70 @@ def as_messages(prompt: Prompt, system: str | None = None) -> list[Message]:
         msgs = [{"role": "system", "content": system}] if system else []
         return msgs + [{"role": "user", "content": prompt}]
     return list(prompt)
+
+
+def prompt_chars(prompt: Prompt) -> int | None:
+    """Characters of a prompt's text (a message's content, a raw prompt's text), None if it
+    is not a prompt."""
+    if isinstance(prompt, str):
+        return len(prompt)
+    if isinstance(prompt, dict):
+        raw = prompt.get("raw")
+        return len(raw) if isinstance(raw, str) else None
+    if isinstance(prompt, list):
+        parts = [m.get("content") if isinstance(m, dict) else None for m in prompt]
+        return sum(len(c) for c in parts if isinstance(c, str))
+    return None
+
+
+@dataclass(frozen=True)
+class PromptRoom:
+    """The prompt tokens that fit one decode of an engine (`prompt_room`): the model's
+    context less the answer's budget, or a configured cap, whichever is smaller (on a tie,
+    the cap). Callers name the limits in their own settings' words."""
+
+    tokens: int  # prompt tokens that fit (below 1: none)
+    capped: bool  # the cap is the limit, not the context
+    context: int | None  # the model's context (tokens), where the engine knows it
+    source: str  # where the context comes from (the engine's `context_source`), or ""
+    engine: Any
+
+    def count(self, prompt: Prompt) -> int:
+        """The prompt's tokens, as the engine encodes it (its chat template included)."""
+        return self.engine.prompt_tokens(prompt)
+
+    def at_least(self, prompt: Prompt) -> int | None:
+        """Without tokenizing: a lower bound of the prompt's tokens when its characters alone
+        prove it does not fit (more than twice the vocabulary's longest token × the room),
+        else None. An 89k-token prompt is refused before it costs a tokenizer pass."""
+        per = getattr(self.engine, "max_token_chars", None)
+        chars = prompt_chars(prompt)
+        if isinstance(per, int) and chars is not None and chars > 2 * per * self.tokens:
+            return chars // (2 * per)
+        return None
+
+
+def prompt_room(
+    engine: Any, max_new_tokens: int, max_prompt_tokens: int | None
+) -> PromptRoom | None:
+    """How many prompt tokens fit `engine` with an answer budget of `max_new_tokens` and a
+    cap `max_prompt_tokens` (None: the context alone), checked before a prompt joins a
+    decode (batch extraction's rows, Serve's requests): a prompt past the context fails or
+    runs out of memory mid-batch. None when the engine cannot count a prompt's tokens
+    (`prompt_tokens`) or neither limit is known (`context_tokens`, the cap)."""
+    context = getattr(engine, "context_tokens", None)
+    if getattr(engine, "prompt_tokens", None) is None or (
+        context is None and max_prompt_tokens is None
+    ):
+        return None
+    rooms = []  # (prompt tokens that fit, 0 for the cap: it wins a tie)
+    if max_prompt_tokens is not None:
+        rooms.append((max_prompt_tokens, 0))
+    if context is not None:
+        rooms.append((context - max_new_tokens, 1))
+    tokens, which = min(rooms)
+    source = getattr(engine, "context_source", "") or ""
+    return PromptRoom(tokens, which == 0, context, source, engine)
 
 
 def text_spans(text: str, max_words: int = 6) -> list[str]:

@@ -520,3 +520,36 @@ def iter_documents(out_dir: str) -> Iterator[dict]:
     with open(Path(out_dir) / DOCUMENTS, encoding="utf-8") as fh:
         for line in fh:
             yield json.loads(line)
+
+
+def _asks(instruction: str) -> tuple[str, str]:
+    """What an instruction asks: its input text and its schema (canonical JSON)."""
+    inst = json.loads(instruction)
+    schema = json.dumps(inst.get("schema"), ensure_ascii=False, sort_keys=True)
+    return inst.get("input", ""), schema
+
+
+def answers_for_records(out_dir: str | Path, records: list[dict]) -> list[str]:
+    """The answer an extraction (`out_dir`) gave to each IEPile record, in the records'
+    order: the row whose instruction asks the same (input text and schema), so a raw
+    corpus extracted by the job can be scored against annotated records of its documents
+    (the demo's "tuned constrained" row, bench case (d)). Each document must have been one
+    chunk, and each record must have its row: else a KgcError naming the fix."""
+    from kgc.shards import read_rows
+
+    by_key = {}
+    for row in read_rows(out_dir):
+        if row["chunk_index"] != 0:
+            raise KgcError(
+                f"document {row['doc_id']} of {out_dir} was split into chunks, so its rows "
+                "cannot be matched to whole-document records: raise chunk.max_tokens"
+            )
+        by_key[_asks(row["instruction"])] = row["output"]
+    missing = [i for i, r in enumerate(records) if _asks(r["instruction"]) not in by_key]
+    if missing:
+        raise KgcError(
+            f"{len(missing)} of {len(records)} records (the first: record {missing[0]}) have "
+            f"no row in {out_dir} asking the same input text and schema: extract the same "
+            "documents with the same schema and split_num"
+        )
+    return [by_key[_asks(r["instruction"])] for r in records]

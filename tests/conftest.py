@@ -144,7 +144,8 @@ class LocalModelHandle:
 def local_serve_api(settings: dict, engine=None):
     """The Serve app's FastAPI app in this process: an IngressServer over a ModelServer with
     `engine` (None: the engine the settings describe)."""
-    from serve.app import IngressServer, ModelServer, create_api
+    from serve.ingress import IngressServer, create_api
+    from serve.model import ModelServer
 
     model = ModelServer(settings, engine=engine)
     return create_api(IngressServer(LocalModelHandle(model), settings))

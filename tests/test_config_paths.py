@@ -356,3 +356,23 @@ def test_train_check_from_outside_the_repository(tmp_path, tiny_llama):
     assert r.returncode == 0, r.stderr
     assert f"kgc train: {config} is valid" in r.stderr
     assert re.search(r"\b6 records: longest prompt \d+ tokens", r.stderr), r.stderr  # measured
+
+
+@pytest.mark.parametrize("uri", ["s3://bucket/out", "gs://bucket/out", "file:///data/out"])
+def test_an_output_uri_is_refused_naming_the_key_the_value_and_the_fix(tmp_path, uri):
+    """kgc writes outputs with local file I/O: `output.path: s3://bucket/out` used to become
+    a local folder `s3:/bucket/out` (extraction) and nothing reached the bucket."""
+    cfg = {"task": "NER", "input": {"path": "s3://bucket/in/"}, "engine": {"model": "m"}}
+    refused = r"output\.path.*{}.* is a URI.*mount the bucket.*set output\.path to its path"
+    with pytest.raises(KgcError, match=refused.format(re.escape(repr(uri)))):
+        load_config(None, [], data={**cfg, "output": {"path": uri}}, schema=ExtractConfig)
+    with pytest.raises(KgcError, match=refused.format(re.escape(repr(uri)))):
+        load_config(
+            None,
+            [],
+            data={"input": {"paths": [str(tmp_path)]}, "output": {"path": uri}},
+            schema=GraphConfig,
+        )
+    # the input stays a URI (read through pyarrow); a local output folder is fine
+    ok = load_config(None, [], data={**cfg, "output": {"path": "out"}}, schema=ExtractConfig)
+    assert ok.input.path == "s3://bucket/in/"

@@ -384,14 +384,14 @@ def _static(c: DocCommand, words: list[str]) -> None:
 
 
 def _static_curl(c: DocCommand, words: list[str]) -> None:
-    """The route exists in serve/app.py, the body is a valid request for it, the model it
+    """The route exists in serve/ingress.py (create_api), the body is a valid request for it, the model it
     names is in serve/config.yaml."""
     from kgc.serving import ExtractRequest, split_model_name
 
     url = next(w for w in words[1:] if re.match(r"(https?://)?127\.0\.0\.1:\d+/", w))
     route = "/" + url.split("/", 3 if url.startswith("http") else 1)[-1]
-    app = (ROOT / "serve" / "app.py").read_text(encoding="utf-8")
-    assert f'"{route}"' in app, f"{c.doc}:{c.line}: serve/app.py has no route {route}"
+    routes = (ROOT / "serve" / "ingress.py").read_text(encoding="utf-8")
+    assert f'"{route}"' in routes, f"{c.doc}:{c.line}: serve/ingress.py has no route {route}"
     if "-d" not in words:
         return
     body = json.loads(words[words.index("-d") + 1])

@@ -386,3 +386,32 @@ def test_full_finetune_checkpoint_loads_its_trained_weights(tiny_llama, tmp_path
     merged = export_model(str(ckpt), str(tmp_path / "merged"))
     assert tuned != base
     assert tuned == HFEngine(str(merged), batch_size=4).generate(prompts, gen)
+
+
+def test_answers_for_records_match_by_input_and_schema(tmp_path):
+    """An extraction's rows matched back to IEPile records (the demo's "tuned constrained"
+    row, bench case (d)): by input text and schema, in the records' order; a chunked
+    document or a record without its row is a KgcError naming the fix."""
+    from kgc.extract import answers_for_records
+    from kgc.rows import ROW_FIELDS
+    from kgc.shards import SHARDS, write_shard
+
+    def inst(text: str, schema: list) -> str:
+        return json.dumps({"instruction": "…", "schema": schema, "input": text})
+
+    asks = [("Ann was born in Rome.", ["born_in"]), ("Ann was born in Rome.", ["works_for"])]
+    asks.append(("Bo works for Acme.", ["works_for"]))
+    records = [{"instruction": inst(t, s)} for t, s in reversed(asks)]
+    rows = []
+    for i, (t, s) in enumerate(asks):
+        row = dict.fromkeys(ROW_FIELDS, "")
+        row.update(id=f"r{i}", doc_id=f"d{i}", chunk_index=0, output=f"answer {i}")
+        rows.append({**row, "instruction": inst(t, s)})
+    (tmp_path / SHARDS).mkdir()
+    write_shard(tmp_path / SHARDS, rows, "jsonl")
+    assert answers_for_records(tmp_path, records) == ["answer 2", "answer 1", "answer 0"]
+    with pytest.raises(KgcError, match=r"1 of 2 records .*no row .*same input text and schema"):
+        answers_for_records(tmp_path, [records[0], {"instruction": inst("Cy", ["born_in"])}])
+    write_shard(tmp_path / SHARDS, [{**rows[0], "id": "r9", "chunk_index": 1}], "jsonl")
+    with pytest.raises(KgcError, match=r"document d0 .*split into chunks.*chunk\.max_tokens"):
+        answers_for_records(tmp_path, records)

@@ -455,7 +455,7 @@ def test_the_rayservice_keys_readiness_and_upgrades():
         "NewClusterWithIncrementalUpgrade",
     }
     key_var = _serve_config(svc)["applications"][0]["args"]["api_keys_env"]
-    app = (ROOT / "serve" / "app.py").read_text(encoding="utf-8")
+    routes = (ROOT / "serve" / "ingress.py").read_text(encoding="utf-8")  # create_api
     for group, pod in pod_specs(cluster_spec(svc)):
         for c in pod["containers"]:
             (env,) = [e for e in c["env"] if e["name"] == key_var]
@@ -465,7 +465,9 @@ def test_the_rayservice_keys_readiness_and_upgrades():
                 continue
             probe = c["readinessProbe"]["httpGet"]
             assert probe["port"] == _serve_config(svc)["http_options"]["port"]
-            assert f'api.get("{probe["path"]}")' in app, f"serve/app.py has no {probe['path']}"
+            assert f'api.get("{probe["path"]}")' in routes, (
+                f"serve/ingress.py has no {probe['path']}"
+            )
         for c in pod["containers"]:  # no key written in a manifest
             assert all("valueFrom" in e and "value" not in e for e in c["env"]), group
 

@@ -226,7 +226,8 @@ def test_concurrent_requests_join_the_running_decode(tiny_llama):
     from kgc.engine import GenerationSettings, bounded
     from kgc.modeling.hf_engine import HFEngine
     from kgc.tasks import get
-    from serve.app import ModelServer, resolved_settings
+    from serve.app import resolved_settings
+    from serve.model import ModelServer
 
     settings = resolved_settings({"model": str(tiny_llama), "auth_disabled": True})
     server = ModelServer(settings)

@@ -175,7 +175,7 @@ def test_health_models_and_auth(monkeypatch):
 
 
 def test_no_keys_and_auth_on_is_refused_at_start(monkeypatch):
-    from serve.app import IngressServer
+    from serve.ingress import IngressServer
 
     monkeypatch.delenv("KGC_API_KEYS", raising=False)
     with pytest.raises(KgcError, match="KGC_API_KEYS"):
@@ -514,7 +514,7 @@ def test_large_response_schema_is_refused_before_compiling():
 
 # ----------------------------------------------------------------------------- the model side
 def _server(engine, **settings):
-    from serve.app import ModelServer
+    from serve.model import ModelServer
 
     return ModelServer({**SETTINGS, **settings}, engine=engine)
 
@@ -576,14 +576,15 @@ def test_requests_arriving_together_start_together():
 
 def test_model_deployment_takes_an_injected_engine(monkeypatch):
     import serve.app as app
+    import serve.model as model
 
     def no_build(s):
         raise AssertionError("the engine was given")
 
-    monkeypatch.setattr(app, "engine_from_settings", no_build)
+    monkeypatch.setattr(model, "engine_from_settings", no_build)
     engine = FakeEngine()
-    assert app.ModelServer(SETTINGS, engine=engine).engine is engine
-    assert issubclass(app.ModelDeployment.func_or_class, app.ModelServer)
+    assert model.ModelServer(SETTINGS, engine=engine).engine is engine
+    assert issubclass(app.ModelDeployment.func_or_class, model.ModelServer)
     assert app.ModelDeployment.name == "ModelDeployment" and app.Ingress.name == "Ingress"
 
 
@@ -664,7 +665,8 @@ def test_lost_replica_is_503_and_failures_cancel_the_rest():
     from fastapi import HTTPException
     from ray.exceptions import ActorDiedError
 
-    from serve.app import IngressServer, _gather_or_cancel, call_model, create_api
+    from serve.calls import call_model, gather_or_cancel
+    from serve.ingress import IngressServer, create_api
 
     class Response:
         def __init__(self, fail=False, delay=0.0):
@@ -684,7 +686,7 @@ def test_lost_replica_is_503_and_failures_cancel_the_rest():
 
     calls = [Response(delay=5), Response(fail=True), Response(delay=5)]
     with pytest.raises(ActorDiedError):
-        asyncio.run(_gather_or_cancel(calls))
+        asyncio.run(gather_or_cancel(calls))
     assert calls[0].cancelled and calls[2].cancelled
 
     class Lost:
@@ -725,7 +727,7 @@ class StreamingEngine(FakeEngine):
 
 
 def test_model_stream_sends_pieces_before_the_answer_ends():
-    from serve.app import ModelServer
+    from serve.model import ModelServer
 
     engine = StreamingEngine(wait_first=True)
 

@@ -32,14 +32,15 @@ def settings(tiny_llama):
 
 @pytest.fixture(scope="module")
 def server(settings):
-    from serve.app import ModelServer
+    from serve.model import ModelServer
 
     return ModelServer(settings)
 
 
 def _client(server, **extra) -> TestClient:
     """The app over `server`'s engine, with settings changed by `extra`."""
-    from serve.app import IngressServer, ModelServer, create_api
+    from serve.ingress import IngressServer, create_api
+    from serve.model import ModelServer
 
     settings = {**server.s.model_dump(mode="json"), **extra}
     model = server if not extra else ModelServer(settings, engine=server.engine)
@@ -141,6 +142,43 @@ def test_prompt_plus_budget_is_measured_against_the_context(server):
         assert "at most 50 fit: limits.max_prompt_tokens 50" in r.json()["detail"]
 
 
+@pytest.mark.parametrize("cap", [None, 50, 70, 80])
+def test_serve_and_batch_extraction_refuse_the_same_prompts(cap):
+    """One prompt-size check (`kgc.engine.prompt_room`) for both: for every prompt length,
+    a Serve request and a batch-extraction row are refused alike, and name the same limit,
+    the smaller one (a context of 100 less a budget of 30, against a cap of 50, 70 (a tie:
+    the cap), 80, or none). Before, batch extraction named the cap whenever the prompt
+    passed it, even where the context was the smaller limit (cap 80, 90 tokens)."""
+    from types import SimpleNamespace
+
+    from kgc.runtime.extract import ExtractUDF
+    from serve.model import ModelServer
+
+    class Counting:  # a token per character, a context of 100 tokens
+        model_id, context_tokens, context_source = "counting", 100, "a test"
+
+        def prompt_tokens(self, prompt: str) -> int:
+            return len(prompt)
+
+    server = ModelServer(
+        {"auth_disabled": True, "limits": {"max_prompt_tokens": cap}}, engine=Counting()
+    )
+    udf = ExtractUDF.__new__(ExtractUDF)  # its engine check only: no model loaded
+    udf.engine = Counting()
+    udf.cfg = SimpleNamespace(engine=SimpleNamespace(max_prompt_tokens=cap))
+    udf.gen = SimpleNamespace(max_new_tokens=30)
+    for n in range(40, 101, 5):
+        served = asyncio.run(server._prompt_problem("x" * n, 30))
+        (row,) = udf._too_long(["x" * n])
+        assert (served is None) == (row is None), (n, served, row)
+        if served is not None:
+            assert served["status"] == 413
+            capped = "limits.max_prompt_tokens" in served["error"]
+            assert capped == ("engine.max_prompt_tokens" in row), (n, served, row)
+            assert capped != ("the model's context" in row), (n, row)
+            assert n > (cap if capped else 70), (n, served)
+
+
 # ------------------------------------------------------- item 4: a client that leaves
 def test_a_cancelled_request_leaves_the_running_decode(server, monkeypatch):
     """Two requests with budgets of 1,000 tokens (the tiny model never ends them early), one
@@ -206,7 +244,8 @@ def test_usage_counts_the_generated_token_ids(server, continuous):
     adds up its splits' ids."""
     from kgc.engine import GenerationSettings
     from kgc.modeling.hf_engine import HFEngine
-    from serve.app import IngressServer, ModelServer, create_api
+    from serve.ingress import IngressServer, create_api
+    from serve.model import ModelServer
 
     engine = server.engine if continuous else HFEngine(server.s.model, continuous=False)
     model = ModelServer(server.s.model_dump(mode="json"), engine=engine)

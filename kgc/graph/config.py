@@ -17,7 +17,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from kgc.config import ExtractConfig, _Strict
+from kgc.config import ExtractConfig, _Strict, local_folder
 
 EXPORTS = ("neo4j", "turtle", "graphml", "html")  # nodes.jsonl / edges.jsonl: always
 # the scalar node properties every export carries (Neo4j, GraphML, the HTML view)
@@ -46,6 +46,13 @@ class GraphInput(_Strict):
 
 class GraphOutput(_Strict):
     path: str
+
+    @field_validator("path")
+    @classmethod
+    def _local_folder(cls, v: str) -> str:
+        return local_folder(
+            v, "output.path", "kgc writes the graph's files with local file I/O", "/data/out/graph"
+        )
 
 
 class CanonicalConfig(_Strict):

@@ -236,30 +236,32 @@ class ExtractUDF:
     def _too_long(self, prompts: list[str]) -> list[str | None]:
         """Per prompt, None or why it is not generated: its tokens and the answer's budget
         (generation.max_new_tokens) exceed the model's context, or its tokens exceed
-        engine.max_prompt_tokens. Such a prompt would fail or run out of memory mid-batch;
-        measured before generating, it is a named row error and the rest of the batch runs."""
-        count = getattr(self.engine, "prompt_tokens", None)
-        context = getattr(self.engine, "context_tokens", None)
-        source = getattr(self.engine, "context_source", "") or "its context"
+        engine.max_prompt_tokens (`kgc.engine.prompt_room`, the check Serve makes too;
+        the smaller limit is named). Such a prompt would fail or run out of memory
+        mid-batch; measured before generating, it is a named row error and the rest of the
+        batch runs."""
+        from kgc.engine import prompt_room
+
         cap, budget = self.cfg.engine.max_prompt_tokens, self.gen.max_new_tokens
-        if count is None or (context is None and cap is None):
+        room = prompt_room(self.engine, budget, cap)
+        if room is None:
             return [None] * len(prompts)
         out: list[str | None] = []
         for p in prompts:
-            n = count(p)
-            if cap is not None and n > cap:
+            n = room.count(p)
+            if n <= room.tokens:
+                out.append(None)
+            elif room.capped:
                 out.append(
                     f"{TOO_LONG}: {n} prompt tokens > engine.max_prompt_tokens {cap}; lower "
                     "chunk.max_tokens (or split_num) or raise engine.max_prompt_tokens"
                 )
-            elif context is not None and n + budget > context:
+            else:
                 out.append(
                     f"{TOO_LONG}: {n} prompt tokens + generation.max_new_tokens {budget} > "
-                    f"{context}, the model's context ({source}); lower chunk.max_tokens (or "
-                    "split_num) or generation.max_new_tokens"
+                    f"{room.context}, the model's context ({room.source or 'its context'}); "
+                    "lower chunk.max_tokens (or split_num) or generation.max_new_tokens"
                 )
-            else:
-                out.append(None)
         return out
 
     def _compiles(self, schema: dict | None) -> str | None:
