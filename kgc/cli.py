@@ -1,5 +1,5 @@
 """The `kgc` command line (an entry point: it may reach every layer): `kgc convert`, `eval`,
-`train`, `export`, `extract`, `serve`, `tiny-model`, `model prepare|list`, and the feature
+`train`, `export`, `extract`, `serve`, `review`, `tiny-model`, `model prepare|list`, and the feature
 packages' own commands `graph`, `pipeline`, `icl` (added by their `add_commands`).
 
 Exit status: 0 on success, 2 on bad input (every problem printed to stderr with file, line
@@ -246,6 +246,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser("serve", help="run the Ray Serve app (task API + OpenAI-compatible API)")
     sv.add_argument("--config", required=True, help="a Serve config (see serve/config.yaml)")
+
+    rv = sub.add_parser(
+        "review",
+        help="review an extraction in the browser: accept, fix, add facts (docs/review.md)",
+    )
+    rv.add_argument("dir", help="a `kgc extract` output folder")
+    rv.add_argument(
+        "--corrections",
+        help="the corrections file (DeepKE raw RE JSONL; default DIR/corrections.jsonl)",
+    )
+    rv.add_argument("--schema", help="an IEPile schema file: its relations (default: the rows')")
+    rv.add_argument("--host", default="127.0.0.1", help="beyond 127.0.0.1 only with API keys")
+    rv.add_argument("--port", type=int, default=8765)
+    rv.add_argument(
+        "--api-keys-env",
+        default="KGC_API_KEYS",
+        help="environment variable with comma-separated API keys; set: the API asks for one",
+    )
 
     m = sub.add_parser("tiny-model", help="build a tiny random model + tokenizer (no download)")
     m.add_argument("--arch", choices=("llama", "qwen2"), default="llama")
@@ -654,6 +672,16 @@ def _cmd_serve(args) -> int:
     return subprocess.call([serve_bin, "run", str(config)], cwd=root)
 
 
+def _cmd_review(args) -> int:
+    from pathlib import Path
+
+    from kgc.review_app import run
+
+    corrections = args.corrections or str(Path(args.dir) / "corrections.jsonl")
+    run(args.dir, corrections, args.schema, args.host, args.port, args.api_keys_env)
+    return 0
+
+
 def _cmd_export(args) -> int:
     from kgc.modeling.export import export_model
 
@@ -712,6 +740,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tiny-model": _cmd_tiny,
         "extract": _cmd_extract,
         "serve": _cmd_serve,
+        "review": _cmd_review,
         "model": _cmd_model,
     }
     handler = getattr(args, "handler", None) or handlers[args.command]
