@@ -373,6 +373,8 @@ def test_an_output_uri_is_refused_naming_the_key_the_value_and_the_fix(tmp_path,
             data={"input": {"paths": [str(tmp_path)]}, "output": {"path": uri}},
             schema=GraphConfig,
         )
+    with pytest.raises(KgcError, match=r"output.*is a URI.*set output to its path"):
+        load_icl_config(None, data={"mode": "llmicl", "output": uri})
     # the input stays a URI (read through pyarrow); a local output folder is fine
     ok = load_config(None, [], data={**cfg, "output": {"path": "out"}}, schema=ExtractConfig)
     assert ok.input.path == "s3://bucket/in/"

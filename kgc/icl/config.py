@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from kgc.config import local_folder
 from kgc.errors import KgcError, Problem
 from kgc.icl import MODES
 
@@ -144,6 +145,14 @@ class IclConfig(_Strict):
     augment: AugmentConfig = AugmentConfig()
     fewshot_re: FewshotReConfig = FewshotReConfig()
     codekgc: CodeKgcConfig = CodeKgcConfig()
+
+    @field_validator("output")
+    @classmethod
+    def _local_folder(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        why = "kgc writes predictions.jsonl and summary.json there with local file I/O"
+        return local_folder(v, "output", why, "/data/out/icl")
 
 
 def load_icl_config(
