@@ -73,7 +73,8 @@ class ServeSettings(BaseModel):
     """serve/config.yaml `args`: the model, adapters, batching, limits, auth."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
-    # hf: CPU/GPU, named LoRA adapters, P-Tuning; vllm: GPU only, one model (+ one LoRA)
+    # hf: CPU/GPU, named LoRA adapters, P-Tuning; vllm: a CUDA GPU (replica_gpus ≥ 1) or
+    # vLLM's CPU build (replica_gpus: 0, .venv-vllm), named LoRA adapters
     engine: Literal["hf", "vllm"] = "hf"
     model: str | None = None  # base model directory
     checkpoint: str | None = None  # or a kgc checkpoint (base + adapter + chat format)
@@ -85,6 +86,10 @@ class ServeSettings(BaseModel):
     tensor_parallel_size: int = Field(1, ge=1)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     max_model_len: int | None = Field(None, ge=16)
+    # vllm: skip torch.compile at start (faster start, slower decode); KV cache in GiB (CPU
+    # build; None: 2 GiB there, unless VLLM_CPU_KVCACHE_SPACE says), as engine.* in extraction
+    enforce_eager: bool = False
+    kv_cache_gib: float | None = Field(None, gt=0)
     # hf: 4/8-bit weights (bitsandbytes), as extraction's engine.quantization
     quantization: QuantConfig | None = None
     name: str = "kgc"  # model name clients use for the base model
@@ -103,7 +108,8 @@ class ServeSettings(BaseModel):
     api_key_sha256: list[str] = []
     auth_disabled: bool = False  # only for local use
     replica_cpus: float = Field(1.0, gt=0)  # CPUs per replica (fractional is fine)
-    replica_gpus: float = Field(0.0, ge=0)  # GPUs per model replica (vllm needs ≥ 1)
+    # GPUs per model replica (vllm: 0 runs vLLM's CPU build, else ≥ 1 whole GPUs)
+    replica_gpus: float = Field(0.0, ge=0)
     max_ongoing_requests: int = Field(64, ge=1)
     # requests waiting for the model beyond this → 429 with Retry-After (-1: unbounded)
     max_queued_requests: int = Field(256, ge=-1)
@@ -117,17 +123,32 @@ class ServeSettings(BaseModel):
 
 def check_engine(s: ServeSettings) -> None:
     """Settings the chosen engine cannot serve, as one clear error."""
-    if s.engine == "vllm" and s.replica_gpus < 1:
-        raise KgcError("engine: vllm runs on a CUDA GPU: set replica_gpus: 1 (or use engine: hf)")
+    if s.engine == "vllm" and 0 < s.replica_gpus < 1:
+        raise KgcError(
+            f"replica_gpus: {s.replica_gpus} with engine: vllm: vLLM takes whole GPUs; set "
+            "replica_gpus: 1 (a CUDA GPU) or 0 (vLLM's CPU build, .venv-vllm)"
+        )
+    if s.engine == "vllm" and s.replica_gpus == 0 and s.tensor_parallel_size > 1:
+        raise KgcError(
+            f"tensor_parallel_size: {s.tensor_parallel_size} with replica_gpus: 0: vLLM's CPU "
+            "build serves one model copy per replica; set tensor_parallel_size: 1 (more "
+            "copies: num_replicas), or give the replica GPUs"
+        )
+    if s.engine == "vllm" and s.replica_gpus and s.replica_gpus < s.tensor_parallel_size:
+        raise KgcError(
+            f"replica_gpus: {s.replica_gpus} is fewer than tensor_parallel_size: "
+            f"{s.tensor_parallel_size}: set replica_gpus to the GPUs one model copy needs"
+        )
     if s.engine == "vllm" and s.quantization is not None:
         raise KgcError(
             "quantization (bitsandbytes) is for engine: hf; for vllm serve a pre-quantized "
             "model (AWQ, GPTQ) or remove quantization"
         )
-    if s.engine == "vllm" and (s.adapters or s.adapter_dir):
+    if s.engine == "vllm" and s.adapter and (s.adapters or s.adapter_dir):
         raise KgcError(
-            "engine: vllm serves one model (optionally with `adapter:` or a kgc "
-            "`checkpoint:`); named adapters (`adapters`, `adapter_dir`) need engine: hf"
+            f"adapter: {s.adapter!r} with named adapters (adapters, adapter_dir) on engine: "
+            "vllm: vLLM applies one LoRA per request; merge the base adapter first (kgc "
+            "export) and serve the merged model, or use engine: hf"
         )
 
 
@@ -145,6 +166,8 @@ def engine_config(s: ServeSettings) -> EngineConfig:
         tensor_parallel_size=s.tensor_parallel_size,
         gpu_memory_utilization=s.gpu_memory_utilization,
         max_model_len=s.max_model_len,
+        enforce_eager=s.enforce_eager,
+        kv_cache_gib=s.kv_cache_gib,
         quantization=s.quantization,
         **({"dtype": s.dtype} if s.dtype else {}),
     )

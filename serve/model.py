@@ -29,14 +29,26 @@ def _failure(exc: BaseException) -> dict:
 
 def engine_from_settings(s: ServeSettings) -> Any:
     """The engine a model replica serves with, from kgc's one engine factory: HF (named LoRA
-    adapters, LRU-bounded) or vLLM. Defined above the deployment classes that use it (a Serve
-    requirement: docs/architecture.md, "Serving")."""
+    adapters, LRU-bounded) or vLLM's async engine (named LoRA adapters through vLLM's
+    multi-LoRA, its slots sized for the largest rank among the adapters known at start).
+    Defined above the deployment classes that use it (a Serve requirement:
+    docs/architecture.md, "Serving")."""
     from kgc.modeling.engines import build_engine
-    from kgc.serving import engine_config
+    from kgc.serving import engine_config, known_models
 
+    rank = None
+    if s.engine == "vllm" and (s.adapters or s.adapter_dir):
+        from kgc.modeling.vllm_engine import largest_lora_rank
+
+        names = [m.split(":", 1)[1] for m in known_models(s)[1:]]
+        rank = largest_lora_rank(p for n in names if (p := resolve_adapter(n, s)))
     vllm_dtype = None if s.dtype else "auto"  # no dtype set: vLLM keeps the model's own
     return build_engine(
-        engine_config(s), max_loaded_adapters=s.max_loaded_adapters, vllm_dtype=vllm_dtype
+        engine_config(s),
+        max_loaded_adapters=s.max_loaded_adapters,
+        vllm_dtype=vllm_dtype,
+        serving=True,
+        named_lora_rank=rank,
     )
 
 
@@ -91,6 +103,9 @@ class ModelServer:
         # the HF engine's continuous path: requests join the running batch as they arrive
         # (no batching windows); other engines: Serve's @serve.batch windows
         self.continuous = bool(getattr(self.engine, "serves_continuously", False))
+        # vLLM's async engine: each request is its own generate stream, batched by vLLM's
+        # scheduler (neither the engine thread nor @serve.batch)
+        self.asynchronous = bool(getattr(self.engine, "serves_async", False))
         self._lock = threading.Lock()
         self._waiting: deque[_Pending] = deque()
         self._draining = False
@@ -154,6 +169,21 @@ class ModelServer:
         else:
             p, c = count(item[1], text) if count is not None else (0, 0)
             c = c if tokens is None else tokens
+        return {"text": text, "prompt_tokens": p, "completion_tokens": c}
+
+    async def _generate_async(self, item: tuple, on_text=None) -> dict:
+        """One request on an async engine (vLLM's): its result with its usage, or its
+        failure. Cancelling the caller aborts the request in the engine."""
+        from kgc.engine import GenerationSettings
+
+        adapter, prompt, max_new, schema = item
+        named = (adapter, resolve_adapter(adapter, self.s)) if adapter else None
+        try:
+            text, p, c = await self.engine.generate_async(
+                prompt, GenerationSettings(max_new_tokens=max_new), schema, named, on_text
+            )
+        except Exception as exc:  # noqa: BLE001 - the request's own failure, as its result
+            return _failure(exc)
         return {"text": text, "prompt_tokens": p, "completion_tokens": c}
 
     async def generate_batched(self, item: tuple) -> dict:
@@ -257,6 +287,8 @@ class ModelServer:
         if problem is not None:
             return problem
         item = (adapter, prompt, max_new_tokens, schema)
+        if self.asynchronous:
+            return await self._generate_async(item)
         if self.continuous:
             return await self._submit(item)
         return await self.generate_batched(item)
@@ -383,13 +415,21 @@ class ModelServer:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         end = object()
-        streams = self.continuous or "on_text" in inspect.signature(self.engine.generate).parameters
+        streams = (
+            self.asynchronous
+            or self.continuous
+            or "on_text" in inspect.signature(self.engine.generate).parameters
+        )
 
         def on_text(_i: int, piece: str) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, piece)
 
         item = (adapter, prompt, max_new_tokens, schema)
-        if self.continuous:  # joins the running batch, pieces as its tokens are chosen
+        if self.asynchronous:  # vLLM's own stream: pieces as vLLM detokenizes them
+            call = asyncio.ensure_future(
+                self._generate_async(item, lambda piece: on_text(0, piece))
+            )
+        elif self.continuous:  # joins the running batch, pieces as its tokens are chosen
             call = asyncio.ensure_future(self._submit(item, lambda piece: on_text(0, piece)))
         else:
             call = loop.run_in_executor(

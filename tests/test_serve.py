@@ -208,13 +208,19 @@ def test_engine_settings_are_checked_before_replicas_start():
     from serve.app import build_app
 
     base = {"model": "/models/x", "auth_disabled": True}
-    with pytest.raises(KgcError, match="replica_gpus: 1"):
-        build_app({**base, "engine": "vllm"})
-    with pytest.raises(KgcError, match="named adapters"):
-        build_app({**base, "engine": "vllm", "replica_gpus": 1, "adapters": {"a": "/x"}})
+    with pytest.raises(KgcError, match="whole GPUs"):
+        build_app({**base, "engine": "vllm", "replica_gpus": 0.5})
+    with pytest.raises(KgcError, match="tensor_parallel_size: 2 with replica_gpus: 0"):
+        build_app({**base, "engine": "vllm", "tensor_parallel_size": 2})
+    with pytest.raises(KgcError, match="one LoRA per request"):
+        build_app({**base, "engine": "vllm", "adapter": "/a", "adapters": {"b": "/x"}})
     app = build_app({**base, "engine": "vllm", "replica_gpus": 1})
     gen = app._bound_deployment.init_args[0]._bound_deployment
     assert gen.ray_actor_options["num_gpus"] == 1
+    # replica_gpus: 0 is vLLM's CPU build (.venv-vllm), with named adapters
+    app = build_app({**base, "engine": "vllm", "adapters": {"a": "/x"}})
+    gen = app._bound_deployment.init_args[0]._bound_deployment
+    assert "num_gpus" not in gen.ray_actor_options
 
 
 def test_concurrent_requests_join_the_running_decode(tiny_llama):

@@ -889,3 +889,81 @@ def test_constrained_budget_below_the_shortest_answer_is_422():
         r = c.post(CHAT, json={**VALID, "max_tokens": 3, "response_format": fmt})
         assert r.status_code == 422 and "at least 12" in r.text
     assert len(engine.calls) == 1
+
+
+# ------------------------------------------------------------- an async engine (vLLM's)
+class AsyncFakeEngine:
+    """Stands in for AsyncVLLMEngine: one awaitable call per request, its pieces reported
+    as they are made; no batch `generate` (the replica must not use it). Records the
+    requests running at once, the adapters (name, path) it was given, and cancellations."""
+
+    serves_async = True
+
+    def __init__(self):
+        self.running = self.most = 0
+        self.adapters: list = []
+        self.cancelled = 0
+
+    def generate(self, *_a, **_k):
+        raise AssertionError("an async engine is not called in batches")
+
+    async def generate_async(self, prompt, config, schema=None, adapter=None, on_text=None):
+        self.running += 1
+        self.most = max(self.most, self.running)
+        self.adapters.append(adapter)
+        try:
+            text = _text(prompt)
+            if "坏" in text:
+                raise KgcError("a request the engine refuses")
+            answer = f"答：{text}"
+            for ch in answer:
+                await asyncio.sleep(0.01 if "慢" not in text else 0.5)
+                if on_text is not None:
+                    on_text(ch)
+            return answer, 7, len(answer)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.running -= 1
+
+
+def test_an_async_engine_serves_each_request_as_its_own_call():
+    """On an async engine (vLLM's) the replica awaits one engine call per request, all at
+    once (neither the engine thread nor batches), with the named adapter's (name, path);
+    the engine's counts are `usage`; a refused request fails alone; a stream is the
+    engine's pieces; a stream whose consumer leaves cancels its engine call."""
+    from serve.model import ModelServer
+
+    engine = AsyncFakeEngine()
+    msgs = [f"张{i}在北京。" for i in range(4)] + ["坏"]
+    reqs = [
+        (CHAT, {**VALID, "model": "kgc:ner" if i % 2 else "kgc", "messages": [
+            {"role": "user", "content": m}]}) for i, m in enumerate(msgs)
+    ]  # fmt: skip
+    got = asyncio.run(_concurrently(engine, reqs))
+    assert [r.status_code for r in got] == [200] * 4 + [422], [r.text for r in got]
+    assert engine.most == 5  # all in the engine at once
+    assert got[1].json()["choices"][0]["message"]["content"] == "答：张1在北京。"
+    assert got[0].json()["usage"] == {
+        "prompt_tokens": 7,
+        "completion_tokens": 8,
+        "total_tokens": 15,
+    }
+    assert ("ner", "/adapters/ner") in engine.adapters and None in engine.adapters
+
+    async def stream(text, leave_after=None):
+        server = ModelServer(SETTINGS, engine=engine)
+        pieces = []
+        gen = server.stream(None, text, 12, None)
+        async for item in gen:
+            pieces.append(item["text"])
+            if leave_after and len(pieces) == leave_after:
+                await gen.aclose()  # the client left
+                break
+        await asyncio.sleep(0.05)
+        return pieces
+
+    assert asyncio.run(stream("王五。")) == list("答：王五。")
+    assert asyncio.run(stream("慢慢来。", leave_after=1)) == ["答"]
+    assert engine.cancelled == 1 and engine.running == 0

@@ -136,3 +136,123 @@ def test_lora_checkpoint_through_vllm_answers_as_hf_and_peft(smollm2, spo, tmp_p
     # the base model's do; constrained ones differ) are not the base model's
     base = hf_answers({"model": smollm2}, prompts, schemas)
     assert share(vl[0] + vl[1], base[0] + base[1]) < 1, base
+
+
+SERVE_TOKENS = 16
+
+
+def _sse(lines) -> tuple[list[str], list[str]]:
+    """(the content pieces, every data line) of a streamed chat answer."""
+    data = [x[6:] for x in lines if x.startswith("data: ")]
+    pieces = []
+    for d in data[:-1]:
+        delta = json.loads(d)["choices"][0].get("delta", {})
+        if delta.get("content"):
+            pieces.append(delta["content"])
+    return pieces, data
+
+
+def test_serve_on_vllm_cpu_answers_chat_stream_extract_and_adapters(local_ray, smollm2, tmp_path):
+    """`kgc serve`'s app (serve.app:build_app) on local Ray with `engine: vllm` and
+    `replica_gpus: 0` (vLLM's CPU build, its async engine): chat as the HF engine answers
+    it, a streamed answer (several SSE chunks, then [DONE]) equal to the plain one, raw
+    completions, `/v1/extract` and a response_format answer constrained to their schemas,
+    `usage` as the model read the prompt, and a named LoRA adapter answering otherwise."""
+    import os
+
+    import httpx
+    import jsonschema
+    from ray import serve
+
+    from kgc.engine import GenerationSettings
+    from kgc.modeling.hf_engine import HFEngine
+    from serve.app import build_app
+    from tests.conftest import SERVE_KEY, _free_port
+    from tests.support.lora import random_lora_checkpoint
+
+    lora = random_lora_checkpoint(smollm2, tmp_path / "ckpt") / "model"
+    os.environ["KGC_VLLM_TEST_KEYS"] = SERVE_KEY
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = {
+        "engine": "vllm",
+        "model": smollm2,
+        "dtype": "fp32",
+        "enforce_eager": True,
+        "kv_cache_gib": 0.5,
+        "adapters": {"rnd": str(lora)},
+        "api_keys_env": "KGC_VLLM_TEST_KEYS",
+        "max_new_tokens": SERVE_TOKENS,
+        "replica_cpus": 0.5,
+        "batch_size": 4,
+        "constrained_max_text_chars": 20,
+        "constrained_max_list_items": 2,
+    }
+    try:
+        serve.run(build_app(args), name="kgc-vllm", route_prefix="/")
+        api = httpx.Client(
+            base_url=f"http://127.0.0.1:{port}",
+            headers={"Authorization": f"Bearer {SERVE_KEY}"},
+            timeout=300,
+        )
+        prompt = "Name three colors."
+        chat = {"messages": [{"role": "user", "content": prompt}], "max_tokens": SERVE_TOKENS}
+        r = api.post("/v1/chat/completions", json={**chat, "model": "kgc"})
+        assert r.status_code == 200, r.text
+        base = r.json()
+        text = base["choices"][0]["message"]["content"]
+        hf = HFEngine(smollm2)
+        assert text == hf.generate([prompt], GenerationSettings(max_new_tokens=SERVE_TOKENS))[0]
+        use = base["usage"]
+        assert use["prompt_tokens"] == hf.prompt_tokens(prompt)
+        assert 0 < use["completion_tokens"] <= SERVE_TOKENS
+        assert use["total_tokens"] == use["prompt_tokens"] + use["completion_tokens"]
+        # streamed: several chunks as vLLM decodes, then [DONE]; the same answer
+        with api.stream("POST", "/v1/chat/completions", json={**chat, "stream": True}) as s:
+            assert s.status_code == 200
+            pieces, data = _sse(list(s.iter_lines()))
+        assert data[-1] == "[DONE]"
+        assert json.loads(data[-2])["choices"][0]["finish_reason"] == "stop"
+        assert len(pieces) > 2 and "".join(pieces) == text
+        # the named LoRA adapter (vLLM's multi-LoRA) answers otherwise; it is listed
+        assert "kgc:rnd" in [m["id"] for m in api.get("/v1/models").json()["data"]]
+        r = api.post("/v1/chat/completions", json={**chat, "model": "kgc:rnd"})
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"] != text
+        # raw completions
+        r = api.post("/v1/completions", json={"prompt": "Paris is the capital of", "max_tokens": 4})
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["text"] and r.json()["usage"]["completion_tokens"] > 0
+        # response_format: the answer parses and fits its schema
+        schema = {
+            "type": "object",
+            "properties": {"colors": {"type": "array", "items": {"type": "string", "maxLength": 12},
+                                      "maxItems": 3}},
+            "required": ["colors"],
+            "additionalProperties": False,
+        }  # fmt: skip
+        fmt = {"type": "json_schema", "json_schema": {"name": "c", "schema": schema}}
+        r = api.post(
+            "/v1/chat/completions", json={**chat, "max_tokens": 64, "response_format": fmt}
+        )
+        assert r.status_code == 200, r.text
+        jsonschema.validate(json.loads(r.json()["choices"][0]["message"]["content"]), schema)
+        # /v1/extract, constrained: every split's answer parses into records
+        body = {
+            "task": "NER",
+            "language": "en",
+            "schema": ["person", "city"],
+            "texts": ["John Smith was born in Boston.", "Mary Jones works in Chicago."],
+            "constrained": True,
+            "max_new_tokens": 96,
+        }
+        r = api.post("/v1/extract", json=body)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert [x["text"] for x in out["results"]] == body["texts"]
+        assert all(not x["errors"] for x in out["results"]), out
+        assert all(rec["entity_type"] in ("person", "city")
+                   for x in out["results"] for rec in x["records"])  # fmt: skip
+        assert out["usage"]["prompt_tokens"] > 0 and out["usage"]["completion_tokens"] > 0
+    finally:
+        serve.shutdown()

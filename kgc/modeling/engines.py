@@ -18,13 +18,21 @@ if TYPE_CHECKING:
 
 
 def build_engine(
-    e: EngineConfig, *, max_loaded_adapters: int | None = None, vllm_dtype: str | None = None
+    e: EngineConfig,
+    *,
+    max_loaded_adapters: int | None = None,
+    vllm_dtype: str | None = None,
+    serving: bool = False,
+    named_lora_rank: int | None = None,
 ) -> Engine:
     """The engine `e` describes, loaded.
 
-    `max_loaded_adapters` (hf): named LoRA adapters kept loaded at once (Serve; None: the
-    engine's default). `vllm_dtype` (vllm) overrides `e.dtype`; "auto" is the model's own
-    dtype, what Serve, which has no dtype setting, has always used."""
+    `max_loaded_adapters`: named LoRA adapters kept loaded at once (Serve; None: the
+    engine's default; vllm: its `max_loras`). `vllm_dtype` (vllm) overrides `e.dtype`;
+    "auto" is the model's own dtype, what Serve, which has no dtype setting, has always
+    used. `serving` (vllm): vLLM's async engine (`AsyncVLLMEngine`: a request at a time,
+    continuously batched by vLLM, `e.batch_size` sequences at once) instead of its offline
+    batch engine; `named_lora_rank`: it serves named LoRA adapters up to this rank."""
     if e.type == "hf":
         from kgc.modeling.hf_engine import HFEngine
 
@@ -57,9 +65,18 @@ def build_engine(
             max_retries=e.max_retries,
         )
     if e.type == "vllm":
-        from kgc.modeling.vllm_engine import VLLMEngine
+        from kgc.modeling.vllm_engine import AsyncVLLMEngine, VLLMEngine
 
-        return VLLMEngine(
+        served = (
+            dict(
+                max_num_seqs=e.batch_size,
+                named_lora_rank=named_lora_rank,
+                max_loras=max_loaded_adapters or 1,
+            )
+            if serving
+            else {}
+        )
+        return (AsyncVLLMEngine if serving else VLLMEngine)(
             _model(e),
             adapter=e.adapter,
             checkpoint=e.checkpoint,
@@ -69,6 +86,7 @@ def build_engine(
             dtype=vllm_dtype or e.dtype,
             enforce_eager=e.enforce_eager,
             kv_cache_gib=e.kv_cache_gib,
+            **served,
         )
     raise KgcError(f"engine.type={e.type!r} is unknown; use hf, vllm or openai")
 

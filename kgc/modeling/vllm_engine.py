@@ -33,6 +33,9 @@ VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 CPU_KV_CACHE_GIB = 2.0
 CPU_KV_ENV = "VLLM_CPU_KVCACHE_SPACE"  # GiB, vLLM's own setting for its CPU build
 GRAMMARS_KEPT = 256  # answer grammars (EBNF text) kept per engine, least recently used dropped
+# named adapters' LoRARequests remembered (an id each); one dropped and asked again gets a new
+# id, and vLLM drops the old one from its own LRU
+LORAS_KEPT = 1024
 
 
 def lora_slot(rank: int, adapter: str) -> int:
@@ -62,6 +65,9 @@ def lora_rank(adapter: str) -> int:
 
 
 class VLLMEngine:
+    """vLLM's offline `LLM.generate` (batch extraction); `AsyncVLLMEngine` is the same setup
+    on vLLM's async engine (Serve)."""
+
     def __init__(
         self,
         model: ModelConfig | str | None = None,
@@ -74,9 +80,14 @@ class VLLMEngine:
         dtype: str = "auto",
         enforce_eager: bool = False,
         kv_cache_gib: float | None = None,
+        max_num_seqs: int | None = None,
+        named_lora_rank: int | None = None,
+        max_loras: int = 1,
     ):
+        """`max_num_seqs`: sequences decoded at once (None: vLLM's default).
+        `named_lora_rank`: LoRA adapters chosen per request (`lora_request`), up to this rank
+        (rounded up to a vLLM slot), `max_loras` of them loaded at once; None: none."""
         try:
-            from vllm import LLM
             from vllm.platforms import current_platform
         except ImportError:
             raise KgcError(
@@ -87,6 +98,12 @@ class VLLMEngine:
         from kgc.checkpoint import trained_weights
         from kgc.modeling.hf_engine import PromptEncoder, resolve_engine_model
 
+        if current_platform.is_unspecified():  # a CUDA build where no GPU is visible
+            raise KgcError(
+                "vLLM finds no device to run on: this is a GPU build of vLLM and no GPU is "
+                "visible here; give it a GPU (Serve: replica_gpus: 1; extraction: "
+                "workers.gpus_per_actor: 1), or run vLLM's CPU build (make venv-vllm)"
+            )
         if trained_weights(checkpoint) is not None:
             raise KgcError(
                 f"engine.checkpoint={checkpoint!r} is a full/freeze fine-tune: export it first "
@@ -101,41 +118,95 @@ class VLLMEngine:
             kv_cache_gib = CPU_KV_CACHE_GIB
         if kv_cache_gib is not None:  # (on CPU, VLLM_CPU_KVCACHE_SPACE still wins: vLLM's)
             extra["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
+        if max_num_seqs is not None:
+            extra["max_num_seqs"] = max_num_seqs
+        if adapter and named_lora_rank is not None:
+            raise KgcError(
+                f"vLLM applies one LoRA per request: the base adapter {adapter!r} (`adapter:` "
+                "or a LoRA `checkpoint:`) and named adapters together need engine: hf; or "
+                "merge the base adapter first (kgc export) and serve the merged model"
+            )
         if adapter:
             from vllm.lora.request import LoRARequest
 
             rank = lora_rank(adapter)
             extra.update(enable_lora=True, max_lora_rank=lora_slot(rank, adapter), max_loras=1)
             self.lora = LoRARequest("kgc-adapter", 1, str(adapter))
-        kw = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-        try:
-            self.llm = LLM(
-                model=str(cfg.path),
-                tokenizer=str(cfg.path),
-                dtype=kw.get(dtype, dtype),
-                tensor_parallel_size=tensor_parallel_size,
-                gpu_memory_utilization=gpu_memory_utilization,
-                max_model_len=max_model_len,
-                trust_remote_code=bool(getattr(cfg, "trust_remote_code", False)),
-                enforce_eager=enforce_eager,
-                **extra,
+        self.lora_slot = None  # named adapters: the largest rank served
+        if named_lora_rank is not None:
+            self.lora_slot = lora_slot(named_lora_rank, "named adapters")
+            extra.update(
+                enable_lora=True,
+                max_lora_rank=self.lora_slot,
+                max_loras=max_loras,
+                max_cpu_loras=max_loras,
             )
+        self._loras: dict[tuple[str, str], object] = {}  # (name, path) → LoRARequest
+        self._next_lora_id = 2  # 1 is the base adapter's
+        kw = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+        args = dict(
+            model=str(cfg.path),
+            tokenizer=str(cfg.path),
+            dtype=kw.get(dtype, dtype),
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            trust_remote_code=bool(getattr(cfg, "trust_remote_code", False)),
+            enforce_eager=enforce_eager,
+            **extra,
+        )
+        try:
+            self.llm = self._start(args)
         except Exception as exc:
-            if not adapter:
+            if not extra.get("enable_lora"):
                 raise
             where = "vLLM's CPU build" if self.on_cpu else "vLLM"
+            what = f"LoRA {adapter!r}" if adapter else "LoRA (named adapters)"
             raise KgcError(
-                f"{where} could not load engine.adapter/checkpoint LoRA {adapter!r} on "
-                f"{cfg.path}: {type(exc).__name__}: {exc}"[:800]
-                + "; use engine.type=hf for this adapter, or merge it first (kgc export)"
+                f"{where} could not load {cfg.path} with {what}: {type(exc).__name__}: {exc}"[:800]
+                + "; use engine: hf for adapters, or merge them first (kgc export)"
             ) from exc
         self.model_id = f"vllm:{cfg.path}" + (f"+{adapter}" if adapter else "")
         # what Serve measures a prompt + its budget against (vLLM's own context length)
-        engine_cfg = getattr(getattr(self.llm, "llm_engine", None), "model_config", None)
+        engine_cfg = getattr(self.llm, "model_config", None) or getattr(
+            getattr(self.llm, "llm_engine", None), "model_config", None
+        )
         self.context_tokens = getattr(engine_cfg, "max_model_len", None) or max_model_len
         self.context_source = "max_model_len"
         self.last_token_counts: list[int] | None = None  # token ids per answer, last call
         self._grammars: dict[str, str] = {}  # schema (JSON) → answer grammar, bounded
+
+    def _start(self, args: dict):
+        from vllm import LLM
+
+        return LLM(**args)
+
+    def lora_request(self, name: str, path: str | None):
+        """The LoRARequest of named adapter `name` at `path`: the same id for the same
+        (name, path) while it is remembered (vLLM keeps `max_loras` loaded, least recently
+        used dropped); its rank checked against the slot the engine started with."""
+        from vllm.lora.request import LoRARequest
+
+        if self.lora_slot is None:
+            raise KgcError(f"adapter {name!r}: this engine was started without named adapters")
+        if path is None:
+            raise KgcError(f"adapter {name!r} is unknown (no path)")
+        key = (name, str(path))
+        req = self._loras.pop(key, None)
+        if req is None:
+            rank = lora_rank(str(path))
+            if rank > self.lora_slot:
+                raise KgcError(
+                    f"adapter {name!r} has LoRA rank {rank}; this replica started with LoRA "
+                    f"slots of rank {self.lora_slot} (the largest rank among its adapters at "
+                    "start): restart the deployment so it sizes its slots for this adapter"
+                )
+            req = LoRARequest(name, self._next_lora_id, str(path))
+            self._next_lora_id += 1
+        self._loras[key] = req  # most recently used last
+        while len(self._loras) > LORAS_KEPT:
+            del self._loras[next(iter(self._loras))]
+        return req
 
     def compile_schema(self, schema: dict) -> str:
         """The answer grammar (EBNF) of `schema`, made once: batch extraction calls this
@@ -150,7 +221,12 @@ class VLLMEngine:
             del self._grammars[next(iter(self._grammars))]
         return grammar
 
-    def sampling_params(self, config: GenerationSettings, schema: dict | None):
+    def sampling_params(
+        self, config: GenerationSettings, schema: dict | None, *, stream: bool = False
+    ):
+        """vLLM's sampling parameters for `config`; `stream`: text pieces as they are
+        decoded (deltas), vLLM stopping at the chat format's stop strings itself (the batch
+        path cuts at them afterwards, as the HF engine does)."""
         from vllm import SamplingParams
 
         if config.num_beams > 1:
@@ -171,6 +247,11 @@ class VLLMEngine:
             from vllm.sampling_params import StructuredOutputsParams
 
             kw["structured_outputs"] = StructuredOutputsParams(grammar=self.compile_schema(schema))
+        if stream:
+            from vllm.sampling_params import RequestOutputKind
+
+            kw["stop"] = list(config.stop) + list(self.prompts.fmt.stop_strings()) or None
+            kw["output_kind"] = RequestOutputKind.DELTA
         return SamplingParams(**kw)
 
     def generate(
@@ -204,3 +285,70 @@ class VLLMEngine:
         return len(self.prompts.encode(prompt)), len(
             tok(text, add_special_tokens=False)["input_ids"]
         )
+
+
+class AsyncVLLMEngine(VLLMEngine):
+    """The same engine on vLLM's async engine (`AsyncLLM`), for Serve: each request is its
+    own `generate()` stream, and vLLM's scheduler batches the running requests continuously
+    (no kgc engine thread, no batching windows); named LoRA adapters per request
+    (`lora_request`); text pieces as vLLM detokenizes them."""
+
+    serves_async = True
+
+    def _start(self, args: dict):
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        return AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+
+    def generate(self, prompts, config, schemas=None) -> list[str]:
+        raise KgcError(
+            "the async vLLM engine (Serve) answers one request at a time: generate_async"
+        )
+
+    async def generate_async(
+        self,
+        prompt: Prompt,
+        config: GenerationSettings,
+        schema: dict | None = None,
+        adapter: tuple[str, str | None] | None = None,
+        on_text=None,
+    ) -> tuple[str, int, int]:
+        """One request: (answer, prompt tokens, generated token ids). `adapter`: (name,
+        path) of a named LoRA adapter, None for the base (or the engine's own adapter);
+        `on_text(piece)` is called with each piece of text as it is decoded. Cancelling the
+        awaiting task aborts the request in vLLM (its `generate` does on cancellation)."""
+        import uuid
+
+        ids = self.prompts.encode(prompt)
+        params = self.sampling_params(config, schema, stream=True)
+        lora = self.lora_request(*adapter) if adapter else self.lora
+        pieces: list[str] = []
+        tokens = 0
+        # kgc's token ids through vLLM's renderer (vLLM 0.32 deprecates raw prompts here)
+        (engine_input,) = await self.llm.renderer.render_cmpl_async([{"prompt_token_ids": ids}])
+        stream = self.llm.generate(engine_input, params, uuid.uuid4().hex, lora_request=lora)
+        async for out in stream:
+            answer = out.outputs[0]
+            tokens += len(answer.token_ids)
+            if answer.text:
+                pieces.append(answer.text)
+                if on_text is not None:
+                    on_text(answer.text)
+        return "".join(pieces), len(ids), tokens
+
+    def close(self) -> None:
+        self.llm.shutdown()
+
+
+def largest_lora_rank(paths) -> int:
+    """The largest LoRA rank among adapter folders (8 when none is LoRA): what an engine
+    serving them by name sizes its LoRA slots for. Folders that are not LoRA adapters are
+    skipped here; a request naming one is refused (`lora_rank`)."""
+    ranks = [8]
+    for path in paths:
+        try:
+            ranks.append(lora_rank(str(path)))
+        except (KgcError, OSError, ValueError):
+            continue
+    return max(ranks)
