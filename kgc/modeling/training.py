@@ -138,15 +138,21 @@ class TrainState:
 
 def load_tuned_model(cfg: FinetuneConfig):
     """The base model with the tuning method (adapter, frozen layers, …) applied, its frozen
-    weights in bf16 when `resolve_precision` says so."""
+    weights in bf16 when `resolve_precision` says so (with eager attention there, unless
+    `model.attn_implementation` says otherwise: torch's CPU SDPA kernel is slower in bf16
+    than in fp32, eager's bf16 matmuls are not; a step 1.3× faster, docs/demo.md)."""
+    bf16 = resolve_precision(cfg)[0] == "bf16"
+    spec = cfg.model
+    if bf16 and not spec.attn_implementation:
+        spec = spec.model_copy(update={"attn_implementation": "eager"})
     model = apply_method(
-        load_model(cfg.model),
+        load_model(spec),
         cfg.method,
         resolve_family(cfg.model),
         quantized=cfg.model.quantization is not None,
         gradient_checkpointing=cfg.model.gradient_checkpointing,
     )
-    if resolve_precision(cfg)[0] == "bf16":
+    if bf16:
         frozen_to_bf16(model)
     return model
 
@@ -194,23 +200,26 @@ def resolve_precision(cfg: FinetuneConfig, cpuinfo: str | None = None) -> tuple[
 
 
 def frozen_to_bf16(model) -> int:
-    """The frozen fp32 weights of `model`'s linear layers in bf16, in place; their count.
-    Trained weights stay fp32 (peft's LoRA layers cast their input to the adapter's dtype and
-    the sum back), and so do the embeddings (a tied LM head with them) and the norms: the
-    residual stream stays fp32. Run the model under `autocast("bf16")`, which multiplies
-    in bf16 (≈ 2.3× fp32 on AVX512_BF16) and keeps fp32 where torch's autocast lists say."""
+    """Every frozen floating-point weight of `model` in bf16, in place; their count.
+
+    As a model loaded in bf16 with fp32 adapters: the linears, the embeddings (a tied LM
+    head with them) and the norms are bf16, so activations and the residual stream are bf16
+    and no layer casts its input. Trained weights (LoRA A/B) stay fp32 for AdamW, and peft's
+    cast of a LoRA layer's input to the adapter's dtype is turned off: under
+    `autocast("bf16")` the adapter multiplies in bf16 too (its fp32 weights cast once per
+    forward) and its gradients land in fp32. Casting only the linears and keeping an fp32
+    residual stream was measured slower (casts before and after every matmul, LoRA in fp32,
+    ≈ 1.2× fp32 against ≈ 2×: docs/demo.md)."""
     import torch
 
-    embedding = model.get_input_embeddings()
-    keep = {id(p) for p in embedding.parameters()} if embedding is not None else set()
     n = 0
+    for p in model.parameters():
+        if not p.requires_grad and p.dtype == torch.float32:
+            p.data = p.data.to(torch.bfloat16)
+            n += 1
     for module in model.modules():
-        if not isinstance(module, torch.nn.Linear):
-            continue
-        for p in module.parameters(recurse=False):
-            if not p.requires_grad and p.dtype == torch.float32 and id(p) not in keep:
-                p.data = p.data.to(torch.bfloat16)
-                n += 1
+        if hasattr(module, "cast_input_dtype_enabled"):  # peft's tuner layers
+            module.cast_input_dtype_enabled = False
     return n
 
 
