@@ -45,8 +45,8 @@ PRESETS = {
         "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all"},
         "train": {"batch_size": 8, "lr": 3e-3, "warmup_ratio": 0.1, "shared_prefix": True},
         "steps": 64,
-        # bf16 training (train.precision auto on a CPU with AVX512_BF16/AMX) steps ≈ 2× as
-        # fast; 96 steps of it reach the F1 that 64 fp32 steps do (docs/demo.md)
+        # with --precision auto|bf16 (bf16 on a CPU with AVX512_BF16/AMX): steps ≈ 1.6× as
+        # fast, so 96 of them fit the time 64 fp32 steps take (held-out F1: docs/demo.md)
         "steps_bf16": 96,
         "workers": 1,
         "split_num": -1,  # relations per instruction (-1: all 3 in one)
@@ -425,9 +425,10 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--precision",
         choices=("auto", "fp32", "bf16"),
-        default="auto",
+        default="fp32",
         help="train.precision of the fine-tune (auto: bf16 where the CPU has AVX512_BF16/AMX, "
-        "≈ 2× faster, with the preset's steps_bf16 steps; fp32 elsewhere: docs/demo.md)",
+        "≈ 1.6× faster, with the preset's steps_bf16 steps; its held-out F1 varied 0.53-0.59 "
+        "between runs where fp32 gives 0.564: docs/demo.md)",
     )
     args = ap.parse_args(argv)
     from kgc.logs import quiet

@@ -123,11 +123,12 @@ class TrainConfig(_Strict):
     # prefill the prompt prefix that every row of a batch shares (chat header, instruction,
     # schema) once per batch instead of once per row: same loss and gradients, fewer tokens
     shared_prefix: bool = False
-    # LoRA on CPU: bf16 = frozen linear weights in bf16 and forwards under bf16 autocast
-    # (LoRA weights, gradients and AdamW state stay fp32); auto = bf16 where the CPU
-    # multiplies bf16 natively (AVX512_BF16 / AMX: ≈ 2.3× fp32 matmuls) for method lora with
-    # ddp and an fp32 model, fp32 elsewhere. Default fp32: in the demo bf16 trained 1.19×
-    # faster but reached held-out F1 0.455 against 0.564 (docs/demo.md)
+    # LoRA on CPU: bf16 = every frozen weight in bf16 (a bf16-loaded model), forwards under
+    # bf16 autocast, eager attention (LoRA weights, gradients and AdamW state stay fp32);
+    # auto = bf16 where the CPU multiplies bf16 natively (AVX512_BF16 / AMX: ≈ 2.3× fp32
+    # matmuls) for method lora with ddp and an fp32 model, fp32 elsewhere. Default fp32: in
+    # the demo bf16 steps ran 1.5-1.8× faster but held-out F1 moved 0.53-0.59 between runs
+    # against 0.564 (docs/demo.md)
     precision: Literal["auto", "fp32", "bf16"] = "fp32"
 
 

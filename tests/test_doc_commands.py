@@ -84,6 +84,8 @@ COMMANDS: dict[str, Check] = {
     # README.md
     "make demo": STATIC("≈25 min on 2 CPUs; tests/test_demo.py runs the chain on a tiny model"),
     "make test": STATIC("the whole test suite"),
+    "kgc review out/extract --schema examples/demo/schema.json": STATIC("a web app that runs until stopped; tests/test_review.py drives its API, tests/test_review_browser.py its page"),
+    "python -m jobs.review --corrections out/extract/corrections.jsonl --checkpoint CKPT --out out/review": STATIC(MINUTES + " and a checkpoint; tests/test_review_job.py runs the stages on a tiny model"),
     "kgc model prepare smollm2-135m-instruct": STATIC("≈40 s of conversion, once"),
     "kgc model prepare /models/mistral-7b.Q8_0.gguf": STATIC("a 7B model file"),
     "kgc model list": RUN(),
