@@ -8,7 +8,8 @@ from pathlib import Path
 CHOICES = ("tiny", "small", "smollm2")
 
 
-def add_model_arg(ap, default: str) -> None:
+def add_model_arg(ap, default: str | None) -> None:
+    """`--model`; a None default leaves the choice to the bench (by its mode)."""
     ap.add_argument(
         "--model",
         choices=CHOICES,
