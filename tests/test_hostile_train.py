@@ -4,6 +4,7 @@ someone else's Ray."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -387,6 +388,22 @@ def _sleeper(*args: str, **kw) -> subprocess.Popen:
     )
 
 
+def _started(p: subprocess.Popen, needle: str, timeout: float = 30) -> str:
+    """The command line of p once it shows needle. /proc can read a fresh process's cmdline
+    empty for a moment after exec (seen once in CI): wait for it rather than read it once."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert p.poll() is None, f"{p.args} exited with {p.returncode}"
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            line = subprocess.list2cmdline(psutil.Process(p.pid).cmdline())
+            if needle in line:
+                return line
+        assert time.monotonic() < deadline, f"{p.args}: cmdline never showed {needle!r}"
+        time.sleep(0.05)
+
+
 def test_stop_head_stops_its_own_processes_and_no_other_ray(tmp_path):
     """The fixture's teardown stops the head's process tree and whatever names its temp dir;
     another Ray instance (another temp dir, even one sharing a prefix, and processes with
@@ -407,6 +424,7 @@ def test_stop_head_stops_its_own_processes_and_no_other_ray(tmp_path):
     head = subprocess.Popen([sys.executable, "-c", tree], start_new_session=True)
     # ... plus a process of its session that is not its descendant
     stray = _sleeper(f"--session-dir={ours}/session_1")
+    _started(stray, f"{ours}/session_1")
     # another Ray on the host: its own temp dir (sharing a prefix with ours), Ray-like names
     other = [
         _sleeper(f"--temp-dir={ours}2", "default_worker.py", start_new_session=True),
@@ -417,7 +435,7 @@ def test_stop_head_stops_its_own_processes_and_no_other_ray(tmp_path):
 
     by_args = [kw for kw, by_name in RAY_PROCESSES if not by_name]
     for p in other:
-        line = subprocess.list2cmdline(psutil.Process(p.pid).cmdline())
+        line = _started(p, "--temp-dir=")
         assert any(kw in line for kw in by_args), line
     try:
         deadline = time.monotonic() + 30
