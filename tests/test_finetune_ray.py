@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from conftest import IEPILE  # noqa: E402
 from kgc.config import load_config  # noqa: E402
 from kgc.errors import KgcError  # noqa: E402
 from kgc.modeling.training import validate  # noqa: E402
-from kgc.runtime.train import run  # noqa: E402
+from kgc.runtime.train import allocator_env, run  # noqa: E402
 from tests.support import faults  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)
@@ -96,7 +97,11 @@ def test_killed_worker_resumes_from_last_checkpoint(
     assert re.search(r"step 8/8 .*ETA 0:00", err)
     run_dir = tmp_path / "crash"
     events = read_events(run_dir)
-    assert [e["step"] for e in events if e.get("event") == "start"] == [0, 3]
+    starts = [e for e in events if e.get("event") == "start"]
+    assert [e["step"] for e in starts] == [0, 3]
+    # glibc's allocator settings reached both attempts' workers (read at process start)
+    want = {k: os.environ.get(k, v) for k, v in allocator_env({}).items()}
+    assert all(e["malloc"] == want for e in starts), starts
     png = run_dir / "loss.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))

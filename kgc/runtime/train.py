@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import platform
 import sys
 import tempfile
 import time
@@ -52,8 +53,29 @@ from kgc.trainlog import (
     write_tensorboard,
 )
 
-
 # ----------------------------------------------------------------------------- driver
+# glibc's malloc at its defaults hands every freed activation back to the kernel: a thread's
+# arena (Train V2 runs the loop in a thread) can hold at most 64 MiB, so bigger tensors (the
+# logits) are mmap'd and unmapped each step, and the main heap is trimmed past 128 KiB free.
+# Each step then page-faults its activations in again: ~100k faults and a third of a second
+# of kernel time per step of the demo, and a first step 3x slower. One arena that keeps up to
+# 1 GiB freed and serves blocks up to 1 GiB from the heap removes that (bench/train_throughput.py).
+GLIBC_MALLOC_ENV = {
+    "MALLOC_ARENA_MAX": "1",
+    "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
+    "MALLOC_MMAP_THRESHOLD_": str(1 << 30),
+}
+
+
+def allocator_env(environ=os.environ) -> dict[str, str]:
+    """GLIBC_MALLOC_ENV for the train workers, where the C library is glibc (the variables are
+    read at process start, so they travel in the workers' runtime env); any the operator set
+    are left to theirs."""
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return {}
+    return {k: v for k, v in GLIBC_MALLOC_ENV.items() if k not in environ}
+
+
 def run(cfg: FinetuneConfig, *, ray_address: str | None = None):
     """Validate, then run (or resume) the Ray Train job; returns the ray.train.Result."""
     probs = validate(cfg)
@@ -76,6 +98,7 @@ def run(cfg: FinetuneConfig, *, ray_address: str | None = None):
         storage_path=str(storage),
         failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
+        worker_runtime_env={"env_vars": env} if (env := allocator_env()) else None,
     )
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -151,6 +174,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             "checkpoint": ckpt,
             "precision": precision,
             "precision_why": why,
+            "malloc": {k: os.environ[k] for k in GLIBC_MALLOC_ENV if k in os.environ},
         }
     )
     for step in range(start, steps):
