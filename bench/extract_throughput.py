@@ -69,37 +69,13 @@ def records(tmp: Path, rows: int) -> list[dict]:
     return out[:rows]
 
 
-def answer_schemas(recs: list[dict]) -> list[dict]:
-    """Each record's answer schema: the SPO shape of its relations, bounded and grounded in
-    its text as in `make demo` (also bench/serve_load.py --engines' response_format)."""
-    from jobs.demo import BOUNDS
-    from kgc.engine import bounded, grounded
-    from kgc.tasks import get
-
-    task = get("SPO")
-    schemas = []
-    for r in recs:
-        inst = json.loads(r["instruction"])
-        schemas.append(
-            grounded(bounded(task.output_schema(inst["schema"]), **BOUNDS), inst["input"])
-        )
-    return schemas
-
-
-def hf_engine(model: str, batch: int, continuous: bool = False, prefix_cache: bool = False):
-    """An HF engine; the defaults are (b)'s: plain batched `generate` (static, left-padded
-    batches), the reference `same` compares with (also bench/serve_load.py --engines' (P))."""
-    from kgc.modeling.hf_engine import HFEngine
-
-    return HFEngine(model, batch_size=batch, continuous=continuous, prefix_cache=prefix_cache)
-
-
 def timed(
     engine, recs: list[dict], max_new: int, jump: bool, lookup: int = 0
 ) -> tuple[float, list[str]]:
     """Rows/s and answers: constrained (SPO shape, bounded and grounded as in the demo),
     greedy, drafts of forced text (`jump`) and lookup drafts (`lookup` tokens) on or off
     (generation settings)."""
+    from jobs.demo import answer_schemas
     from kgc.engine import GenerationSettings
 
     schemas = answer_schemas(recs)
@@ -196,6 +172,8 @@ def main() -> None:
 
     import torch
 
+    from kgc.modeling.hf_engine import HFEngine
+
     torch.set_num_threads(args.threads)
     results: list[tuple[str, float, list[str] | None]] = []
     with tempfile.TemporaryDirectory() as t:
@@ -206,7 +184,7 @@ def main() -> None:
               f"max_new_tokens={args.max_new_tokens}", flush=True)  # fmt: skip
 
         def run(name, cont, prefix, jump, lookup, recs=recs, batch=args.batch_size):
-            eng = hf_engine(model, batch, cont, prefix)
+            eng = HFEngine(model, batch_size=batch, continuous=cont, prefix_cache=prefix)
             rate, answers = timed(eng, recs, args.max_new_tokens, jump, lookup)
             print(f"  {name}: {rate:.3f} rows/s  {eng.last_stats}", flush=True)
             return rate, answers

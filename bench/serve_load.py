@@ -557,7 +557,10 @@ def engines(args) -> None:
     """--engines: (P), then (A), (B) on one local Ray (one app at a time), then (C)."""
     import gc
 
-    from extract_throughput import answer_schemas, hf_engine, records, vllm_missing
+    from extract_throughput import records, vllm_missing
+
+    from jobs.demo import answer_schemas
+    from kgc.modeling.hf_engine import HFEngine
 
     why = vllm_missing()
     if why:
@@ -598,7 +601,7 @@ def engines(args) -> None:
               f"(kgc Serve: limits.max_schema_bytes {max_schema_bytes})", flush=True)  # fmt: skip
 
         # (P): (b)'s engine and settings (no drafts); a schema constrains as Serve's does
-        engine = hf_engine(model, args.batch_size)
+        engine = HFEngine(model, batch_size=args.batch_size)  # plain batched generate
         plain = dict(jump_forward=False, lookup_drafts=0)
         ref = {
             "free": engine.generate(prompts, GenerationSettings(max_new_tokens=mt, **plain)),

@@ -114,23 +114,27 @@ BOUNDS = {"max_text_chars": 32, "max_list_items": 2}
 ZERO_SHOT_DOCS = 8
 
 
-def generate(engine, records: list[dict], preset: dict, constrained: bool) -> list[str]:
-    """Answers for the held-out instructions from an engine in this process."""
-    from kgc.engine import GenerationSettings, bounded, grounded
+def answer_schemas(records: list[dict]) -> list[dict]:
+    """Each held-out record's answer schema: the SPO shape with its instruction's keys,
+    bounded (BOUNDS) and grounded (names copied from its text). Also the benches' (
+    bench/extract_throughput.py, bench/serve_load.py --engines) constrained answers."""
+    from kgc.engine import bounded, grounded
     from kgc.tasks import get
 
     task = get("SPO")
-    schemas = None
-    if constrained:  # the SPO shape with the instruction's keys; names copied from the text
-        schemas = []
-        for r in records:
-            inst = json.loads(r["instruction"])
-            shape = bounded(
-                task.output_schema(inst["schema"]),
-                BOUNDS["max_text_chars"],
-                BOUNDS["max_list_items"],
-            )
-            schemas.append(grounded(shape, inst["input"]))
+    schemas = []
+    for r in records:
+        inst = json.loads(r["instruction"])
+        shape = bounded(task.output_schema(inst["schema"]), **BOUNDS)
+        schemas.append(grounded(shape, inst["input"]))
+    return schemas
+
+
+def generate(engine, records: list[dict], preset: dict, constrained: bool) -> list[str]:
+    """Answers for the held-out instructions from an engine in this process."""
+    from kgc.engine import GenerationSettings
+
+    schemas = answer_schemas(records) if constrained else None
     limit = preset["max_new_constrained" if constrained else "max_new_tokens"]
     return engine.generate(
         [r["instruction"] for r in records], GenerationSettings(max_new_tokens=limit), schemas
