@@ -195,14 +195,17 @@ def demo_main(args) -> None:
             include_dashboard=False,
             log_to_driver=False,
         )
-        rows = [
-            ("(c) kgc Ray Train, padding", ray_job(cfg(False), "pad")),
-            ("(d) kgc Ray Train, packing", ray_job(cfg(True), "pack")),
-            ("(f) kgc Ray Train, shared prefix", ray_job(cfg(False, shared=True), "shared")),
-        ]
-        if has_precision():
-            g = ray_job(cfg(False, shared=True, precision="auto"), "auto")
-            rows.append(("(g) (f) with train.precision auto", g))
+        jobs = {
+            "c": ("(c) kgc Ray Train, padding", lambda: cfg(False), "pad"),
+            "d": ("(d) kgc Ray Train, packing", lambda: cfg(True), "pack"),
+            "f": ("(f) kgc Ray Train, shared prefix", lambda: cfg(False, shared=True), "shared"),
+            "g": ("(g) (f) with train.precision auto",
+                  lambda: cfg(False, shared=True, precision="auto"), "auto"),
+        }  # fmt: skip
+        if not has_precision():
+            jobs.pop("g")
+        rows = [(label, ray_job(make(), name)) for k, (label, make, name) in jobs.items()
+                if k in args.cases]  # fmt: skip
         if args.loss_steps and has_precision():
             loss_check(cfg, args.loss_steps)
         ray.shutdown()
@@ -211,11 +214,12 @@ def demo_main(args) -> None:
     print(f"{'case':<38} {'tokens/s':>10}")
     for name, v in rows:
         print(f"{name:<38} {v:10.0f}")
-    v = dict(rows)
-    print(f"d/c (packing, kgc)             {v['(d) kgc Ray Train, packing'] / v['(c) kgc Ray Train, padding']:.2f}")  # fmt: skip
-    print(f"f/c (shared prefix vs padding) {v['(f) kgc Ray Train, shared prefix'] / v['(c) kgc Ray Train, padding']:.2f}")  # fmt: skip
-    if len(rows) > 3:
-        print(f"g/f (precision auto vs fp32)   {rows[3][1] / rows[2][1]:.2f}")
+    v = {label[:3]: x for label, x in rows}
+    for ratio, a, b, what in (("d/c", "(d)", "(c)", "packing, kgc"),
+                              ("f/c", "(f)", "(c)", "shared prefix vs padding"),
+                              ("g/f", "(g)", "(f)", "precision auto vs fp32")):  # fmt: skip
+        if a in v and b in v:
+            print(f"{ratio} ({what}) {v[a] / v[b]:.2f}")
 
 
 def main() -> None:
@@ -226,6 +230,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--data", choices=("iepile", "demo"), default="iepile")
     ap.add_argument("--loss-steps", type=int, default=0, help="with --data demo: loss check")
+    ap.add_argument("--cases", default="cdfg", help="with --data demo: which of c d f g to run")
     args = ap.parse_args()
     if args.data == "demo":
         demo_main(args)

@@ -97,3 +97,20 @@ def test_vllm_matches_hf_greedy(tiny_llama):
     schema = bounded(get("NER").output_schema(["人物", "地点"]), 8, 2)
     out = v.generate(prompts, GenerationSettings(max_new_tokens=120), [schema] * len(prompts))
     assert all(not get("NER").parse(x).errors for x in out)
+
+
+def test_vllm_measures_the_shortest_answer_as_the_hf_engine(tiny_llama):
+    """Serve's budget check on vLLM (`min_answer_tokens`): the HF engine's measure of a
+    schema's shortest answer, for the same tokenizer (no vLLM needed to measure it)."""
+    pytest.importorskip("xgrammar")
+    from kgc.modeling.hf_engine import HFEngine
+    from kgc.modeling.vllm_engine import VLLMEngine
+
+    hf = HFEngine(str(tiny_llama))
+    engine = object.__new__(VLLMEngine)  # the measure needs only the prompt encoder
+    engine.prompts, engine._closer = hf.prompts, None
+    schema = {"type": "object", "properties": {"people": {"type": "array", "items": {
+        "type": "string", "maxLength": 12}, "maxItems": 3}}, "required": ["people"]}  # fmt: skip
+    need = engine.min_answer_tokens(schema)
+    assert need == hf.min_answer_tokens(schema) and need > 3
+    assert engine.min_answer_tokens(schema) == need  # cached grammar, same answer

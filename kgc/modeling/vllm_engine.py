@@ -175,6 +175,7 @@ class VLLMEngine:
         self.context_source = "max_model_len"
         self.last_token_counts: list[int] | None = None  # token ids per answer, last call
         self._grammars: dict[str, str] = {}  # schema (JSON) → answer grammar, bounded
+        self._closer = self._xgrammars = None  # min_answer_tokens (Serve's budget check)
 
     def _start(self, args: dict):
         from vllm import LLM
@@ -220,6 +221,21 @@ class VLLMEngine:
         while len(self._grammars) > GRAMMARS_KEPT:
             del self._grammars[next(iter(self._grammars))]
         return grammar
+
+    def min_answer_tokens(self, schema: dict) -> int | None:
+        """max_new_tokens the shortest answer of `schema` needs (end-of-turn included), or
+        None if unknown: measured as the HF engine measures it (the same answer grammar,
+        compiled by xgrammar for this tokenizer, closed by `Closer`), so Serve refuses a
+        constrained request whose budget cannot hold an answer on either engine (vLLM would
+        cut it open at the budget)."""
+        if self._closer is None:
+            from kgc.modeling.constrained import Closer, GrammarCache
+
+            tok, eos = self.prompts.tok, self.prompts.eos_ids
+            vocab = max(len(tok), getattr(tok, "vocab_size", 0) or 0)
+            self._xgrammars = GrammarCache(tok, vocab, eos)
+            self._closer = Closer(tok, vocab, eos)
+        return self._closer.min_tokens(self._xgrammars.get(schema))
 
     def sampling_params(
         self, config: GenerationSettings, schema: dict | None, *, stream: bool = False
