@@ -88,11 +88,29 @@ def stop_processes(tag: str, timeout: float = 3.0) -> list[str]:
             names.append(f"{p.pid}:{p.name()}")
             p.send_signal(signal.SIGTERM)
     _gone, alive = psutil.wait_procs(procs, timeout=timeout)
-    for p in alive:
+    _kill(alive, timeout=5)
+    return names
+
+
+def _raylet_children(node) -> list:
+    """The processes a node's raylet started (its workers), found by parentage."""
+    import psutil
+
+    out = []
+    for info in node.all_processes.get("raylet", []):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            out += psutil.Process(info.process.pid).children(recursive=True)
+    return out
+
+
+def _kill(procs: list, timeout: float = 30) -> None:
+    """SIGKILL each (psutil checks a pid was not reused) and wait for them to end."""
+    import psutil
+
+    for p in procs:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
-    psutil.wait_procs(alive, timeout=5)
-    return names
+    psutil.wait_procs(procs, timeout=timeout)
 
 
 @contextlib.contextmanager
@@ -259,7 +277,12 @@ def _cluster_helper(temp_dir: str, head_cpus: float) -> None:
                     nodes[node.node_id] = node
                     answer = {"node_id": node.node_id}
                 elif op == "remove":
-                    cluster.remove_node(nodes.pop(cmd["node_id"]), allow_graceful=False)
+                    node = nodes.pop(cmd["node_id"])
+                    # its raylet's workers outlive a SIGKILLed raylet for a while (a released
+                    # Train worker once finished a step with its peer): they go with it
+                    workers = _raylet_children(node)
+                    cluster.remove_node(node, allow_graceful=False)
+                    _kill(workers)
                 elif op == "workers":
                     answer = {"node_ids": sorted(nodes)}
                 elif op == "actors":

@@ -32,8 +32,8 @@ def plan(**faults):
     """Faults for the runs inside the block: kill_step + kill_rank (Ray Train), kill_after
     (extraction batches), marker (the file the one killed process writes: only one dies),
     step_log (rank 0 appends each finished step), hold_step + held_dir + release (every
-    rank, before training step hold_step, writes held_dir/rank<r> with its node id and
-    held_dir/rank<r>.pid with its process id, then waits until the file `release` exists)."""
+    rank, before training step hold_step, writes held_dir/rank<r> with its node id, then
+    waits until the file `release` exists)."""
     path = Path(os.environ[ENV])
     write_plan(path, **faults)
     try:
@@ -97,7 +97,6 @@ def _hold(p: dict, rank: int, step: int) -> None:
     import ray
 
     held = Path(p["held_dir"]) / f"rank{rank}"
-    held.with_suffix(".pid").write_text(str(os.getpid()))  # before the node id: read after it
     held.write_text(ray.get_runtime_context().get_node_id())
     while not release.exists():
         time.sleep(0.2)
